@@ -1,0 +1,87 @@
+"""Prometheus metrics: counters kept by the processes, queue depth read from the database.
+
+Under gunicorn the counters live in prometheus-client's multiprocess mode
+(``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR``), so every worker's counts
+add up; queue depth is read from the database at scrape time, so it is the same
+whichever process answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+UPLOADS = Counter(
+    "docqueue_uploads", "Documents received by upload", ["result"]
+)  # result: accepted | duplicate
+PROCESSING_OUTCOMES = Counter(
+    "docqueue_processing_outcomes", "Processing attempts by outcome", ["outcome"]
+)  # outcome: completed | retried | failed
+PROCESSING_SECONDS = Histogram(
+    "docqueue_processing_seconds",
+    "Time to process one document, isolation included",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+blueprint = Blueprint("metrics", __name__)
+
+
+def record_upload(duplicate: bool) -> None:
+    UPLOADS.labels(result="duplicate" if duplicate else "accepted").inc()
+
+
+def record_outcome(outcome: str) -> None:
+    PROCESSING_OUTCOMES.labels(outcome=outcome).inc()
+
+
+class QueueDepthCollector(Collector):
+    """Queue items per status and the age of the oldest due item, from the database."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from .queue import DocumentQueueService
+
+        stats = DocumentQueueService().get_queue_stats()
+        depth = GaugeMetricFamily(
+            "docqueue_queue_items", "Queue items by status", labels=["status"]
+        )
+        for status in ("pending", "in_progress", "completed", "failed", "cancelled"):
+            depth.add_metric([status], stats[status])
+        yield depth
+        yield GaugeMetricFamily(
+            "docqueue_oldest_pending_age_seconds",
+            "Seconds the oldest due pending item has waited",
+            value=stats["oldest_pending_age_seconds"] or 0,
+        )
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    database = CollectorRegistry(auto_describe=False)
+    database.register(QueueDepthCollector())
+    body = generate_latest(_process_registry()) + generate_latest(database)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+def _process_registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(blueprint)

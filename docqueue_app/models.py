@@ -1,0 +1,268 @@
+"""Database tables: documents, their bytes, queue items and the history of attempts."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class ItemStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its run_at; claimable once due
+    IN_PROGRESS = "in_progress"  # claimed by a worker holding a lease
+    COMPLETED = "completed"  # processed; the document holds the result
+    FAILED = "failed"  # permanent error, or no attempts left
+    CANCELLED = "cancelled"  # withdrawn by an admin before it ran
+
+
+class DocumentStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Operation(enum.StrEnum):
+    PROCESS = "process"  # first processing after upload
+    REPROCESS = "reprocess"  # asked for again by a user
+
+
+class AttemptOutcome(enum.StrEnum):
+    COMPLETED = "completed"
+    RETRY = "retry"  # transient failure; the item went back to pending
+    FAILED = "failed"  # permanent failure or last attempt
+    LOST = "lost"  # the worker's lease ran out before it reported
+
+
+# A document's status is always the status of its latest queue item.
+DOCUMENT_STATUS_OF_ITEM = {
+    ItemStatus.PENDING: DocumentStatus.PENDING,
+    ItemStatus.IN_PROGRESS: DocumentStatus.PROCESSING,
+    ItemStatus.COMPLETED: DocumentStatus.COMPLETED,
+    ItemStatus.FAILED: DocumentStatus.FAILED,
+    ItemStatus.CANCELLED: DocumentStatus.CANCELLED,
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every back end.
+
+    SQLite has no timestamp type: values are stored as naive UTC text, which keeps
+    ``run_at <= :now`` comparisons correct, and come back tagged as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Document(db.Model):
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("sha256", name="uq_documents_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default=DocumentStatus.PENDING, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    title: Mapped[str | None] = mapped_column(Text)
+    page_count: Mapped[int | None] = mapped_column(Integer)
+    word_count: Mapped[int | None] = mapped_column(Integer)
+    char_count: Mapped[int | None] = mapped_column(Integer)
+    # Deferred: lists and status polls never need the (possibly large) text.
+    text: Mapped[str | None] = deferred(mapped_column(Text))
+    extracted_metadata: Mapped[dict | None] = deferred(mapped_column("metadata", JSON))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    queue_items: Mapped[list[QueueItem]] = relationship(
+        back_populates="document", passive_deletes=True, order_by="QueueItem.id"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Document {self.id} {self.filename!r} {self.status}>"
+
+
+class DocumentContent(db.Model):
+    """The uploaded bytes, in a table of their own so document rows stay small."""
+
+    __tablename__ = "document_contents"
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+_PENDING = text("status = 'pending'")
+_IN_PROGRESS = text("status = 'in_progress'")
+
+
+class QueueItem(db.Model):
+    __tablename__ = "queue_items"
+    __table_args__ = (
+        # The claim orders by exactly these columns over due pending rows, so the
+        # database walks this index instead of sorting the whole backlog.
+        Index(
+            "ix_queue_items_claim",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
+        # At most one not-yet-started item per document, even under racing enqueues.
+        Index(
+            "uq_queue_items_pending_document",
+            "document_id",
+            unique=True,
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
+        Index(
+            "ix_queue_items_lease",
+            "lease_expires_at",
+            sqlite_where=_IN_PROGRESS,
+            postgresql_where=_IN_PROGRESS,
+        ),
+        Index("ix_queue_items_document_status", "document_id", "status"),
+        Index("ix_queue_items_status_finished", "status", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    operation: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default=ItemStatus.PENDING)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_by: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    document: Mapped[Document] = relationship(back_populates="queue_items")
+    history: Mapped[list[QueueAttempt]] = relationship(
+        passive_deletes=True, order_by="QueueAttempt.attempt"
+    )
+
+    def __repr__(self) -> str:
+        return f"<QueueItem {self.id} doc={self.document_id} {self.status} try={self.attempts}>"
+
+
+class QueueAttempt(db.Model):
+    """One row per attempt at a queue item: who ran it, when, and how it ended."""
+
+    __tablename__ = "queue_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue_item_id: Mapped[int] = mapped_column(
+        ForeignKey("queue_items.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+def latest_items(session: Any, document_ids: list[int]) -> dict[int, QueueItem]:
+    """The latest queue item of each document, in one query."""
+    if not document_ids:
+        return {}
+    newest = (
+        select(db.func.max(QueueItem.id))
+        .where(QueueItem.document_id.in_(document_ids))
+        .group_by(QueueItem.document_id)
+    )
+    items = session.scalars(select(QueueItem).where(QueueItem.id.in_(newest)))
+    return {item.document_id: item for item in items}
+
+
+# SQLite: WAL so readers never block the writer; FULL sync so a committed upload
+# survives a power cut; foreign keys on so deletes cascade; and transactions
+# begun by hand so that queue writes can take the write lock up front
+# (BEGIN IMMEDIATE) instead of failing when a read lock must be upgraded.
+SQLITE_WRITE_OPTION = "docqueue_write"
+
+
+@event.listens_for(Engine, "connect")
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    if type(dbapi_connection).__module__ != "sqlite3":
+        return
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=FULL",
+        "foreign_keys=ON",
+        "busy_timeout=30000",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+@event.listens_for(Engine, "begin")
+def _begin_sqlite(connection: Any) -> None:
+    if connection.dialect.name != "sqlite":
+        return
+    immediate = connection.get_execution_options().get(SQLITE_WRITE_OPTION)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

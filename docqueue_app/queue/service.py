@@ -1,0 +1,661 @@
+"""DocumentQueueService: the only code that writes queue and document state.
+
+Every method runs in a transaction of its own and commits it. Claims are atomic
+compare-and-set statements: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on
+SQLite a ``BEGIN IMMEDIATE`` transaction that holds the database's write lock.
+
+Fencing: each claim records the worker and the attempt number on the item
+object (``item.claim``). An outcome is only recorded while the row still shows
+that worker and that attempt, so a worker whose lease was taken over cannot
+overwrite the newer owner's result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import and_, case, delete, exists, func, inspect, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from ..models import (
+    DOCUMENT_STATUS_OF_ITEM,
+    SQLITE_WRITE_OPTION,
+    AttemptOutcome,
+    Document,
+    DocumentContent,
+    DocumentStatus,
+    ItemStatus,
+    Operation,
+    QueueAttempt,
+    QueueItem,
+    db,
+    utcnow,
+)
+from .backoff import retry_delay
+
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 10, 5
+FINISHED_STATUSES = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.CANCELLED)
+_ERROR_LIMIT = 4000
+
+
+class DocumentNotFound(LookupError):
+    """The document does not exist (any more)."""
+
+
+class InvalidTransition(RuntimeError):
+    """The item or document is not in a state that allows the action."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds an item, and for which attempt: the fencing token."""
+
+    worker: str
+    attempt: int
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class DocumentQueueService:
+    def __init__(self, session: Session | None = None) -> None:
+        # The scoped session's current Session: the service needs its transaction API.
+        self.session = session if session is not None else db.session()
+        config = current_app.config
+        self.max_attempts: int = config["MAX_ATTEMPTS"]
+        self.lease = timedelta(seconds=config["LEASE_SECONDS"])
+        self.retry_base: float = config["RETRY_BASE_SECONDS"]
+        self.retry_max: float = config["RETRY_MAX_SECONDS"]
+
+    # -- transactions -----------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A fresh transaction that holds the write lock from its first statement."""
+        session = self.session
+        if session.in_transaction():
+            session.commit()
+        session.connection(execution_options={SQLITE_WRITE_OPTION: True})
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A fresh transaction, so reads see everything committed before the call."""
+        session = self.session
+        if session.in_transaction():
+            session.commit()
+        try:
+            yield session
+        finally:
+            session.commit()
+
+    # -- documents --------------------------------------------------------------
+
+    def submit_document(
+        self,
+        filename: str,
+        content: bytes,
+        content_type: str,
+        priority: int = DEFAULT_PRIORITY,
+    ) -> tuple[Document, bool]:
+        """Store an upload's bytes, its row and its queue item in one transaction.
+
+        Returns ``(document, created)``; the same bytes uploaded before give the
+        existing document and ``created=False``, with nothing enqueued.
+        """
+        _check_priority(priority)
+        digest = hashlib.sha256(content).hexdigest()
+        existing = self._document_by_sha256(digest)
+        if existing is not None:
+            return existing, False
+        try:
+            with self._write() as session:
+                now = utcnow()
+                document = Document(
+                    filename=filename,
+                    content_type=content_type,
+                    size=len(content),
+                    sha256=digest,
+                    status=DocumentStatus.PENDING,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(document)
+                session.flush()
+                session.add(DocumentContent(document_id=document.id, data=content))
+                session.add(self._new_item(document.id, Operation.PROCESS, priority, now))
+        except IntegrityError:
+            # Another upload of the same bytes committed first.
+            existing = self._document_by_sha256(digest)
+            if existing is None:
+                raise
+            return existing, False
+        return document, True
+
+    def _document_by_sha256(self, digest: str) -> Document | None:
+        return self.session.scalar(select(Document).where(Document.sha256 == digest))
+
+    def delete_document(self, document_id: int) -> bool:
+        """Remove a document, its bytes, its queue items and their history."""
+        with self._write() as session:
+            items = select(QueueItem.id).where(QueueItem.document_id == document_id)
+            session.execute(delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(items)))
+            session.execute(delete(QueueItem).where(QueueItem.document_id == document_id))
+            session.execute(
+                delete(DocumentContent).where(DocumentContent.document_id == document_id)
+            )
+            deleted = session.execute(delete(Document).where(Document.id == document_id))
+        return deleted.rowcount > 0
+
+    # -- enqueue ----------------------------------------------------------------
+
+    def enqueue(
+        self, document_id: int, operation: str, priority: int = DEFAULT_PRIORITY
+    ) -> QueueItem:
+        """Queue work for a document, coalescing with its not-yet-started item."""
+        operation = Operation(operation)
+        _check_priority(priority)
+        try:
+            return self._enqueue(document_id, operation, priority)
+        except IntegrityError:
+            # A concurrent enqueue inserted the pending item first: join it.
+            return self._enqueue(document_id, operation, priority)
+
+    def _enqueue(self, document_id: int, operation: Operation, priority: int) -> QueueItem:
+        with self._write() as session:
+            now = utcnow()
+            if session.get(Document, document_id) is None:
+                raise DocumentNotFound(document_id)
+            pending = session.scalar(
+                select(QueueItem)
+                .where(
+                    QueueItem.document_id == document_id,
+                    QueueItem.status == ItemStatus.PENDING,
+                )
+                .with_for_update()
+            )
+            if pending is not None:
+                pending.priority = max(pending.priority, priority)
+                pending.run_at = min(pending.run_at, now)
+                item = pending
+            else:
+                item = self._new_item(document_id, operation, priority, now)
+                session.add(item)
+            session.flush()
+            self._sync_documents([document_id], now)
+        return item
+
+    def _new_item(
+        self, document_id: int, operation: Operation, priority: int, now: datetime
+    ) -> QueueItem:
+        return QueueItem(
+            document_id=document_id,
+            operation=operation,
+            status=ItemStatus.PENDING,
+            priority=priority,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            run_at=now,
+            created_at=now,
+        )
+
+    # -- claiming ---------------------------------------------------------------
+
+    def get_pending_items(self, limit: int) -> list[QueueItem]:
+        """Due items in claim order: highest priority first, then oldest.
+
+        Items whose lease ran out are first handed back (or failed when they had
+        no attempts left), so they appear here as due pending items.
+        """
+        self.rescue_expired_leases()
+        with self._read() as session:
+            return list(session.scalars(self._due_items_query(utcnow()).limit(limit)).all())
+
+    def _due_items_query(self, now: datetime) -> Any:
+        busy = aliased(QueueItem)
+        document_busy = exists().where(
+            busy.document_id == QueueItem.document_id,
+            busy.status == ItemStatus.IN_PROGRESS,
+        )
+        return (
+            select(QueueItem)
+            .where(
+                QueueItem.status == ItemStatus.PENDING,
+                QueueItem.run_at <= now,
+                ~document_busy,
+            )
+            .order_by(QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
+        )
+
+    def mark_in_progress(self, item: QueueItem, worker_id: str | None = None) -> bool:
+        """Claim one item; False when another worker got it first."""
+        worker = worker_id or default_worker_id()
+        item_id = _id_of(item)
+        with self._write() as session:
+            now = utcnow()
+            busy = aliased(QueueItem)
+            other_running = exists().where(
+                busy.document_id == QueueItem.document_id,
+                busy.id != QueueItem.id,
+                busy.status == ItemStatus.IN_PROGRESS,
+                busy.lease_expires_at > now,
+            )
+            claimable = or_(
+                and_(QueueItem.status == ItemStatus.PENDING, QueueItem.run_at <= now),
+                and_(
+                    QueueItem.status == ItemStatus.IN_PROGRESS,
+                    QueueItem.lease_expires_at <= now,
+                    QueueItem.attempts < QueueItem.max_attempts,
+                ),
+            )
+            row = session.execute(
+                update(QueueItem)
+                .where(QueueItem.id == item_id, claimable, ~other_running)
+                .values(**self._claim_values(worker, now))
+                .returning(QueueItem.attempts, QueueItem.document_id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if row is None:
+                return False
+            self._close_open_attempts([item_id], now, AttemptOutcome.LOST, "worker lost")
+            self._open_attempts([(item_id, row.attempts)], worker, now)
+            self._sync_documents([row.document_id], now)
+        item.claim = Claim(worker, row.attempts)
+        session.refresh(item)
+        return True
+
+    def claim_due_items(self, limit: int, worker_id: str) -> list[QueueItem]:
+        """Claim up to ``limit`` due items in one statement (the worker's fast path)."""
+        self.rescue_expired_leases()
+        with self._write() as session:
+            now = utcnow()
+            due_ids = (
+                self._due_items_query(now)
+                .with_only_columns(QueueItem.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=QueueItem)
+            )
+            rows = session.execute(
+                update(QueueItem)
+                .where(QueueItem.id.in_(due_ids.scalar_subquery()))
+                .values(**self._claim_values(worker_id, now))
+                .returning(QueueItem.id, QueueItem.attempts, QueueItem.document_id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if not rows:
+                return []
+            self._open_attempts([(row.id, row.attempts) for row in rows], worker_id, now)
+            self._sync_documents([row.document_id for row in rows], now)
+        attempts = {row.id: row.attempts for row in rows}
+        items = session.scalars(
+            select(QueueItem)
+            .where(QueueItem.id.in_(attempts))
+            .order_by(QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
+        ).all()
+        session.commit()
+        for item in items:
+            item.claim = Claim(worker_id, attempts[item.id])
+        return list(items)
+
+    def _claim_values(self, worker: str, now: datetime) -> dict[str, Any]:
+        return {
+            "status": ItemStatus.IN_PROGRESS,
+            "locked_by": worker,
+            "lease_expires_at": now + self.lease,
+            "attempts": QueueItem.attempts + 1,
+            "started_at": now,
+            "finished_at": None,
+        }
+
+    def extend_leases(self, claims: dict[int, Claim]) -> int:
+        """Heartbeat: push out the leases of the items (id -> claim) a worker still holds."""
+        if not claims:
+            return 0
+        extended = 0
+        with self._write() as session:
+            expires = utcnow() + self.lease
+            for item_id, claim in claims.items():
+                result = session.execute(
+                    update(QueueItem)
+                    .where(_held_by(item_id, claim))
+                    .values(lease_expires_at=expires)
+                    .execution_options(synchronize_session=False)
+                )
+                extended += result.rowcount
+        return extended
+
+    def release_items(self, items: Iterable[QueueItem]) -> int:
+        """Hand claimed but unstarted items back as pending, their attempt not counted.
+
+        When the document got a newer pending item meanwhile, the released item
+        folds into it (it is cancelled and the newer one keeps the higher priority).
+        """
+        released = 0
+        with self._write() as session:
+            now = utcnow()
+            for item in items:
+                claim, item_id = _claim_of(item), _id_of(item)
+                held = session.execute(
+                    select(QueueItem.document_id, QueueItem.priority).where(
+                        _held_by(item_id, claim)
+                    )
+                ).first()
+                if held is None:
+                    continue
+                newer = session.scalar(
+                    select(QueueItem).where(
+                        QueueItem.document_id == held.document_id,
+                        QueueItem.status == ItemStatus.PENDING,
+                    )
+                )
+                if newer is not None:
+                    newer.priority = max(newer.priority, held.priority)
+                    values: dict[str, Any] = {
+                        "status": ItemStatus.CANCELLED,
+                        "finished_at": now,
+                        "last_error": f"superseded by queue item {newer.id}",
+                    }
+                else:
+                    values = {"status": ItemStatus.PENDING, "started_at": None}
+                session.execute(
+                    update(QueueItem)
+                    .where(QueueItem.id == item_id)
+                    .values(
+                        attempts=QueueItem.attempts - 1,
+                        locked_by=None,
+                        lease_expires_at=None,
+                        **values,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                session.execute(
+                    delete(QueueAttempt).where(
+                        QueueAttempt.queue_item_id == item_id,
+                        QueueAttempt.attempt == claim.attempt,
+                    )
+                )
+                self._sync_documents([held.document_id], now)
+                released += 1
+        return released
+
+    # -- outcomes ---------------------------------------------------------------
+
+    def mark_completed(self, item: QueueItem, result: dict[str, Any] | None = None) -> bool:
+        """Record success (and the extraction ``result`` on the document)."""
+        claim, item_id = _claim_of(item), _id_of(item)
+        with self._write() as session:
+            now = utcnow()
+            document_id = self._finish(
+                item_id,
+                claim,
+                now,
+                status=ItemStatus.COMPLETED,
+                values={"last_error": None, "finished_at": now},
+            )
+            if document_id is None:
+                return False
+            self._close_attempt(item_id, claim, now, AttemptOutcome.COMPLETED)
+            if result is not None:
+                session.execute(
+                    update(Document)
+                    .where(Document.id == document_id)
+                    .values(**_document_result_values(result), processed_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            self._sync_documents([document_id], now)
+        return True
+
+    def mark_failed(self, item: QueueItem, error_message: str, permanent: bool = False) -> bool:
+        """Record a failure: back to pending after a backoff, or ``failed`` for good."""
+        claim, item_id = _claim_of(item), _id_of(item)
+        error = _truncate(error_message)
+        with self._write() as session:
+            now = utcnow()
+            max_attempts = session.scalar(
+                select(QueueItem.max_attempts).where(_held_by(item_id, claim))
+            )
+            if max_attempts is None:
+                return False
+            if permanent or claim.attempt >= max_attempts:
+                status, outcome = ItemStatus.FAILED, AttemptOutcome.FAILED
+                values: dict[str, Any] = {"finished_at": now}
+            else:
+                status, outcome = ItemStatus.PENDING, AttemptOutcome.RETRY
+                delay = retry_delay(claim.attempt, self.retry_base, self.retry_max)
+                values = {"run_at": now + timedelta(seconds=delay)}
+            document_id = self._finish(
+                item_id, claim, now, status=status, values={"last_error": error, **values}
+            )
+            self._close_attempt(item_id, claim, now, outcome, error)
+            self._sync_documents([document_id], now)
+        return True
+
+    def _finish(
+        self,
+        item_id: int,
+        claim: Claim,
+        now: datetime,
+        status: ItemStatus,
+        values: dict[str, Any],
+    ) -> int | None:
+        """Move a held item out of in_progress; None when the claim no longer holds."""
+        return self.session.execute(
+            update(QueueItem)
+            .where(_held_by(item_id, claim))
+            .values(status=status, locked_by=None, lease_expires_at=None, **values)
+            .returning(QueueItem.document_id)
+            .execution_options(synchronize_session=False)
+        ).scalar()
+
+    # -- maintenance ------------------------------------------------------------
+
+    def rescue_expired_leases(self) -> int:
+        """Hand back the items of workers that died or hung (their lease ran out).
+
+        The lost run counted as an attempt; an item with none left ends failed.
+        """
+        with self._write() as session:
+            now = utcnow()
+            expired = session.execute(
+                select(
+                    QueueItem.id, QueueItem.document_id, QueueItem.attempts, QueueItem.max_attempts
+                )
+                .where(
+                    QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= now
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not expired:
+                return 0
+            for row in expired:
+                exhausted = row.attempts >= row.max_attempts
+                message = (
+                    f"worker lost: its lease expired during attempt {row.attempts} "
+                    f"of {row.max_attempts}"
+                )
+                values: dict[str, Any] = (
+                    {"status": ItemStatus.FAILED, "finished_at": now}
+                    if exhausted
+                    else {"status": ItemStatus.PENDING, "run_at": now}
+                )
+                session.execute(
+                    update(QueueItem)
+                    .where(QueueItem.id == row.id, QueueItem.status == ItemStatus.IN_PROGRESS)
+                    .values(locked_by=None, lease_expires_at=None, last_error=message, **values)
+                    .execution_options(synchronize_session=False)
+                )
+            self._close_open_attempts(
+                [row.id for row in expired], now, AttemptOutcome.LOST, "worker lost"
+            )
+            self._sync_documents([row.document_id for row in expired], now)
+        return len(expired)
+
+    def prune_finished_items(self, older_than_days: float) -> int:
+        """Delete finished items older than the retention period (documents stay)."""
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        with self._write() as session:
+            old = select(QueueItem.id).where(
+                QueueItem.status.in_(FINISHED_STATUSES), QueueItem.finished_at < cutoff
+            )
+            session.execute(delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(old)))
+            deleted = session.execute(
+                delete(QueueItem)
+                .where(QueueItem.id.in_(old))
+                .execution_options(synchronize_session=False)
+            )
+        return deleted.rowcount
+
+    # -- reading ----------------------------------------------------------------
+
+    def get_queue_stats(self) -> dict[str, Any]:
+        with self._read() as session:
+            now = utcnow()
+            counts = dict(
+                session.execute(
+                    select(QueueItem.status, func.count()).group_by(QueueItem.status)
+                ).all()
+            )
+            oldest_due = session.scalar(
+                select(func.min(QueueItem.run_at)).where(
+                    QueueItem.status == ItemStatus.PENDING, QueueItem.run_at <= now
+                )
+            )
+        stats: dict[str, Any] = {status.value: counts.get(status, 0) for status in ItemStatus}
+        stats["total"] = sum(counts.values())
+        stats["oldest_pending_age_seconds"] = (
+            round((now - oldest_due).total_seconds(), 3) if oldest_due else None
+        )
+        return stats
+
+    # -- bookkeeping shared by the transitions ----------------------------------
+
+    def _sync_documents(self, document_ids: Iterable[int], now: datetime) -> None:
+        """Set each document's status and error from its latest queue item."""
+        ids = sorted(set(document_ids))
+        if not ids:
+            return
+        latest = (
+            select(QueueItem.id)
+            .where(QueueItem.document_id == Document.id)
+            .order_by(QueueItem.id.desc())
+            .limit(1)
+            .correlate(Document)
+            .scalar_subquery()
+        )
+        latest_status = select(QueueItem.status).where(QueueItem.id == latest).scalar_subquery()
+        latest_error = select(QueueItem.last_error).where(QueueItem.id == latest).scalar_subquery()
+        self.session.execute(
+            update(Document)
+            .where(Document.id.in_(ids))
+            .values(
+                status=case(
+                    *[
+                        (latest_status == item, doc)
+                        for item, doc in DOCUMENT_STATUS_OF_ITEM.items()
+                    ],
+                    else_=Document.status,
+                ),
+                error=case((latest_status == ItemStatus.FAILED, latest_error), else_=None),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    def _open_attempts(
+        self, item_attempts: list[tuple[int, int]], worker: str, now: datetime
+    ) -> None:
+        self.session.execute(
+            QueueAttempt.__table__.insert(),
+            [
+                {"queue_item_id": item_id, "attempt": attempt, "worker": worker, "started_at": now}
+                for item_id, attempt in item_attempts
+            ],
+        )
+
+    def _close_attempt(
+        self,
+        item_id: int,
+        claim: Claim,
+        now: datetime,
+        outcome: AttemptOutcome,
+        error: str | None = None,
+    ) -> None:
+        self.session.execute(
+            update(QueueAttempt)
+            .where(QueueAttempt.queue_item_id == item_id, QueueAttempt.attempt == claim.attempt)
+            .values(finished_at=now, outcome=outcome, error=error)
+            .execution_options(synchronize_session=False)
+        )
+
+    def _close_open_attempts(
+        self, item_ids: list[int], now: datetime, outcome: AttemptOutcome, error: str
+    ) -> None:
+        self.session.execute(
+            update(QueueAttempt)
+            .where(QueueAttempt.queue_item_id.in_(item_ids), QueueAttempt.finished_at.is_(None))
+            .values(finished_at=now, outcome=outcome, error=error)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _id_of(item: QueueItem) -> int:
+    """The item's id without a database round trip (the row may be gone already)."""
+    identity = inspect(item).identity
+    return identity[0] if identity else item.id
+
+
+def _claim_of(item: QueueItem) -> Claim:
+    """The fencing token of a claimed item; for an item loaded fresh, its current holder."""
+    claim = getattr(item, "claim", None)
+    if claim is None:
+        claim = Claim(item.locked_by or "", item.attempts)
+    return claim
+
+
+def _held_by(item_id: int, claim: Claim) -> Any:
+    return and_(
+        QueueItem.id == item_id,
+        QueueItem.status == ItemStatus.IN_PROGRESS,
+        QueueItem.locked_by == claim.worker,
+        QueueItem.attempts == claim.attempt,
+    )
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError("priority must be an integer")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+
+
+def _truncate(message: str) -> str:
+    message = str(message)
+    return message if len(message) <= _ERROR_LIMIT else message[: _ERROR_LIMIT - 1] + "…"
+
+
+def _document_result_values(result: dict[str, Any]) -> dict[str, Any]:
+    text = result.get("text") or ""
+    return {
+        "text": text,
+        "title": result.get("title"),
+        "page_count": result.get("page_count"),
+        "extracted_metadata": result.get("metadata") or {},
+        "word_count": len(text.split()),
+        "char_count": len(text),
+    }

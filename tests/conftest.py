@@ -1,0 +1,141 @@
+"""Fixtures: every test that takes ``app`` runs on SQLite and on PostgreSQL.
+
+PostgreSQL is the server at 127.0.0.1:5432 (override with DOCQUEUE_TEST_POSTGRES_URL).
+It is skipped when unreachable, except under CI=true, where that fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_migrate import upgrade
+
+from docqueue_app import create_app
+from docqueue_app.models import db
+
+PG_ADMIN_URL = os.environ.get(
+    "DOCQUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_TEST_DATABASE = "docqueue_test"
+TABLES = ("queue_attempts", "queue_items", "document_contents", "documents")
+
+BASE_CONFIG: dict[str, Any] = {
+    "TESTING": True,
+    "SECRET_KEY": "test-secret",
+    "SCHEDULER_ENABLED": False,
+    "PROCESS_ISOLATION": "none",
+    "RETRY_BASE_SECONDS": 10,
+    "WTF_CSRF_ENABLED": False,
+}
+
+
+def _postgres_url(database: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+
+
+def _postgres_reachable() -> str | None:
+    """None when reachable, else the reason."""
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_TEST_DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{PG_TEST_DATABASE}"')
+    except psycopg.Error as exc:
+        return str(exc).strip()
+    return None
+
+
+def _migrated_app(url: str) -> Flask:
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": url})
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return app
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    reason = _postgres_reachable()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is unreachable under CI=true: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL unreachable: {reason}")
+    url = _postgres_url(PG_TEST_DATABASE)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    _migrated_app(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database migrated once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "docqueue.db"
+    _migrated_app(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgresql_clean")
+        return url
+    path = tmp_path / "docqueue.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def postgresql_clean(postgres_url: str) -> str:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    return postgres_url
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Build an app on this test's database; keyword arguments override the config."""
+    apps: list[Flask] = []
+
+    def factory(**overrides: Any) -> Flask:
+        app = create_app({**BASE_CONFIG, "DATABASE_URL": database_url, **overrides})
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def app_ctx(app: Flask) -> Iterator[Flask]:
+    with app.app_context():
+        yield app

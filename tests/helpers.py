@@ -1,0 +1,58 @@
+"""Small helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import bindparam, text
+from werkzeug.test import TestResponse
+
+from docqueue_app.models import UTCDateTime, db
+
+
+def upload(
+    client: FlaskClient,
+    data: bytes = b"hello docqueue",
+    filename: str = "note.txt",
+    priority: Any = None,
+    headers: dict[str, str] | None = None,
+) -> TestResponse:
+    """POST one file to the upload API, as ``curl -F file=@...`` would."""
+    form: dict[str, Any] = {"file": (io.BytesIO(data), filename)}
+    if priority is not None:
+        form["priority"] = str(priority)
+    return client.post(
+        "/api/documents", data=form, content_type="multipart/form-data", headers=headers or {}
+    )
+
+
+def backend_name(app: Flask) -> str:
+    with app.app_context():
+        return db.engine.dialect.name
+
+
+def execute_sql(app: Flask, sql: str, **params: Any) -> None:
+    """Change rows behind the service's back (to simulate time passing, crashes...)."""
+    # Datetimes go through the model's column type, so SQLite stores them as it does.
+    stamps = [
+        bindparam(k, type_=UTCDateTime()) for k, v in params.items() if isinstance(v, datetime)
+    ]
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(text(sql).bindparams(*stamps), params)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

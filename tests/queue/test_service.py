@@ -1,0 +1,407 @@
+"""DocumentQueueService on both back ends: ordering, coalescing, claims, outcomes, fencing."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.orm import Session
+
+from docqueue_app.models import Document, QueueAttempt, QueueItem, db, utcnow
+from docqueue_app.queue import DocumentNotFound, DocumentQueueService
+from tests.helpers import execute_sql
+
+
+@pytest.fixture
+def service(app_ctx):
+    return DocumentQueueService()
+
+
+def new_document(service: DocumentQueueService, name: str = "a.txt", priority: int = 5) -> int:
+    document, created = service.submit_document(name, name.encode() * 3, "text/plain", priority)
+    assert created
+    return document.id
+
+
+def item_of(document_id: int) -> QueueItem:
+    db.session.commit()
+    return db.session.scalars(
+        db.select(QueueItem).where(QueueItem.document_id == document_id).order_by(QueueItem.id)
+    ).all()[-1]
+
+
+def document(document_id: int) -> Document:
+    db.session.commit()
+    return db.session.get(Document, document_id)
+
+
+def claim(service: DocumentQueueService, document_id: int, worker: str = "w1") -> QueueItem:
+    item = item_of(document_id)
+    assert service.mark_in_progress(item, worker)
+    return item
+
+
+def race_to_claim(app, item_id: int, racers: int = 2) -> list[bool]:
+    """Let ``racers`` sessions, each in its own thread, claim one item at the same moment."""
+    wins: list[bool] = []
+    barrier = threading.Barrier(racers)
+
+    def contend(worker: str) -> None:
+        with app.app_context(), Session(db.engine) as session:
+            racer = DocumentQueueService(session)
+            item = session.get(QueueItem, item_id)
+            barrier.wait()
+            wins.append(racer.mark_in_progress(item, worker))
+
+    threads = [threading.Thread(target=contend, args=(f"w{k}",)) for k in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return wins
+
+
+class TestEnqueue:
+    def test_upload_queues_one_pending_item(self, service):
+        doc_id = new_document(service)
+        item = item_of(doc_id)
+        assert (item.status, item.operation, item.priority, item.attempts) == (
+            "pending",
+            "process",
+            5,
+            0,
+        )
+        assert item.max_attempts == 5
+        assert document(doc_id).status == "pending"
+
+    def test_same_bytes_return_the_existing_document(self, service):
+        first, created = service.submit_document("a.txt", b"same", "text/plain")
+        second, created_again = service.submit_document("b.txt", b"same", "text/plain")
+        assert created and not created_again
+        assert second.id == first.id
+        assert db.session.scalar(db.select(db.func.count()).select_from(QueueItem)) == 1
+
+    def test_enqueue_while_pending_returns_that_item_with_raised_priority(self, service):
+        doc_id = new_document(service, priority=3)
+        first = item_of(doc_id)
+        again = service.enqueue(doc_id, "reprocess", priority=8)
+        assert again.id == first.id
+        assert item_of(doc_id).priority == 8
+        lower = service.enqueue(doc_id, "reprocess", priority=1)
+        assert lower.id == first.id
+        assert item_of(doc_id).priority == 8
+
+    def test_enqueue_makes_a_waiting_item_due_now(self, app, service):
+        doc_id = new_document(service)
+        execute_sql(
+            app, "UPDATE queue_items SET run_at = :later", later=utcnow() + timedelta(hours=1)
+        )
+        assert service.get_pending_items(10) == []
+        service.enqueue(doc_id, "reprocess")
+        assert [i.document_id for i in service.get_pending_items(10)] == [doc_id]
+
+    def test_enqueue_unknown_document(self, service):
+        with pytest.raises(DocumentNotFound):
+            service.enqueue(12345, "reprocess")
+
+    @pytest.mark.parametrize("priority", [-1, 11])
+    def test_priority_out_of_range(self, service, priority):
+        doc_id = new_document(service)
+        with pytest.raises(ValueError):
+            service.enqueue(doc_id, "reprocess", priority)
+
+    def test_unknown_operation(self, service):
+        doc_id = new_document(service)
+        with pytest.raises(ValueError):
+            service.enqueue(doc_id, "explode")
+
+
+class TestOrdering:
+    def test_higher_priority_first_then_oldest(self, service):
+        low = new_document(service, "low.txt", priority=1)
+        high_old = new_document(service, "high-old.txt", priority=9)
+        mid = new_document(service, "mid.txt", priority=5)
+        high_new = new_document(service, "high-new.txt", priority=9)
+        order = [i.document_id for i in service.get_pending_items(10)]
+        assert order == [high_old, high_new, mid, low]
+
+    def test_limit_and_not_yet_due_items(self, app, service):
+        ids = [new_document(service, f"{n}.txt") for n in range(3)]
+        execute_sql(
+            app,
+            "UPDATE queue_items SET run_at = :later WHERE document_id = :doc",
+            later=utcnow() + timedelta(minutes=5),
+            doc=ids[0],
+        )
+        assert [i.document_id for i in service.get_pending_items(1)] == [ids[1]]
+        assert [i.document_id for i in service.get_pending_items(10)] == ids[1:]
+
+    def test_claim_due_items_claims_in_priority_order(self, service):
+        low = new_document(service, "low.txt", priority=0)
+        high = new_document(service, "high.txt", priority=10)
+        items = service.claim_due_items(1, "w1")
+        assert [i.document_id for i in items] == [high]
+        assert item_of(high).status == "in_progress"
+        assert item_of(low).status == "pending"
+        assert document(high).status == "processing"
+
+
+class TestClaims:
+    def test_mark_in_progress_sets_the_lease(self, service):
+        doc_id = new_document(service)
+        item = claim(service, doc_id, "worker-a")
+        fresh = item_of(doc_id)
+        assert fresh.status == "in_progress"
+        assert fresh.locked_by == "worker-a"
+        assert fresh.attempts == 1
+        assert fresh.lease_expires_at > utcnow() + timedelta(seconds=290)
+        assert fresh.started_at is not None
+        assert not service.mark_in_progress(item, "worker-b")
+
+    def test_two_sessions_racing_for_one_item_exactly_one_wins(self, app, service):
+        for n in range(40):
+            doc_id = new_document(service, f"race-{n}.txt")
+            wins = race_to_claim(app, item_of(doc_id).id)
+            assert sorted(wins) == [False, True], f"round {n}: {wins}"
+            assert item_of(doc_id).attempts == 1
+
+    def test_concurrent_batch_claims_never_share_an_item(self, app, service):
+        ids = {new_document(service, f"batch-{n}.txt") for n in range(30)}
+        claimed: list[list[int]] = []
+        barrier = threading.Barrier(3)
+
+        def worker(name: str) -> None:
+            with app.app_context(), Session(db.engine) as session:
+                racer = DocumentQueueService(session)
+                barrier.wait()
+                mine: list[int] = []
+                while batch := racer.claim_due_items(4, name):
+                    mine.extend(item.document_id for item in batch)
+                claimed.append(mine)
+
+        threads = [threading.Thread(target=worker, args=(f"w{k}",)) for k in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        everything = [doc for mine in claimed for doc in mine]
+        assert sorted(everything) == sorted(ids)
+
+    def test_a_document_never_has_two_items_in_progress(self, service):
+        doc_id = new_document(service)
+        running = claim(service, doc_id)
+        queued = service.enqueue(doc_id, "reprocess", priority=10)
+        assert queued.id != running.id
+        assert document(doc_id).status == "pending"  # the latest item is the queued one
+        assert service.get_pending_items(10) == []
+        assert service.claim_due_items(10, "w2") == []
+        assert not service.mark_in_progress(item_of(doc_id), "w2")
+        assert service.mark_completed(running, {"text": "first run"})
+        assert [i.id for i in service.get_pending_items(10)] == [queued.id]
+        assert document(doc_id).text == "first run"  # kept while the reprocess waits
+
+
+class TestOutcomes:
+    def test_completion_records_the_result_on_the_document(self, service):
+        doc_id = new_document(service)
+        item = claim(service, doc_id)
+        result = {"text": "two words", "title": "T", "page_count": 2, "metadata": {"k": "v"}}
+        assert service.mark_completed(item, result)
+        doc = document(doc_id)
+        assert (doc.status, doc.text, doc.title, doc.page_count) == (
+            "completed",
+            "two words",
+            "T",
+            2,
+        )
+        assert (doc.word_count, doc.char_count, doc.error) == (2, 9, None)
+        assert doc.processed_at is not None
+        fresh = item_of(doc_id)
+        assert (fresh.status, fresh.locked_by, fresh.finished_at is not None) == (
+            "completed",
+            None,
+            True,
+        )
+
+    @pytest.mark.parametrize(("attempt", "low", "high"), [(1, 10, 12.5), (2, 20, 25), (3, 40, 50)])
+    def test_transient_failure_backs_off_exponentially(self, app, service, attempt, low, high):
+        doc_id = new_document(service)
+        execute_sql(app, "UPDATE queue_items SET attempts = :n", n=attempt - 1)
+        item = claim(service, doc_id)
+        before = utcnow()
+        assert service.mark_failed(item, "network hiccup")
+        fresh = item_of(doc_id)
+        assert fresh.status == "pending"
+        assert fresh.last_error == "network hiccup"
+        assert fresh.attempts == attempt
+        delay = (fresh.run_at - before).total_seconds()
+        assert low - 1 <= delay <= high + 1
+        doc = document(doc_id)
+        assert (doc.status, doc.error) == ("pending", None)
+
+    def test_backoff_is_capped(self, make_app):
+        app = make_app(RETRY_BASE_SECONDS=10, RETRY_MAX_SECONDS=30, MAX_ATTEMPTS=10)
+        with app.app_context():
+            service = DocumentQueueService()
+            doc_id = new_document(service)
+            execute_sql(app, "UPDATE queue_items SET attempts = 6")
+            item = claim(service, doc_id)
+            before = utcnow()
+            service.mark_failed(item, "again")
+            delay = (item_of(doc_id).run_at - before).total_seconds()
+            assert 29 <= delay <= 30 * 1.25 + 1
+
+    def test_permanent_failure_ends_failed(self, service):
+        doc_id = new_document(service)
+        item = claim(service, doc_id)
+        assert service.mark_failed(item, "encrypted PDF", permanent=True)
+        assert item_of(doc_id).status == "failed"
+        doc = document(doc_id)
+        assert (doc.status, doc.error) == ("failed", "encrypted PDF")
+
+    def test_last_attempt_ends_failed(self, app, service):
+        doc_id = new_document(service)
+        execute_sql(app, "UPDATE queue_items SET attempts = 4")
+        item = claim(service, doc_id)
+        assert service.mark_failed(item, "still broken")
+        fresh = item_of(doc_id)
+        assert (fresh.status, fresh.attempts) == ("failed", 5)
+        assert document(doc_id).error == "still broken"
+
+    def test_history_keeps_every_attempt(self, app, service):
+        doc_id = new_document(service)
+        service.mark_failed(claim(service, doc_id), "first")
+        execute_sql(app, "UPDATE queue_items SET run_at = :now", now=utcnow())
+        service.mark_completed(claim(service, doc_id, "w2"))
+        history = item_of(doc_id).history
+        assert [(h.attempt, h.worker, h.outcome, h.error) for h in history] == [
+            (1, "w1", "retry", "first"),
+            (2, "w2", "completed", None),
+        ]
+        assert all(h.duration_seconds is not None for h in history)
+
+    def test_result_of_a_deleted_document_is_dropped(self, service):
+        doc_id = new_document(service)
+        item = claim(service, doc_id)
+        assert service.delete_document(doc_id)
+        assert not service.mark_completed(item, {"text": "late"})
+        assert not service.mark_failed(item, "late")
+        assert db.session.get(Document, doc_id) is None
+
+
+class TestLeases:
+    def expire(self, app, doc_id: int) -> None:
+        execute_sql(
+            app,
+            "UPDATE queue_items SET lease_expires_at = :past WHERE document_id = :doc",
+            past=utcnow() - timedelta(seconds=1),
+            doc=doc_id,
+        )
+
+    def test_expired_lease_is_claimable_again_and_counts_an_attempt(self, app, service):
+        doc_id = new_document(service)
+        claim(service, doc_id, "dead-worker")
+        self.expire(app, doc_id)
+        assert [i.document_id for i in service.get_pending_items(10)] == [doc_id]
+        assert service.mark_in_progress(item_of(doc_id), "rescuer")
+        fresh = item_of(doc_id)
+        assert (fresh.attempts, fresh.locked_by) == (2, "rescuer")
+        assert [h.outcome for h in fresh.history] == ["lost", None]
+
+    def test_expired_in_progress_item_can_be_claimed_directly(self, app, service):
+        doc_id = new_document(service)
+        claim(service, doc_id, "dead-worker")
+        self.expire(app, doc_id)
+        assert service.mark_in_progress(item_of(doc_id), "rescuer")
+        assert item_of(doc_id).attempts == 2
+
+    def test_fencing_a_late_result_changes_nothing(self, app, service):
+        doc_id = new_document(service)
+        with Session(db.engine) as slow_session:
+            slow = DocumentQueueService(slow_session)
+            stale = slow_session.get(QueueItem, item_of(doc_id).id)
+            assert slow.mark_in_progress(stale, "slow-worker")
+            self.expire(app, doc_id)
+            fresh = claim(service, doc_id, "new-owner")
+            assert not slow.mark_completed(stale, {"text": "stale"})
+            assert not slow.mark_failed(stale, "stale", permanent=True)
+        current = item_of(doc_id)
+        assert (current.status, current.locked_by, current.attempts) == (
+            "in_progress",
+            "new-owner",
+            2,
+        )
+        assert service.mark_completed(fresh, {"text": "fresh"})
+        assert document(doc_id).text == "fresh"
+
+    def test_lost_worker_on_the_last_attempt_fails_the_item(self, app, service):
+        doc_id = new_document(service)
+        execute_sql(app, "UPDATE queue_items SET attempts = 4")
+        claim(service, doc_id)
+        self.expire(app, doc_id)
+        assert service.rescue_expired_leases() == 1
+        fresh = item_of(doc_id)
+        assert fresh.status == "failed"
+        assert "worker lost" in fresh.last_error
+        assert document(doc_id).status == "failed"
+
+    def test_heartbeat_extends_only_held_leases(self, app, service):
+        doc_id = new_document(service)
+        item = claim(service, doc_id)
+        execute_sql(app, "UPDATE queue_items SET lease_expires_at = :soon", soon=utcnow())
+        held = {item.id: item.claim}
+        assert service.extend_leases(held) == 1
+        assert item_of(doc_id).lease_expires_at > utcnow() + timedelta(seconds=200)
+        self.expire(app, doc_id)
+        claim(service, doc_id, "other")
+        assert service.extend_leases(held) == 0
+
+    def test_released_items_go_back_without_counting_the_attempt(self, service):
+        doc_id = new_document(service)
+        [item] = service.claim_due_items(5, "stopping-worker")
+        assert service.release_items([item]) == 1
+        fresh = item_of(doc_id)
+        assert (fresh.status, fresh.attempts, fresh.locked_by) == ("pending", 0, None)
+        assert fresh.history == []
+        assert document(doc_id).status == "pending"
+
+
+class TestStatsAndPruning:
+    def test_stats_count_each_status(self, app, service):
+        done = new_document(service, "done.txt")
+        service.mark_completed(claim(service, done))
+        broken = new_document(service, "broken.txt")
+        service.mark_failed(claim(service, broken), "bad", permanent=True)
+        claim(service, new_document(service, "busy.txt"))
+        new_document(service, "waiting.txt")
+        execute_sql(
+            app,
+            "UPDATE queue_items SET run_at = :t WHERE status = 'pending'",
+            t=utcnow() - timedelta(seconds=30),
+        )
+        stats = service.get_queue_stats()
+        assert {
+            k: stats[k]
+            for k in ("pending", "in_progress", "completed", "failed", "cancelled", "total")
+        } == {
+            "pending": 1,
+            "in_progress": 1,
+            "completed": 1,
+            "failed": 1,
+            "cancelled": 0,
+            "total": 4,
+        }
+        assert 29 <= stats["oldest_pending_age_seconds"] <= 60
+
+    def test_oldest_pending_age_is_null_without_due_items(self, service):
+        assert service.get_queue_stats()["oldest_pending_age_seconds"] is None
+
+    def test_pruning_deletes_old_finished_items_but_keeps_documents(self, app, service):
+        doc_id = new_document(service)
+        service.mark_completed(claim(service, doc_id), {"text": "kept"})
+        execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=31))
+        assert service.prune_finished_items(30) == 1
+        assert db.session.scalar(db.select(db.func.count()).select_from(QueueAttempt)) == 0
+        doc = document(doc_id)
+        assert (doc.status, doc.text) == ("completed", "kept")
