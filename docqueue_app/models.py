@@ -194,7 +194,7 @@ class QueueItem(db.Model):
 
     document: Mapped[Document] = relationship(back_populates="queue_items")
     history: Mapped[list[QueueAttempt]] = relationship(
-        passive_deletes=True, order_by="QueueAttempt.attempt"
+        passive_deletes=True, order_by="QueueAttempt.id"
     )
 
     def __repr__(self) -> str:

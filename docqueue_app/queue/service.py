@@ -388,6 +388,7 @@ class DocumentQueueService:
                     delete(QueueAttempt).where(
                         QueueAttempt.queue_item_id == item_id,
                         QueueAttempt.attempt == claim.attempt,
+                        QueueAttempt.finished_at.is_(None),
                     )
                 )
                 self._sync_documents([held.document_id], now)
@@ -463,6 +464,90 @@ class DocumentQueueService:
             .execution_options(synchronize_session=False)
         ).scalar()
 
+    # -- admin actions ----------------------------------------------------------
+
+    def retry_item(self, item_id: int) -> QueueItem:
+        """A failed or cancelled item back to pending, due now, its attempts reset."""
+        with self._write() as session:
+            item = self._item_for_update(item_id)
+            if item.status not in (ItemStatus.FAILED, ItemStatus.CANCELLED):
+                raise InvalidTransition(f"a {item.status} item cannot be retried")
+            if self._has_pending_item(item.document_id):
+                raise InvalidTransition("the document already has a pending item")
+            now = utcnow()
+            item.status = ItemStatus.PENDING
+            item.attempts = 0
+            item.run_at = now
+            item.finished_at = None
+            session.flush()
+            self._sync_documents([item.document_id], now)
+        return item
+
+    def cancel_item(self, item_id: int) -> QueueItem:
+        """Withdraw a pending item before it runs."""
+        with self._write() as session:
+            item = self._item_for_update(item_id)
+            if item.status != ItemStatus.PENDING:
+                raise InvalidTransition(f"a {item.status} item cannot be cancelled")
+            now = utcnow()
+            item.status = ItemStatus.CANCELLED
+            item.finished_at = now
+            session.flush()
+            self._sync_documents([item.document_id], now)
+        return item
+
+    def retry_failed_items(self) -> int:
+        """Retry every failed item whose document has nothing else pending."""
+        failed_ids = self.session.scalars(
+            select(QueueItem.id).where(QueueItem.status == ItemStatus.FAILED).order_by(QueueItem.id)
+        ).all()
+        retried = 0
+        for item_id in failed_ids:
+            try:
+                self.retry_item(item_id)
+            except (InvalidTransition, LookupError):
+                continue
+            retried += 1
+        return retried
+
+    def purge_items(
+        self, older_than_days: float, statuses: Iterable[str] = FINISHED_STATUSES
+    ) -> int:
+        """Delete finished items older than N days; documents are kept as they are."""
+        chosen = {ItemStatus(status) for status in statuses}
+        if not chosen <= set(FINISHED_STATUSES):
+            raise ValueError("only completed, failed and cancelled items can be purged")
+        cutoff = utcnow() - timedelta(days=older_than_days)
+        with self._write() as session:
+            old = select(QueueItem.id).where(
+                QueueItem.status.in_(chosen), QueueItem.finished_at < cutoff
+            )
+            session.execute(delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(old)))
+            deleted = session.execute(
+                delete(QueueItem)
+                .where(QueueItem.id.in_(old))
+                .execution_options(synchronize_session=False)
+            )
+        return deleted.rowcount
+
+    def _item_for_update(self, item_id: int) -> QueueItem:
+        item = self.session.scalar(
+            select(QueueItem).where(QueueItem.id == item_id).with_for_update()
+        )
+        if item is None:
+            raise LookupError(f"queue item {item_id} not found")
+        return item
+
+    def _has_pending_item(self, document_id: int) -> bool:
+        return (
+            self.session.scalar(
+                select(QueueItem.id).where(
+                    QueueItem.document_id == document_id, QueueItem.status == ItemStatus.PENDING
+                )
+            )
+            is not None
+        )
+
     # -- maintenance ------------------------------------------------------------
 
     def rescue_expired_leases(self) -> int:
@@ -507,19 +592,8 @@ class DocumentQueueService:
         return len(expired)
 
     def prune_finished_items(self, older_than_days: float) -> int:
-        """Delete finished items older than the retention period (documents stay)."""
-        cutoff = utcnow() - timedelta(days=older_than_days)
-        with self._write() as session:
-            old = select(QueueItem.id).where(
-                QueueItem.status.in_(FINISHED_STATUSES), QueueItem.finished_at < cutoff
-            )
-            session.execute(delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(old)))
-            deleted = session.execute(
-                delete(QueueItem)
-                .where(QueueItem.id.in_(old))
-                .execution_options(synchronize_session=False)
-            )
-        return deleted.rowcount
+        """The pruner: finished items past the retention period go (documents stay)."""
+        return self.purge_items(older_than_days)
 
     # -- reading ----------------------------------------------------------------
 
@@ -598,7 +672,11 @@ class DocumentQueueService:
     ) -> None:
         self.session.execute(
             update(QueueAttempt)
-            .where(QueueAttempt.queue_item_id == item_id, QueueAttempt.attempt == claim.attempt)
+            .where(
+                QueueAttempt.queue_item_id == item_id,
+                QueueAttempt.attempt == claim.attempt,
+                QueueAttempt.finished_at.is_(None),
+            )
             .values(finished_at=now, outcome=outcome, error=error)
             .execution_options(synchronize_session=False)
         )

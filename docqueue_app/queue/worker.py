@@ -9,6 +9,7 @@ the items this pass holds, so only a dead or stuck worker's items are reclaimed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,22 +18,34 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from ..metrics import record_outcome
+from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import Document, DocumentContent, QueueItem, db
 from ..processing import PermanentProcessingError, run_processor
 from .service import Claim, DocumentQueueService, default_worker_id
 
 log = logging.getLogger(__name__)
 
-# Process-wide worker identity: a late result from this process can be fenced
-# off by the attempt number, so one id per process is enough.
-WORKER_ID = default_worker_id()
+_worker_ids: dict[int, str] = {}
 
 
-def process_document_queue(limit: int | None = None, worker_id: str | None = None) -> dict:
+def current_worker_id() -> str:
+    """One id per process (forked gunicorn workers each get their own)."""
+    pid = os.getpid()
+    if pid not in _worker_ids:
+        _worker_ids[pid] = default_worker_id()
+    return _worker_ids[pid]
+
+
+def process_document_queue(
+    limit: int | None = None,
+    worker_id: str | None = None,
+    stop: threading.Event | None = None,
+) -> dict:
     """Claim up to ``limit`` (default BATCH_SIZE) due items and process them.
 
     Call inside an app context. Returns ``{"processed", "completed", "failed", "retried"}``.
+    When ``stop`` is set, the document in hand is finished and the claimed items
+    not yet started go back to pending, their attempt not counted.
     """
     config = current_app.config
     limit = config["BATCH_SIZE"] if limit is None else limit
@@ -43,9 +56,12 @@ def process_document_queue(limit: int | None = None, worker_id: str | None = Non
         service = DocumentQueueService(session)
         if is_paused(session):
             return outcome_counts
-        items = service.claim_due_items(limit, worker_id or WORKER_ID)
+        items = service.claim_due_items(limit, worker_id or current_worker_id())
         with lease_heartbeat(items, config["LEASE_SECONDS"]):
-            for item in items:
+            for index, item in enumerate(items):
+                if stop is not None and stop.is_set():
+                    service.release_items(items[index:])
+                    break
                 outcome = process_item(service, item)
                 outcome_counts[outcome] += 1
                 outcome_counts["processed"] += 1
@@ -65,7 +81,8 @@ def process_item(service: DocumentQueueService, item: QueueItem) -> str:
         return "failed"
     content, filename, content_type = loaded
     try:
-        result = _process_document_content(content, filename, content_type)
+        with PROCESSING_SECONDS.time():
+            result = _process_document_content(content, filename, content_type)
     except PermanentProcessingError as exc:
         return _record_failure(service, item, str(exc), permanent=True)
     except Exception as exc:  # any other error is transient by contract

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from docqueue_app.models import Document, QueueAttempt, QueueItem, db, utcnow
-from docqueue_app.queue import DocumentNotFound, DocumentQueueService
+from docqueue_app.queue import DocumentNotFound, DocumentQueueService, InvalidTransition
 from tests.helpers import execute_sql
 
 
@@ -405,3 +405,55 @@ class TestStatsAndPruning:
         assert db.session.scalar(db.select(db.func.count()).select_from(QueueAttempt)) == 0
         doc = document(doc_id)
         assert (doc.status, doc.text) == ("completed", "kept")
+
+
+class TestAdminActions:
+    def test_retry_a_failed_item_resets_its_attempts(self, service):
+        doc_id = new_document(service)
+        item = claim(service, doc_id)
+        service.mark_failed(item, "broken", permanent=True)
+        service.retry_item(item.id)
+        fresh = item_of(doc_id)
+        assert (fresh.status, fresh.attempts) == ("pending", 0)
+        assert document(doc_id).status == "pending"
+        service.mark_completed(claim(service, doc_id, "w2"))
+        assert [h.outcome for h in item_of(doc_id).history] == ["failed", "completed"]
+
+    def test_retry_refuses_a_pending_item(self, service):
+        doc_id = new_document(service)
+        with pytest.raises(InvalidTransition):
+            service.retry_item(item_of(doc_id).id)
+
+    def test_cancel_a_pending_item(self, service):
+        doc_id = new_document(service)
+        service.cancel_item(item_of(doc_id).id)
+        assert item_of(doc_id).status == "cancelled"
+        assert document(doc_id).status == "cancelled"
+        assert service.get_pending_items(10) == []
+
+    def test_cancel_refuses_a_completed_item(self, service):
+        doc_id = new_document(service)
+        service.mark_completed(claim(service, doc_id))
+        with pytest.raises(InvalidTransition):
+            service.cancel_item(item_of(doc_id).id)
+
+    def test_retry_failed_items_skips_documents_with_pending_work(self, service):
+        lonely = new_document(service, "lonely.txt")
+        service.mark_failed(claim(service, lonely), "x", permanent=True)
+        busy = new_document(service, "busy.txt")
+        service.mark_failed(claim(service, busy), "x", permanent=True)
+        service.enqueue(busy, "reprocess")
+        assert service.retry_failed_items() == 1
+        assert item_of(lonely).status == "pending"
+
+    def test_purge_refuses_unfinished_statuses(self, service):
+        with pytest.raises(ValueError):
+            service.purge_items(1, ["pending"])
+
+    def test_purged_document_keeps_its_status(self, app, service):
+        doc_id = new_document(service)
+        service.mark_failed(claim(service, doc_id), "bad", permanent=True)
+        execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=2))
+        assert service.purge_items(1, ["failed"]) == 1
+        assert document(doc_id).status == "failed"
+        assert db.session.scalar(db.select(db.func.count()).select_from(QueueItem)) == 0
