@@ -1,0 +1,40 @@
+# docqueue: `make run` serves the app, `make test` checks everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+FLASK := $(BIN)/flask --app docqueue_app
+
+.PHONY: install run migrate test lint format bench clean
+
+install: $(INSTALLED)
+
+# Reinstalled whenever pyproject.toml changes.
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+migrate: install
+	$(FLASK) db upgrade
+
+run: migrate
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/isolation_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
