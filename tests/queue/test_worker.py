@@ -1,0 +1,128 @@
+"""process_document_queue and the standalone worker: claims, outcomes, isolation, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from sqlalchemy.orm import Session
+
+from docqueue_app.models import Document, QueueItem, db
+from docqueue_app.queue import DocumentQueueService, process_document_queue
+from tests.e2e.server import BIN, ROOT
+from tests.helpers import wait_until
+
+SAMPLE = "tests.processing.sample_processors"
+
+
+def submit(app, data: bytes, name: str = "doc.txt", priority: int = 5) -> int:
+    with app.app_context():
+        document, _ = DocumentQueueService().submit_document(name, data, "text/plain", priority)
+        return document.id
+
+
+def status_of(app, document_id: int) -> Document:
+    with app.app_context(), Session(db.engine) as session:
+        document = session.get(Document, document_id)
+        session.expunge(document)
+        return document
+
+
+def test_a_pass_processes_due_items_and_reports_counts(app):
+    ids = [submit(app, f"words number {n}".encode(), f"{n}.txt") for n in range(3)]
+    with app.app_context():
+        assert process_document_queue() == {
+            "processed": 3,
+            "completed": 3,
+            "failed": 0,
+            "retried": 0,
+        }
+        assert process_document_queue()["processed"] == 0
+    document = status_of(app, ids[0])
+    assert (document.status, document.word_count, document.char_count) == ("completed", 3, 16)
+
+
+def test_limit_caps_the_items_claimed(app):
+    for n in range(3):
+        submit(app, f"doc {n}".encode(), f"{n}.txt")
+    with app.app_context():
+        assert process_document_queue(limit=2)["processed"] == 2
+        assert DocumentQueueService().get_queue_stats()["pending"] == 1
+
+
+def test_transient_errors_retry_and_permanent_ones_fail(make_app):
+    app = make_app(PROCESSOR=f"{SAMPLE}:raise_runtime_error")
+    doc_id = submit(app, b"anything")
+    with app.app_context():
+        assert process_document_queue()["retried"] == 1
+    assert status_of(app, doc_id).status == "pending"
+
+    app = make_app()
+    broken = submit(app, b"{not json", "broken.json")
+    with app.app_context(), Session(db.engine) as session:
+        session.get(Document, broken).content_type = "application/json"
+        session.commit()
+    with app.app_context():
+        assert process_document_queue()["failed"] == 1
+    failed = status_of(app, broken)
+    assert failed.status == "failed"
+    assert "JSON" in failed.error
+
+
+@pytest.mark.parametrize(
+    ("processor", "permanent", "words"),
+    [
+        ("exit_abruptly", False, "exit code 3"),
+        ("raise_memory_error", True, "memory"),
+    ],
+)
+def test_isolated_processor_crashes_fail_only_the_document(make_app, processor, permanent, words):
+    app = make_app(
+        PROCESSOR=f"{SAMPLE}:{processor}",
+        PROCESS_ISOLATION="subprocess",
+        PROCESS_MEMORY_MB=512,
+        MAX_ATTEMPTS=2,
+    )
+    doc_id = submit(app, b"hostile")
+    with app.app_context():
+        result = process_document_queue()
+    assert result["failed" if permanent else "retried"] == 1
+    document = status_of(app, doc_id)
+    assert document.status == ("failed" if permanent else "pending")
+    with app.app_context():
+        item = db.session.scalars(db.select(QueueItem)).one()
+        assert words in item.last_error
+
+
+def test_sigterm_finishes_the_document_in_hand_and_releases_the_rest(app, database_url, tmp_path):
+    ids = [submit(app, f"slow {n}".encode(), f"{n}.txt") for n in range(4)]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DOCQUEUE_SECRET_KEY": "t",
+        "DOCQUEUE_PROCESS_ISOLATION": "none",
+        "DOCQUEUE_PROCESSOR": "tests.e2e.processors:sleep_briefly",
+    }
+    worker = subprocess.Popen(
+        [str(BIN / "docqueue"), "queue", "worker", "--batch-size", "4"],
+        cwd=ROOT,
+        env=env,
+        stderr=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        wait_until(lambda: any(status_of(app, i).status == "processing" for i in ids), 30)
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    statuses = sorted(status_of(app, i).status for i in ids)
+    assert statuses.count("completed") >= 1
+    assert "processing" not in statuses
+    with app.app_context():
+        pending = db.session.scalars(db.select(QueueItem).where(QueueItem.status == "pending"))
+        assert all(item.attempts == 0 for item in pending)
