@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import Document, DocumentContent, QueueItem, db
-from ..processing import PermanentProcessingError, run_processor
+from ..processing import PermanentProcessingError, TransientProcessingError, run_processor
 from .service import Claim, DocumentQueueService, default_worker_id
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,16 @@ def process_item(service: DocumentQueueService, item: QueueItem) -> str:
         return _record_failure(service, item, str(exc), permanent=True)
     except Exception as exc:  # any other error is transient by contract
         log.warning("document %s attempt failed: %s", item.document_id, exc)
-        return _record_failure(service, item, f"{type(exc).__name__}: {exc}", permanent=False)
+        return _record_failure(service, item, _describe(exc), permanent=False)
     service.mark_completed(item, result)
     record_outcome("completed")
     return "completed"
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, TransientProcessingError):
+        return str(exc)  # already says what happened to the child process
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _record_failure(

@@ -42,7 +42,7 @@ def test_a_pass_processes_due_items_and_reports_counts(app):
         }
         assert process_document_queue()["processed"] == 0
     document = status_of(app, ids[0])
-    assert (document.status, document.word_count, document.char_count) == ("completed", 3, 16)
+    assert (document.status, document.word_count, document.char_count) == ("completed", 3, 14)
 
 
 def test_limit_caps_the_items_claimed(app):
