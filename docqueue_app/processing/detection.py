@@ -1,0 +1,122 @@
+"""Tell a document's type from its bytes (SPEC §4); the filename only refines text types."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import PurePosixPath
+
+from .docx import MAIN_PART as DOCX_MAIN_PART
+from .docx import MAX_ENTRIES as MAX_ZIP_ENTRIES
+from .docx import OLE2_SIGNATURE, declared_zip_entry_count
+from .encoding import NotText, decode_text, find_declared_charset
+from .errors import UnsupportedContentType
+
+PDF = "application/pdf"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+HTML = "text/html"
+PLAIN_TEXT = "text/plain"
+MARKDOWN = "text/markdown"
+CSV = "text/csv"
+JSON = "application/json"
+
+SUPPORTED_CONTENT_TYPES = (PDF, DOCX, HTML, PLAIN_TEXT, MARKDOWN, CSV, JSON)
+
+PDF_SIGNATURE = b"%PDF-"
+PDF_SIGNATURE_WINDOW = 1024  # PDF readers accept junk before the header, up to 1 KB
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+# Enough text to judge the encoding; a multi-megabyte upload is not decoded whole.
+_TEXT_SAMPLE_BYTES = 256 * 1024
+_HTML_SNIFF_CHARS = 1024
+_HTML_MARKERS = ("<!doctype html", "<html", "<head", "<body")
+
+_TEXT_TYPES_BY_SUFFIX = {
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".csv": CSV,
+    ".json": JSON,
+    ".html": HTML,
+    ".htm": HTML,
+}
+
+
+def detect_content_type(content: bytes, filename: str) -> str:
+    """The supported content type of ``content``, one of ``SUPPORTED_CONTENT_TYPES``.
+
+    A damaged or encrypted form of a supported type (a truncated ZIP or an OLE2
+    container named ``.docx``, JSON that does not parse) is still given that type,
+    so extraction can fail it with a clear reason.
+    Raises ``UnsupportedContentType`` for other binary content.
+    """
+    if PDF_SIGNATURE in content[:PDF_SIGNATURE_WINDOW]:
+        return PDF
+    suffix = PurePosixPath(filename).suffix.lower()
+    if content.startswith(ZIP_SIGNATURE):
+        return _classify_zip(content, suffix)
+    if content.startswith(OLE2_SIGNATURE):
+        if suffix == ".docx":
+            return DOCX
+        raise UnsupportedContentType("an OLE2 container (legacy Office file), not a DOCX")
+    return _classify_text(content, suffix)
+
+
+def _classify_zip(content: bytes, suffix: str) -> str:
+    entry_count = declared_zip_entry_count(content)
+    if entry_count is not None and entry_count > MAX_ZIP_ENTRIES:
+        # Listing that many entries would cost memory in a web request; the
+        # extractor refuses such a DOCX as a zip bomb, with the reason.
+        if DOCX_MAIN_PART.encode() in content:
+            return DOCX
+        raise UnsupportedContentType(f"a ZIP archive with {entry_count} entries, not a DOCX")
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        if suffix == ".docx":
+            return DOCX
+        raise UnsupportedContentType("a damaged ZIP archive") from None
+    if DOCX_MAIN_PART in names:
+        return DOCX
+    raise UnsupportedContentType(f"a ZIP archive without {DOCX_MAIN_PART}, not a DOCX")
+
+
+def _classify_text(content: bytes, suffix: str) -> str:
+    sample = content[:_TEXT_SAMPLE_BYTES]
+    try:
+        decoded = decode_text(
+            sample, declared=find_declared_charset(sample), complete=len(content) == len(sample)
+        )
+    except NotText:
+        raise UnsupportedContentType(f"binary content ({_describe_binary(content)})") from None
+    if suffix in _TEXT_TYPES_BY_SUFFIX:
+        return _TEXT_TYPES_BY_SUFFIX[suffix]
+    return HTML if looks_like_html(decoded.text) else PLAIN_TEXT
+
+
+def looks_like_html(text: str) -> bool:
+    """True when the text starts with markup and one of the HTML document tags."""
+    start = text.lstrip("\ufeff \t\r\n")
+    if not start.startswith("<"):
+        return False
+    head = start[:_HTML_SNIFF_CHARS].lower()
+    return any(marker in head for marker in _HTML_MARKERS)
+
+
+_KNOWN_BINARY_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x7fELF", "an ELF executable"),
+    (b"MZ", "a Windows executable"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+)
+
+
+def _describe_binary(content: bytes) -> str:
+    for signature, description in _KNOWN_BINARY_SIGNATURES:
+        if content.startswith(signature):
+            return description
+    return "not a PDF, DOCX or text document"

@@ -1,0 +1,237 @@
+"""Content-type detection (SPEC §4): from the bytes; the filename only refines text."""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+
+import pytest
+
+from docqueue_app.processing import (
+    SUPPORTED_CONTENT_TYPES,
+    PermanentProcessingError,
+    UnsupportedContentType,
+    detect_content_type,
+    extract,
+)
+
+PDF = "application/pdf"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+OLE2_HEADER = bytes.fromhex("D0CF11E0A1B11AE1")
+
+
+def make_zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def minimal_docx(body_xml: str = "<w:p><w:r><w:t>Hello</w:t></w:r></w:p>") -> bytes:
+    document = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+        '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+        f"<w:body>{body_xml}</w:body></w:document>"
+    )
+    return make_zip({"[Content_Types].xml": b"<Types/>", "word/document.xml": document.encode()})
+
+
+def test_supported_types_are_the_spec_list() -> None:
+    assert set(SUPPORTED_CONTENT_TYPES) == {
+        PDF,
+        DOCX,
+        "text/html",
+        "text/plain",
+        "text/markdown",
+        "text/csv",
+        "application/json",
+    }
+
+
+# --- PDF ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filename", ["report.pdf", "report.txt", "no-extension"])
+def test_pdf_signature_wins_over_the_name(filename: str) -> None:
+    assert detect_content_type(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", filename) == PDF
+
+
+def test_pdf_signature_after_leading_junk_within_1024_bytes() -> None:
+    assert detect_content_type(b"x" * 1000 + b"%PDF-1.4\n", "a.pdf") == PDF
+
+
+def test_pdf_signature_beyond_1024_bytes_is_not_a_pdf() -> None:
+    assert detect_content_type(b"x" * 1024 + b"%PDF-1.4\n", "a.pdf") == "text/plain"
+
+
+def test_damaged_pdf_is_still_a_pdf_and_fails_permanently() -> None:
+    content = b"%PDF-1.4\nthis is not a PDF body at all"
+
+    assert detect_content_type(content, "broken.pdf") == PDF
+    with pytest.raises(PermanentProcessingError, match="damaged PDF"):
+        extract(content, "broken.pdf")
+
+
+# --- DOCX and other containers ----------------------------------------------
+
+
+@pytest.mark.parametrize("filename", ["letter.docx", "letter.zip", "letter"])
+def test_zip_holding_word_document_is_docx_whatever_its_name(filename: str) -> None:
+    assert detect_content_type(minimal_docx(), filename) == DOCX
+
+
+def test_truncated_zip_named_docx_is_docx_and_fails_permanently() -> None:
+    truncated = minimal_docx()[:200]
+
+    assert detect_content_type(truncated, "letter.docx") == DOCX
+    with pytest.raises(PermanentProcessingError, match="damaged DOCX: not a readable ZIP"):
+        extract(truncated, "letter.docx")
+
+
+def test_truncated_zip_with_another_name_is_unsupported() -> None:
+    with pytest.raises(UnsupportedContentType, match="damaged ZIP"):
+        detect_content_type(minimal_docx()[:200], "archive.zip")
+
+
+def test_encrypted_ole2_named_docx_is_docx_and_fails_permanently() -> None:
+    # The directory of an encrypted DOCX names its "EncryptedPackage" stream.
+    content = OLE2_HEADER + bytes(500) + "EncryptedPackage".encode("utf-16-le") + bytes(500)
+
+    assert detect_content_type(content, "secret.docx") == DOCX
+    with pytest.raises(PermanentProcessingError, match="encrypted or password-protected Word"):
+        extract(content, "secret.docx")
+
+
+def test_other_ole2_files_are_unsupported() -> None:
+    with pytest.raises(UnsupportedContentType, match="OLE2"):
+        detect_content_type(OLE2_HEADER + bytes(1000), "old.doc")
+
+
+def test_plain_zip_is_unsupported() -> None:
+    content = make_zip({"photo.jpg": b"\xff\xd8\xff" + bytes(100), "notes.txt": b"hi"})
+
+    with pytest.raises(UnsupportedContentType, match=r"ZIP archive without word/document\.xml"):
+        detect_content_type(content, "photos.zip")
+
+
+def test_zip_with_too_many_entries_is_judged_without_listing_it() -> None:
+    entries = {f"word/media/{index}.txt": b"" for index in range(1001)}
+    entries["word/document.xml"] = b"<w:document/>"
+
+    content = make_zip(entries)
+
+    assert detect_content_type(content, "many.docx") == DOCX
+    with pytest.raises(PermanentProcessingError, match="zip bomb: 1002 entries"):
+        extract(content, "many.docx")
+
+
+# --- binary content ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "described_as"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(50), "PNG image"),
+        (b"\x7fELF\x02\x01\x01\x00" + bytes(56), "ELF executable"),
+        (b"\x1f\x8b\x08\x00" + bytes(40), "gzip archive"),
+        (random.Random(42).randbytes(4096), "not a PDF, DOCX or text document"),
+    ],
+    ids=["png", "elf", "gzip", "random-bytes"],
+)
+def test_other_binary_content_is_unsupported(content: bytes, described_as: str) -> None:
+    with pytest.raises(UnsupportedContentType, match=described_as):
+        detect_content_type(content, "upload.txt")
+
+
+def test_binary_named_like_text_is_still_unsupported() -> None:
+    with pytest.raises(UnsupportedContentType):
+        detect_content_type(b"\x7fELF\x02\x01\x01\x00" + bytes(56), "notes.md")
+
+
+def test_utf8_text_with_nul_bytes_is_binary() -> None:
+    with pytest.raises(UnsupportedContentType):
+        detect_content_type(b"hello\x00world, a perfectly normal sentence", "notes.txt")
+
+
+# --- text: by extension, then sniffed -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("README.md", "text/markdown"),
+        ("notes.MARKDOWN", "text/markdown"),
+        ("table.csv", "text/csv"),
+        ("data.json", "application/json"),
+        ("page.html", "text/html"),
+        ("page.HTM", "text/html"),
+        ("notes.txt", "text/plain"),
+        ("no-extension", "text/plain"),
+        ("archive.tar.csv", "text/csv"),
+    ],
+)
+def test_text_is_classified_by_extension(filename: str, expected: str) -> None:
+    assert detect_content_type(b"name,value\nalpha,1\n", filename) == expected
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"<!DOCTYPE html><title>x</title>",
+        b"  \n<!doctype HTML>\n<html>",
+        b"<html lang='en'><p>hi</p></html>",
+        b"<head><title>x</title></head>",
+        b"<body>hello</body>",
+        b'<?xml version="1.0"?>\n<html xmlns="http://www.w3.org/1999/xhtml">',
+    ],
+)
+def test_html_is_sniffed_when_the_extension_says_nothing(start: bytes) -> None:
+    assert detect_content_type(start, "download.txt") == "text/html"
+
+
+def test_text_merely_mentioning_html_tags_is_plain_text() -> None:
+    content = b"To start a page, write <html> and then <body>.\n"
+
+    assert detect_content_type(content, "tutorial.txt") == "text/plain"
+
+
+def test_html_named_markdown_keeps_the_extension_type() -> None:
+    assert detect_content_type(b"<!doctype html><p>x</p>", "page.md") == "text/markdown"
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "Grüße aus Köln".encode("utf-16"),  # with a BOM
+        "Grüße aus Köln".encode("utf-16-le"),  # without
+        "Grüße aus Köln".encode("utf-16-be"),
+        "Grüße aus Köln".encode("utf-32"),
+        "Grüße aus Köln".encode("utf-8-sig"),
+        "Grüße aus Köln, très bien".encode("cp1252"),
+    ],
+    ids=["utf-16-bom", "utf-16-le", "utf-16-be", "utf-32-bom", "utf-8-bom", "cp1252"],
+)
+def test_text_in_any_common_encoding_is_text(encoded: bytes) -> None:
+    assert detect_content_type(encoded, "greeting.txt") == "text/plain"
+
+
+def test_broken_json_is_json_and_fails_permanently() -> None:
+    content = b'{"title": "unterminated'
+
+    assert detect_content_type(content, "data.json") == "application/json"
+    with pytest.raises(PermanentProcessingError, match="invalid JSON"):
+        extract(content, "data.json")
+
+
+def test_unsupported_content_type_is_a_permanent_error() -> None:
+    # So a processor meeting such bytes fails the document instead of retrying it.
+    assert issubclass(UnsupportedContentType, PermanentProcessingError)
+
+
+def test_extract_detects_the_type_when_not_given() -> None:
+    result = extract(b"# Plan\n\nShip it.\n", "plan.md")
+
+    assert result["title"] == "Plan"
+    assert result["metadata"]["encoding"] == "utf-8"

@@ -1,0 +1,107 @@
+"""The decoding chain: BOM, UTF-16 without BOM, declared charset, UTF-8, detection."""
+
+from __future__ import annotations
+
+import pytest
+
+from docqueue_app.processing.encoding import NotText, decode_text, find_declared_charset
+
+FRENCH = (
+    "L'été était très chaud cette année. J'ai acheté un café au lait pour 3,50 €. "
+    "C'était délicieux ! Le garçon a répondu : « Très bien, à bientôt ». "
+) * 3
+
+
+@pytest.mark.parametrize(
+    ("encoded", "encoding"),
+    [
+        ("Grüße".encode("utf-8-sig"), "utf-8-sig"),
+        ("Grüße".encode("utf-16-le"), "utf-16-le"),
+        ("Grüße".encode("utf-16"), "utf-16"),
+        (b"\xfe\xff" + "Grüße".encode("utf-16-be"), "utf-16"),
+        ("Grüße".encode("utf-32"), "utf-32"),
+        ("Grüße".encode("utf-16-be"), "utf-16-be"),
+    ],
+    ids=["utf-8-bom", "utf-16-le-no-bom", "utf-16-bom", "utf-16-be-bom", "utf-32", "utf-16-be"],
+)
+def test_byte_order_marks_and_bomless_utf16(encoded: bytes, encoding: str) -> None:
+    decoded = decode_text(encoded)
+
+    assert (decoded.text, decoded.encoding) == ("Grüße", encoding)
+
+
+def test_declared_charset_is_used_when_the_bytes_fit_it() -> None:
+    decoded = decode_text("Привет, мир".encode("koi8-r"), declared="KOI8-R")
+
+    assert (decoded.text, decoded.encoding) == ("Привет, мир", "koi8-r")
+
+
+def test_a_declaration_the_bytes_contradict_is_ignored() -> None:
+    arabic = "قرية من القرى التي كانت " * 5
+
+    decoded = decode_text(arabic.encode("cp1256"), declared="utf-8")
+
+    assert decoded.text == arabic
+
+
+def test_declared_latin1_means_windows_1252_as_in_browsers() -> None:
+    decoded = decode_text(b"Price: \x80 5", declared="ISO-8859-1")
+
+    assert (decoded.text, decoded.encoding) == ("Price: € 5", "cp1252")
+
+
+def test_a_utf16_declaration_in_ascii_readable_bytes_is_ignored() -> None:
+    decoded = decode_text(b"<meta charset=utf-16><p>caf\xc3\xa9", declared="utf-16")
+
+    assert decoded.encoding == "utf-8"
+
+
+def test_unknown_declared_charset_is_ignored() -> None:
+    assert decode_text(b"plain", declared="x-made-up").encoding == "utf-8"
+
+
+def test_western_european_text_prefers_cp1252_over_cp1250() -> None:
+    decoded = decode_text(FRENCH.encode("cp1252"))
+
+    assert (decoded.text, decoded.encoding) == (FRENCH, "cp1252")
+
+
+def test_japanese_prefers_cp932_which_has_the_ibm_kanji() -> None:
+    japanese = "髙橋淳,名古屋,佐藤太郎\n" * 20
+
+    decoded = decode_text(japanese.encode("cp932"))
+
+    assert (decoded.text, decoded.encoding) == (japanese, "cp932")
+
+
+@pytest.mark.parametrize(
+    "binary",
+    [
+        b"text with a \x00 NUL that is not UTF-16 at all, not even close",
+        b"\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x11abc",
+    ],
+    ids=["nul", "control-characters"],
+)
+def test_binary_is_not_text(binary: bytes) -> None:
+    with pytest.raises(NotText):
+        decode_text(binary)
+
+
+def test_a_sample_may_end_in_the_middle_of_a_character() -> None:
+    sample = "naïve café".encode()[:-1]  # cuts the two-byte é in half
+
+    assert decode_text(sample, complete=False).text == "naïve caf"
+
+
+@pytest.mark.parametrize(
+    ("head", "charset"),
+    [
+        (b'<html><head><meta charset="Shift_JIS">', "Shift_JIS"),
+        (b"<META HTTP-EQUIV=Content-Type CONTENT='text/html; charset=iso-8859-6'>", "iso-8859-6"),
+        (b'<?xml version="1.0" encoding="windows-1252"?><html>', "windows-1252"),
+        (b'<meta http-equiv="Content-Type" content="text/html">', None),
+        (b"no markup at all", None),
+    ],
+)
+def test_declared_charset_is_found_in_the_head(head: bytes, charset: str | None) -> None:
+    assert find_declared_charset(head) == charset
