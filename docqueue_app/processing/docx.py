@@ -28,7 +28,6 @@ MAX_COMPRESSION_RATIO = 200
 # Below this size an entry cannot hurt, whatever its ratio; tiny XML parts of
 # repeated markup legitimately compress very well.
 RATIO_CHECK_MIN_BYTES = 1024 * 1024
-MAX_TEXT_CHARS = 20_000_000
 
 MAIN_PART = "word/document.xml"
 CORE_PROPERTIES_PART = "docProps/core.xml"
@@ -78,9 +77,6 @@ def extract_docx(content: bytes) -> dict:
             raise PermanentProcessingError(f"not a DOCX: the package has no {MAIN_PART}")
         text = "\n".join(_part_texts(package, [MAIN_PART, *_secondary_parts(names)]))
         title, metadata = _core_properties(package, names)
-    if len(text) > MAX_TEXT_CHARS:
-        text = text[:MAX_TEXT_CHARS]
-        metadata["text_truncated"] = True
     return {"text": text, "title": title, "page_count": None, "metadata": metadata}
 
 
