@@ -24,7 +24,8 @@ from docqueue_app.models import db
 PG_ADMIN_URL = os.environ.get(
     "DOCQUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-PG_TEST_DATABASE = "docqueue_test"
+# One database per test run, so concurrent runs (developers, CI) never share rows.
+PG_TEST_DATABASE = f"docqueue_test_{os.getpid()}"
 TABLES = ("queue_attempts", "queue_items", "document_contents", "documents")
 
 BASE_CONFIG: dict[str, Any] = {
@@ -41,15 +42,16 @@ def _postgres_url(database: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
 
 
-def _postgres_reachable() -> str | None:
-    """None when reachable, else the reason."""
+def _admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _create_test_database() -> str | None:
+    """Create this run's database; None when done, else why PostgreSQL is unusable."""
     try:
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3, autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_TEST_DATABASE,)
-            ).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{PG_TEST_DATABASE}"')
+        _admin(f'DROP DATABASE IF EXISTS "{PG_TEST_DATABASE}"')
+        _admin(f'CREATE DATABASE "{PG_TEST_DATABASE}"')
     except psycopg.Error as exc:
         return str(exc).strip()
     return None
@@ -64,18 +66,16 @@ def _migrated_app(url: str) -> Flask:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    reason = _postgres_reachable()
+def postgres_url() -> Iterator[str]:
+    reason = _create_test_database()
     if reason is not None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"PostgreSQL is unreachable under CI=true: {reason}", pytrace=False)
         pytest.skip(f"PostgreSQL unreachable: {reason}")
     url = _postgres_url(PG_TEST_DATABASE)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
     _migrated_app(url)
-    return url
+    yield url
+    _admin(f'DROP DATABASE IF EXISTS "{PG_TEST_DATABASE}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
