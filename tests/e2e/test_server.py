@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.processors import RECORD_ENV
 from tests.e2e.server import Server, run_cli
+from tests.processing.test_isolation import flate_bomb_pdf
 
 DOCUMENTS = 12
 
@@ -26,7 +27,6 @@ def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
         "DOCQUEUE_SECRET_KEY": "e2e",
         "DOCQUEUE_POLL_INTERVAL": "0.2",
         "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     migrated = run_cli(env, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
@@ -79,21 +79,26 @@ def test_sigkill_loses_nothing_and_processes_each_document_once(server_env, tmp_
     assert runs == Counter({f"doc-{n}.txt": 1 for n in range(DOCUMENTS)})
 
 
-def test_a_crashing_processor_fails_only_its_document(server_env, tmp_path):
+def test_hostile_documents_fail_alone_and_the_server_stays_healthy(server_env, tmp_path):
     env = {
         **server_env,
         "DOCQUEUE_PROCESSOR": "tests.e2e.processors:crash_on_marker",
         "DOCQUEUE_MAX_ATTEMPTS": "1",
+        "DOCQUEUE_PROCESS_MEMORY_MB": "512",
     }
     server = Server(env, log_path=tmp_path / "server.log").start()
     try:
         assert server.upload("crash.txt", b"CRASH right now")[0] == 202
+        assert server.upload("bomb.pdf", flate_bomb_pdf())[0] == 202
         assert server.upload("fine.txt", b"a perfectly fine document")[0] == 202
-        documents = {d["filename"]: d for d in wait_for_statuses(server, 2)}
+        documents = {d["filename"]: d for d in wait_for_statuses(server, 3)}
         assert documents["fine.txt"]["status"] == "completed"
         crashed = documents["crash.txt"]
         assert crashed["status"] == "failed"
-        assert "exit code 3" in crashed["error"] or "died" in crashed["error"]
+        assert "exit code 3" in crashed["error"]
+        bomb = documents["bomb.pdf"]
+        assert bomb["status"] == "failed"
+        assert "memory cap of 512 MB exceeded" in bomb["error"]
         assert server.get("/healthz") == (200, {"status": "ok", "database": "ok"})
         assert server.get("/readyz")[1]["scheduler"] == "ok"
     finally:
