@@ -149,16 +149,6 @@ _IN_PROGRESS = text("status = 'in_progress'")
 class QueueItem(db.Model):
     __tablename__ = "queue_items"
     __table_args__ = (
-        # The claim orders by exactly these columns over due pending rows, so the
-        # database walks this index instead of sorting the whole backlog.
-        Index(
-            "ix_queue_items_claim",
-            text("priority DESC"),
-            "run_at",
-            "id",
-            sqlite_where=_PENDING,
-            postgresql_where=_PENDING,
-        ),
         # At most one not-yet-started item per document, even under racing enqueues.
         Index(
             "uq_queue_items_pending_document",
@@ -199,6 +189,18 @@ class QueueItem(db.Model):
 
     def __repr__(self) -> str:
         return f"<QueueItem {self.id} doc={self.document_id} {self.status} try={self.attempts}>"
+
+
+# The claim orders by exactly these columns over due pending rows, so the
+# database walks this index instead of sorting the whole backlog.
+Index(
+    "ix_queue_items_claim",
+    QueueItem.priority.desc(),
+    QueueItem.run_at,
+    QueueItem.id,
+    sqlite_where=_PENDING,
+    postgresql_where=_PENDING,
+)
 
 
 class QueueAttempt(db.Model):
