@@ -105,6 +105,7 @@ def test_sigterm_finishes_the_document_in_hand_and_releases_the_rest(app, databa
         "DOCQUEUE_SECRET_KEY": "t",
         "DOCQUEUE_PROCESS_ISOLATION": "none",
         "DOCQUEUE_PROCESSOR": "tests.e2e.processors:sleep_briefly",
+        "PYTHONPATH": str(ROOT),  # the processor lives in the tests package
     }
     worker = subprocess.Popen(
         [str(BIN / "docqueue"), "queue", "worker", "--batch-size", "4"],
