@@ -1,0 +1,120 @@
+"""/api/documents: upload, list, read, reprocess and delete documents."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Response, request, send_file, url_for
+from werkzeug.exceptions import Conflict, NotFound
+
+from ..documents import (
+    DocumentPage,
+    DocumentView,
+    document_view,
+    find_document,
+    list_documents,
+    original_bytes,
+)
+from ..models import Operation
+from ..queue import DocumentNotFound, DocumentQueueService
+from ..schemas import (
+    DocumentListQuerySchema,
+    DocumentPageSchema,
+    DocumentSchema,
+    ReprocessSchema,
+    UploadFormSchema,
+    UploadResultSchema,
+)
+from ..security import require_api_token
+from ..uploads import check_upload, store_upload
+from .blueprint import ApiBlueprint
+
+blp = ApiBlueprint(
+    "documents",
+    __name__,
+    url_prefix="/api/documents",
+    description="Upload documents, follow their processing, read the results.",
+)
+blp.before_request(require_api_token)
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(UploadFormSchema, location="form", content_type="multipart/form-data")
+@blp.response(202, UploadResultSchema, description="Stored and queued; Location names it.")
+@blp.alt_response(200, schema=UploadResultSchema, description="Same bytes as an existing document")
+@blp.alt_response(400, description="The file is missing or empty")
+@blp.alt_response(413, description="The file is over DOCQUEUE_MAX_UPLOAD_MB")
+@blp.alt_response(415, description="Not a supported type")
+def upload_document(form: dict[str, Any]) -> tuple[DocumentView, int, dict[str, str]]:
+    document, created = store_upload(check_upload(request.files.get("file")), form["priority"])
+    view = document_view(document, duplicate=not created)
+    if not created:
+        return view, 200, {}
+    return view, 202, {"Location": url_for(".get_document", document_id=document.id)}
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(DocumentListQuerySchema, location="query")
+@blp.response(200, DocumentPageSchema)
+def list_documents_page(query: dict[str, Any]) -> DocumentPage:
+    return list_documents(query["status"], query["page"], query["per_page"])
+
+
+@blp.route("/<int:document_id>", methods=["GET"])
+@blp.response(200, DocumentSchema)
+@blp.alt_response(404, description="No such document")
+def get_document(document_id: int) -> DocumentView:
+    return document_view(find_document(document_id))
+
+
+@blp.route("/<int:document_id>/text", methods=["GET"])
+@blp.alt_response(
+    200, content_type="text/plain", description="The latest extracted text", success=True
+)
+@blp.alt_response(409, description="No text has been extracted yet")
+def get_document_text(document_id: int) -> Response:
+    document = find_document(document_id)
+    if document.text is None:
+        raise Conflict(
+            f"Document {document_id} has no extracted text yet (status: {document.status})."
+        )
+    return Response(document.text, mimetype="text/plain")
+
+
+@blp.route("/<int:document_id>/file", methods=["GET"])
+@blp.alt_response(200, description="The original bytes, as an attachment", success=True)
+def get_document_file(document_id: int) -> Response:
+    document = find_document(document_id)
+    response = send_file(
+        io.BytesIO(original_bytes(document_id)),
+        mimetype=document.content_type,
+        as_attachment=True,
+        download_name=document.filename,
+        last_modified=document.created_at,
+    )
+    # Exactly the detected type: no charset is claimed for bytes never decoded.
+    response.headers["Content-Type"] = document.content_type
+    # Opened directly anyway, the file runs no script and reaches no origin.
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+@blp.route("/<int:document_id>/reprocess", methods=["POST"])
+@blp.arguments(ReprocessSchema, location="json", required=False)
+@blp.response(202, DocumentSchema, description="Queued again; the document is pending.")
+@blp.alt_response(404, description="No such document")
+def reprocess_document(body: dict[str, Any], document_id: int) -> DocumentView:
+    try:
+        DocumentQueueService().enqueue(document_id, Operation.REPROCESS, body["priority"])
+    except DocumentNotFound:
+        raise NotFound(f"Document {document_id} does not exist.") from None
+    return document_view(find_document(document_id))
+
+
+@blp.route("/<int:document_id>", methods=["DELETE"])
+@blp.response(204, description="Deleted with its bytes and queue items")
+@blp.alt_response(404, description="No such document")
+def delete_document(document_id: int) -> None:
+    if not DocumentQueueService().delete_document(document_id):
+        raise NotFound(f"Document {document_id} does not exist.")

@@ -1,0 +1,88 @@
+"""Reading documents for the API and the web pages: lookups, lists, text and bytes.
+
+Writes go through ``DocumentQueueService``; this module only reads. Not-found is
+raised as an HTTP error here so both front ends answer it alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from werkzeug.exceptions import NotFound
+
+from .models import Document, DocumentContent, QueueItem, db, latest_items
+
+
+class DocumentView:
+    """A document with its latest queue item: what the API and the pages show.
+
+    Attribute access falls through to the document, so a schema or a template
+    reads ``view.filename`` and ``view.queue_item`` alike.
+    """
+
+    def __init__(
+        self, document: Document, queue_item: QueueItem | None, duplicate: bool = False
+    ) -> None:
+        self.document = document
+        self.queue_item = queue_item
+        self.duplicate = duplicate
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not set in __init__: the document's columns.
+        return getattr(self.document, name)
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    items: list[DocumentView]
+    page: int
+    per_page: int
+    total: int
+
+
+def find_document(document_id: int) -> Document:
+    document = db.session.get(Document, document_id)
+    if document is None:
+        raise _not_found(document_id)
+    return document
+
+
+def document_view(document: Document, duplicate: bool = False) -> DocumentView:
+    items = latest_items(db.session, [document.id])
+    return DocumentView(document, items.get(document.id), duplicate)
+
+
+def list_documents(status: str | None, page: int, per_page: int) -> DocumentPage:
+    """One page of documents, newest first, optionally of one status."""
+    query = select(Document)
+    if status is not None:
+        query = query.where(Document.status == status)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    documents = db.session.scalars(
+        query.order_by(Document.created_at.desc(), Document.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    items = latest_items(db.session, [document.id for document in documents])
+    views = [DocumentView(document, items.get(document.id)) for document in documents]
+    return DocumentPage(views, page, per_page, total or 0)
+
+
+def text_preview(document_id: int, max_chars: int) -> str | None:
+    """The first ``max_chars`` characters of the extracted text, cut by the database."""
+    return db.session.scalar(
+        select(func.substr(Document.text, 1, max_chars)).where(Document.id == document_id)
+    )
+
+
+def original_bytes(document_id: int) -> bytes:
+    content = db.session.get(DocumentContent, document_id)
+    if content is None:
+        raise _not_found(document_id)
+    return content.data
+
+
+def _not_found(document_id: int) -> NotFound:
+    return NotFound(f"Document {document_id} does not exist.")

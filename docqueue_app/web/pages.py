@@ -1,0 +1,164 @@
+"""Pages for people: upload documents, list them, follow one until it is processed.
+
+Uploads go through the same checks as the API (``uploads.py``); a rejected
+upload re-renders the form with the reason and the matching status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from marshmallow import Schema, ValidationError
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
+
+from ..documents import document_view, find_document, list_documents, text_preview
+from ..models import Document, DocumentStatus
+from ..queue.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from ..schemas import (
+    DocumentListQuerySchema,
+    DocumentSchema,
+    UploadFormSchema,
+    describe_validation_errors,
+)
+from ..uploads import CheckedUpload, check_upload, store_upload
+
+blueprint = Blueprint("web", __name__)
+
+PREVIEW_CHARS = 2000
+# Until one of these, the detail page follows the document live.
+LIVE_STATUSES = (DocumentStatus.PENDING, DocumentStatus.PROCESSING)
+# No inline script or style anywhere: injected markup could not run even if it got in.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+_STATUS_FIELDS = ("id", "status", "error", "updated_at")
+
+
+@blueprint.after_request
+def add_page_security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+@blueprint.app_template_filter("filesize")
+def format_file_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+@blueprint.errorhandler(HTTPException)
+def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, str]]]:
+    """Errors as pages; a refused upload shows the form again, with the reason.
+
+    An upload is refused here whether the view raised it (400, 415, 422, its own
+    413) or werkzeug or the CSRF check did while reading the body.
+    """
+    # Keep headers such as Allow (405); the body is this page, not werkzeug's.
+    headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
+    if request.endpoint == "web.upload_files":
+        page = _render_upload_form(error=error.description)
+    else:
+        page = render_template("web/error.html", error=error)
+    return page, error.code or 500, headers
+
+
+# -- upload -----------------------------------------------------------------------
+
+
+@blueprint.get("/")
+def upload_form() -> str:
+    return _render_upload_form()
+
+
+@blueprint.post("/")
+def upload_files() -> Response:
+    form = load_or_422(UploadFormSchema(), request.form)
+    uploads = _checked_uploads()
+    stored = [store_upload(upload, form["priority"]) for upload in uploads]
+    _flash_duplicates(stored)
+    if len(stored) == 1:
+        document, _ = stored[0]
+        return redirect(url_for(".document_detail", document_id=document.id), 303)
+    return redirect(url_for(".document_list"), 303)
+
+
+def _checked_uploads() -> list[CheckedUpload]:
+    """Every chosen file, all checked before any is stored."""
+    # A file input left empty still sends a part, with no filename and no bytes.
+    files = [storage for storage in request.files.getlist("file") if storage.filename]
+    if not files:
+        raise BadRequest("Choose at least one file to upload.")
+    return [check_upload(storage) for storage in files]
+
+
+def _flash_duplicates(stored: list[tuple[Document, bool]]) -> None:
+    for document, created in stored:
+        if not created:
+            flash(f"{document.filename} was uploaded before; this is the existing document.")
+
+
+def _render_upload_form(error: str | None = None) -> str:
+    return render_template(
+        "web/upload.html",
+        error=error,
+        priorities=range(MIN_PRIORITY, MAX_PRIORITY + 1),
+        default_priority=DEFAULT_PRIORITY,
+    )
+
+
+# -- documents ------------------------------------------------------------------
+
+
+@blueprint.get("/documents")
+def document_list() -> str:
+    query = load_or_422(DocumentListQuerySchema(), request.args)
+    page = list_documents(query["status"], query["page"], query["per_page"])
+    return render_template(
+        "web/documents.html",
+        page=page,
+        status=query["status"],
+        statuses=[status.value for status in DocumentStatus],
+        page_count=max(1, -(-page.total // page.per_page)),
+    )
+
+
+@blueprint.get("/documents/<int:document_id>")
+def document_detail(document_id: int) -> str:
+    view = document_view(find_document(document_id))
+    return render_template(
+        "web/document.html",
+        document=view,
+        live=view.status in LIVE_STATUSES,
+        preview=text_preview(document_id, PREVIEW_CHARS),
+        preview_chars=PREVIEW_CHARS,
+    )
+
+
+@blueprint.get("/documents/<int:document_id>/status.json")
+def document_status(document_id: int) -> Response:
+    """What the detail page polls; outside /api so it works whether or not API_TOKEN is set."""
+    document = find_document(document_id)
+    return jsonify(DocumentSchema(only=_STATUS_FIELDS).dump(document))
+
+
+def load_or_422(schema: Schema, data: MultiDict[str, Any]) -> dict[str, Any]:
+    try:
+        return schema.load(data)
+    except ValidationError as error:
+        raise UnprocessableEntity(describe_validation_errors(error.messages)) from None

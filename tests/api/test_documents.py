@@ -1,0 +1,240 @@
+"""Reading, reprocessing and deleting documents through /api/documents*."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.api import assert_json_error, run_queue
+from tests.helpers import upload
+
+
+def upload_ids(client: FlaskClient, count: int, first: int = 0) -> list[int]:
+    return [
+        upload(client, f"document number {n}".encode(), f"doc{n}.txt").get_json()["id"]
+        for n in range(first, first + count)
+    ]
+
+
+# -- list -------------------------------------------------------------------------
+
+
+def test_list_is_newest_first_in_an_envelope(client: FlaskClient) -> None:
+    ids = upload_ids(client, 3)
+
+    body = client.get("/api/documents").get_json()
+
+    assert body["page"] == 1
+    assert body["per_page"] == 20
+    assert body["total"] == 3
+    assert [item["id"] for item in body["items"]] == ids[::-1]
+    assert body["items"][0]["queue_item"]["status"] == "pending"
+
+
+def test_list_pages(client: FlaskClient) -> None:
+    ids = upload_ids(client, 5)
+
+    body = client.get("/api/documents?page=2&per_page=2").get_json()
+
+    assert [item["id"] for item in body["items"]] == [ids[2], ids[1]]
+    assert (body["page"], body["per_page"], body["total"]) == (2, 2, 5)
+    assert client.get("/api/documents?page=9&per_page=2").get_json()["items"] == []
+
+
+def test_list_filters_by_status(app: Flask, client: FlaskClient) -> None:
+    done = upload_ids(client, 1)
+    run_queue(app)
+    waiting = upload_ids(client, 1, first=1)
+
+    completed = client.get("/api/documents?status=completed").get_json()
+    pending = client.get("/api/documents?status=pending").get_json()
+
+    assert [item["id"] for item in completed["items"]] == done
+    assert [item["id"] for item in pending["items"]] == waiting
+    assert client.get("/api/documents?status=failed").get_json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("per_page=101", "per_page"),
+        ("per_page=0", "per_page"),
+        ("page=0", "page"),
+        ("page=two", "page"),
+        ("status=done", "status"),
+    ],
+)
+def test_bad_list_parameters_are_422(client: FlaskClient, query: str, field: str) -> None:
+    body = assert_json_error(client.get(f"/api/documents?{query}"), 422, "Unprocessable Entity")
+
+    assert list(body["errors"]["query"]) == [field]
+
+
+# -- one document -----------------------------------------------------------------
+
+
+def test_document_has_every_field(client: FlaskClient) -> None:
+    [document_id] = upload_ids(client, 1)
+
+    document = client.get(f"/api/documents/{document_id}").get_json()
+
+    assert set(document) == {
+        "id", "filename", "content_type", "size", "sha256", "status", "error", "title",
+        "page_count", "word_count", "char_count", "created_at", "updated_at",
+        "processed_at", "queue_item",
+    }  # fmt: skip
+    assert set(document["queue_item"]) == {
+        "id", "operation", "status", "priority", "attempts", "max_attempts", "run_at",
+        "last_error",
+    }  # fmt: skip
+
+
+def test_unknown_document_is_404(client: FlaskClient) -> None:
+    for path in ("", "/text", "/file"):
+        assert_json_error(client.get(f"/api/documents/999{path}"), 404, "Not Found")
+
+
+def test_text_is_409_until_extracted_then_plain_text(app: Flask, client: FlaskClient) -> None:
+    [document_id] = upload_ids(client, 1)
+
+    waiting = client.get(f"/api/documents/{document_id}/text")
+    run_queue(app)
+    extracted = client.get(f"/api/documents/{document_id}/text")
+
+    body = assert_json_error(waiting, 409, "Conflict")
+    assert "pending" in body["message"]
+    assert extracted.status_code == 200
+    assert extracted.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert extracted.headers["X-Content-Type-Options"] == "nosniff"
+    assert extracted.text.strip() == "document number 0"
+
+
+def test_file_is_the_original_bytes_as_an_attachment(client: FlaskClient) -> None:
+    data = "# Отчёт\n\nBytes kept exactly.\n".encode()
+    document_id = upload(client, data, "отчёт.md").get_json()["id"]
+
+    response = client.get(f"/api/documents/{document_id}/file")
+
+    assert response.status_code == 200
+    assert response.data == data
+    assert response.headers["Content-Type"] == "text/markdown"
+    disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith("attachment;")
+    assert "filename*=UTF-8''%D0%BE%D1%82%D1%87%D1%91%D1%82.md" in disposition
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+
+
+# -- reprocess --------------------------------------------------------------------
+
+
+def test_reprocess_queues_again_and_keeps_the_text_meanwhile(
+    app: Flask, client: FlaskClient
+) -> None:
+    [document_id] = upload_ids(client, 1)
+    run_queue(app)
+
+    response = client.post(f"/api/documents/{document_id}/reprocess", json={"priority": 8})
+
+    assert response.status_code == 202
+    document = response.get_json()
+    assert document["status"] == "pending"
+    assert document["queue_item"]["operation"] == "reprocess"
+    assert document["queue_item"]["priority"] == 8
+    assert client.get(f"/api/documents/{document_id}/text").status_code == 200
+    assert run_queue(app)["completed"] == 1
+    again = client.get(f"/api/documents/{document_id}").get_json()
+    assert again["status"] == "completed"
+    assert again["word_count"] == 3
+
+
+def test_reprocess_without_a_body_uses_priority_5(client: FlaskClient) -> None:
+    [document_id] = upload_ids(client, 1)
+
+    response = client.post(f"/api/documents/{document_id}/reprocess")
+
+    assert response.status_code == 202
+    assert response.get_json()["queue_item"]["priority"] == 5
+
+
+def test_reprocess_reads_json_sent_without_its_content_type(client: FlaskClient) -> None:
+    # What `curl -d '{"priority": 9}'` sends.
+    [document_id] = upload_ids(client, 1)
+
+    response = client.post(
+        f"/api/documents/{document_id}/reprocess",
+        data='{"priority": 9}',
+        content_type="application/x-www-form-urlencoded",
+    )
+
+    assert response.get_json()["queue_item"]["priority"] == 9
+
+
+@pytest.mark.parametrize("priority", [11, -1, "high", 2.5, True, None])
+def test_reprocess_with_a_bad_priority_is_422(client: FlaskClient, priority: object) -> None:
+    [document_id] = upload_ids(client, 1)
+
+    response = client.post(f"/api/documents/{document_id}/reprocess", json={"priority": priority})
+
+    body = assert_json_error(response, 422, "Unprocessable Entity")
+    assert list(body["errors"]["json"]) == ["priority"]
+
+
+def test_reprocess_of_an_unknown_document_is_404(client: FlaskClient) -> None:
+    assert_json_error(client.post("/api/documents/999/reprocess"), 404, "Not Found")
+
+
+# -- delete -----------------------------------------------------------------------
+
+
+def test_delete_removes_the_document_and_its_bytes(client: FlaskClient) -> None:
+    [document_id] = upload_ids(client, 1)
+
+    response = client.delete(f"/api/documents/{document_id}")
+
+    assert response.status_code == 204
+    assert response.data == b""
+    assert_json_error(client.get(f"/api/documents/{document_id}"), 404, "Not Found")
+    assert_json_error(client.get(f"/api/documents/{document_id}/file"), 404, "Not Found")
+    assert client.get("/api/queue/stats").get_json()["total"] == 0
+    assert_json_error(client.delete(f"/api/documents/{document_id}"), 404, "Not Found")
+
+
+# -- API token --------------------------------------------------------------------
+
+TOKEN = "s3cret-tøken"
+
+
+@pytest.fixture
+def token_client(make_app) -> FlaskClient:
+    return make_app(API_TOKEN=TOKEN).test_client()
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x"]
+)
+def test_documents_api_needs_the_token(token_client: FlaskClient, authorization: str) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+
+    for response in (
+        upload(token_client, headers=headers),
+        token_client.get("/api/documents", headers=headers),
+        token_client.get("/api/documents/1/text", headers=headers),
+    ):
+        assert_json_error(response, 401, "Unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_documents_api_accepts_the_token(token_client: FlaskClient) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    created = upload(token_client, headers=headers)
+
+    assert created.status_code == 202
+    assert token_client.get("/api/documents", headers=headers).get_json()["total"] == 1
+
+
+@pytest.mark.parametrize("path", ["/api/queue/stats", "/healthz", "/metrics", "/api/openapi.json"])
+def test_open_endpoints_need_no_token(token_client: FlaskClient, path: str) -> None:
+    assert token_client.get(path).status_code == 200

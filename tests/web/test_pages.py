@@ -1,0 +1,233 @@
+"""The HTML pages: upload form, list, detail; escaping, CSRF and live status."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tests.api import document_count, run_queue
+from tests.helpers import upload
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>.txt"
+HOSTILE_TITLE = "<script>alert(1)</script>"
+
+
+def submit_form(
+    client: FlaskClient, files: list[tuple[bytes, str]], priority: str = "5", **fields: str
+) -> TestResponse:
+    data = {"file": [(io.BytesIO(content), name) for content, name in files]}
+    return client.post(
+        "/",
+        data={**data, "priority": priority, **fields},
+        content_type="multipart/form-data",
+    )
+
+
+def csrf_token_of(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "the form has no CSRF token field"
+    return match.group(1)
+
+
+# -- upload form ------------------------------------------------------------------
+
+
+def test_upload_form_renders_with_csrf_token_and_priorities(client: FlaskClient) -> None:
+    response = client.get("/")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    page = response.text
+    assert csrf_token_of(page)
+    assert 'type="file" multiple' in page
+    assert re.findall(r'<option value="(\d+)"', page) == [str(n) for n in range(11)]
+    assert '<option value="5" selected>' in page
+
+
+def test_pages_forbid_inline_scripts(client: FlaskClient) -> None:
+    response = client.get("/")
+
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert re.search(r"<script(?![^>]*\bsrc=)", response.text) is None
+
+
+def test_one_file_redirects_to_its_page(client: FlaskClient) -> None:
+    response = submit_form(client, [(b"from the browser", "page.txt")], priority="8")
+
+    assert response.status_code == 303
+    document = client.get("/api/documents").get_json()["items"][0]
+    assert response.headers["Location"] == f"/documents/{document['id']}"
+    assert document["filename"] == "page.txt"
+    assert document["queue_item"]["priority"] == 8
+
+
+def test_several_files_redirect_to_the_list(client: FlaskClient) -> None:
+    response = submit_form(client, [(b"first file", "a.txt"), (b"second file", "b.md")])
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/documents"
+    assert document_count(client) == 2
+
+
+def test_a_duplicate_upload_says_so_on_the_existing_page(client: FlaskClient) -> None:
+    first = upload(client, b"twice", "first.txt").get_json()
+
+    response = submit_form(client, [(b"twice", "again.txt")])
+    page = client.get(response.headers["Location"]).text
+
+    assert response.headers["Location"] == f"/documents/{first['id']}"
+    assert "uploaded before" in page
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "message"),
+    [
+        ([(b"\x89PNG\r\n\x1a\n\x00\x00", "photo.png")], 415, "not a supported type"),
+        ([(b"", "empty.txt")], 400, "empty"),
+        ([(b"fine text", "ok.txt"), (b"\x7fELF\x02\x01\x01\x00", "x.bin")], 415, "x.bin"),
+    ],
+)
+def test_a_rejected_upload_shows_the_form_again_and_stores_nothing(
+    client: FlaskClient, files: list[tuple[bytes, str]], status: int, message: str
+) -> None:
+    response = submit_form(client, files)
+
+    assert response.status_code == status
+    assert 'role="alert"' in response.text
+    assert message in response.text
+    assert 'type="file"' in response.text
+    assert document_count(client) == 0
+
+
+def test_no_file_chosen_is_400(client: FlaskClient) -> None:
+    # What a browser sends for a file input left empty.
+    response = submit_form(client, [(b"", "")])
+
+    assert response.status_code == 400
+    assert "Choose at least one file" in response.text
+
+
+def test_too_large_upload_shows_the_limit(make_app) -> None:
+    client = make_app(MAX_UPLOAD_MB=0.001).test_client()
+
+    response = submit_form(client, [(b"x" * 2000, "big.txt")])
+
+    assert response.status_code == 413
+    assert "0.001 MB" in response.text
+    assert document_count(client) == 0
+
+
+def test_body_over_the_request_limit_shows_the_form_again(make_app) -> None:
+    # werkzeug refuses it while the CSRF check reads the form, before the view runs.
+    client = make_app(MAX_UPLOAD_MB=0.001, WTF_CSRF_ENABLED=True).test_client()
+    token = csrf_token_of(client.get("/").text)
+
+    response = submit_form(client, [(b"x" * (1024 * 1024 + 4096), "huge.txt")], csrf_token=token)
+
+    assert response.status_code == 413
+    assert csrf_token_of(response.text)
+    assert document_count(client) == 0
+
+
+def test_tampered_priority_is_refused(client: FlaskClient) -> None:
+    response = submit_form(client, [(b"text", "a.txt")], priority="99")
+
+    assert response.status_code == 422
+    assert "priority" in response.text
+    assert document_count(client) == 0
+
+
+def test_post_without_csrf_token_is_refused(make_app) -> None:
+    client = make_app(WTF_CSRF_ENABLED=True).test_client()
+
+    response = submit_form(client, [(b"forged", "forged.txt")])
+
+    assert response.status_code == 400
+    assert "CSRF" in response.text
+    assert document_count(client) == 0
+
+
+def test_post_with_csrf_token_is_accepted(make_app) -> None:
+    client = make_app(WTF_CSRF_ENABLED=True).test_client()
+    token = csrf_token_of(client.get("/").text)
+
+    response = submit_form(client, [(b"genuine", "genuine.txt")], csrf_token=token)
+
+    assert response.status_code == 303
+
+
+# -- list and detail --------------------------------------------------------------
+
+
+def test_list_escapes_filenames(client: FlaskClient) -> None:
+    upload(client, b"hostile name", HOSTILE_NAME)
+
+    page = client.get("/documents").text
+
+    assert "&lt;img src=x onerror=alert(1)&gt;.txt" in page
+    assert "<img src=x" not in page
+
+
+def test_list_filters_by_status_and_refuses_unknown_ones(app: Flask, client: FlaskClient) -> None:
+    upload(client, b"done already", "done.txt")
+    run_queue(app)
+    upload(client, b"still waiting", "waiting.txt")
+
+    completed = client.get("/documents?status=completed").text
+    everything = client.get("/documents?status=").text  # the filter's "all" option
+    bad = client.get("/documents?status=nope")
+
+    assert "done.txt" in completed and "waiting.txt" not in completed
+    assert "done.txt" in everything and "waiting.txt" in everything
+    assert bad.status_code == 422
+    assert bad.mimetype == "text/html"
+
+
+def test_detail_follows_a_pending_document_live(client: FlaskClient) -> None:
+    document_id = upload(client, b"wait for me", HOSTILE_NAME).get_json()["id"]
+
+    page = client.get(f"/documents/{document_id}").text
+
+    assert f'data-status-url="/documents/{document_id}/status.json"' in page
+    assert "js/status.js" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;.txt" in page
+    assert "<img src=x" not in page
+
+
+def test_detail_of_a_processed_document_shows_metadata_and_escaped_text(
+    app: Flask, client: FlaskClient
+) -> None:
+    html = f"<html><head><title>{HOSTILE_TITLE}</title></head><body><p>Body {HOSTILE_TITLE}</p>"
+    html = html.replace("<script>", "&lt;script&gt;").replace("</script>", "&lt;/script&gt;")
+    document_id = upload(client, html.encode(), "page.html").get_json()["id"]
+    run_queue(app)
+
+    page = client.get(f"/documents/{document_id}").text
+
+    assert "completed" in page
+    assert "status.js" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert" not in page
+
+
+def test_status_json_works_without_the_api_token(make_app) -> None:
+    client = make_app(API_TOKEN="token").test_client()
+    response = submit_form(client, [(b"polled", "polled.txt")])
+
+    status = client.get(response.headers["Location"] + "/status.json")
+
+    assert status.status_code == 200
+    assert status.get_json()["status"] == "pending"
+
+
+def test_unknown_document_page_is_an_html_404(client: FlaskClient) -> None:
+    response = client.get("/documents/999")
+
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "Document 999 does not exist." in response.text
