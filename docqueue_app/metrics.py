@@ -36,6 +36,12 @@ PROCESSING_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
+# Every label shows from the start (at 0), so rates and alerts have a series to read.
+for _result in ("accepted", "duplicate"):
+    UPLOADS.labels(result=_result)
+for _outcome in ("completed", "retried", "failed"):
+    PROCESSING_OUTCOMES.labels(outcome=_outcome)
+
 blueprint = Blueprint("metrics", __name__)
 
 
