@@ -35,6 +35,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/isolation_overhead.py
+	$(BIN)/python -m bench.queue_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
