@@ -35,9 +35,9 @@ ISOLATION_MODES = ("subprocess", "none")
 
 # Imported once in the fork server, so a child starts with them loaded.
 # (Each child also runs the parent's main script again, as multiprocessing
-# requires; Python 3.11's fork server cannot preload it. The flask, docqueue
-# and gunicorn launchers import little beyond this list, about 5 ms; the
-# ``pytest`` launcher costs 90 ms a child, ``python -m pytest`` nothing.)
+# requires; Python 3.11's fork server cannot preload it. Measured per child:
+# the flask and docqueue launchers almost nothing, gunicorn's about 5 ms, the
+# ``pytest`` launcher about 18 ms, ``python -m pytest`` nothing.)
 FORKSERVER_PRELOAD = [
     "docqueue_app.processing",
     "pypdfium2",
