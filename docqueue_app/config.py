@@ -77,7 +77,6 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     app.config["MAX_CONTENT_LENGTH"] = upload_limit_bytes(app.config) + _MULTIPART_OVERHEAD_BYTES
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret_key(app)
-    app.config.setdefault("JSON_SORT_KEYS", False)
 
 
 def upload_limit_bytes(config: Mapping[str, Any]) -> int:
@@ -103,7 +102,9 @@ def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
         # The busy timeout lets concurrent writers (scheduler, workers, requests)
         # wait for the write lock instead of failing with "database is locked".
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"pool_pre_ping": True}
+    # A connect timeout, so that health checks answer 503 instead of hanging
+    # when the database host drops packets.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
 
 
 def _coerce_types(config: dict[str, Any]) -> None:

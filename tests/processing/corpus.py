@@ -7,6 +7,7 @@ seen from the project root. Tests that need it are skipped when it is absent.
 from __future__ import annotations
 
 import json
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -14,7 +15,10 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CORPUS_DIR = PROJECT_ROOT.parent / "shared" / "corpus"
+# DOCQUEUE_TEST_CORPUS_DIR points elsewhere, for a checkout that is not next to shared/.
+CORPUS_DIR = Path(
+    os.environ.get("DOCQUEUE_TEST_CORPUS_DIR") or PROJECT_ROOT.parent / "shared" / "corpus"
+)
 
 CONTENT_TYPE_BY_KIND = {
     "pdf": "application/pdf",
