@@ -48,24 +48,20 @@ def test_retry_failed_and_purge(app, runner):
 
 
 def test_console_script_migrates_from_any_folder(tmp_path):
-    database = tmp_path / "fresh.db"
-    env = {"DATABASE_URL": f"sqlite:///{database}", "DOCQUEUE_SECRET_KEY": "k", "PATH": ""}
-    upgrade = subprocess.run(
-        [str(BIN / "docqueue"), "db", "upgrade"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}", "DOCQUEUE_SECRET_KEY": "k"}
+
+    def docqueue(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "docqueue"), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    upgrade = docqueue("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    stats = subprocess.run(
-        [str(BIN / "docqueue"), "queue", "stats"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    stats = docqueue("queue", "stats")
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["total"] == 0
