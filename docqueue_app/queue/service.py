@@ -16,7 +16,7 @@ import hashlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +33,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -73,6 +74,25 @@ class Claim:
 
     worker: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed item: its result, or an error (permanent or not).
+
+    It carries the item's id and claim, not the ORM object, so it can be written
+    from another thread and session than the one that claimed the item.
+    """
+
+    item_id: int
+    claim: Claim
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    permanent: bool = False
+
+    @classmethod
+    def of(cls, item: QueueItem, **details: Any) -> Outcome:
+        return cls(_id_of(item), _claim_of(item), **details)
 
 
 def default_worker_id() -> str:
@@ -417,61 +437,97 @@ class DocumentQueueService:
 
     def mark_completed(self, item: QueueItem, result: dict[str, Any] | None = None) -> bool:
         """Record success (and the extraction ``result`` on the document)."""
-        claim, item_id = _claim_of(item), _id_of(item)
-        with self._write() as session:
-            now = utcnow()
-            document_id = self._finish(
-                item_id,
-                claim,
-                now,
-                status=ItemStatus.COMPLETED,
-                values={"last_error": None, "finished_at": now},
-            )
-            if document_id is None:
-                return False
-            self._close_attempt(item_id, claim, now, AttemptOutcome.COMPLETED)
-            if result is not None:
-                session.execute(
-                    update(Document)
-                    .where(Document.id == document_id)
-                    .values(**_document_result_values(result), processed_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-            self._sync_documents([document_id], now)
-        return True
+        return self.record_outcomes([Outcome.of(item, result=result)]) == 1
 
     def mark_failed(self, item: QueueItem, error_message: str, permanent: bool = False) -> bool:
         """Record a failure: back to pending after a backoff, or ``failed`` for good."""
-        claim, item_id = _claim_of(item), _id_of(item)
-        error = _truncate(error_message)
-        with self._write() as session:
+        outcome = Outcome.of(item, error=error_message, permanent=permanent)
+        return self.record_outcomes([outcome]) == 1
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+        """Record the outcomes of several items in one transaction: one commit for all.
+
+        Returns how many were recorded; an item whose claim no longer holds (its
+        lease was taken over, or its document deleted) is left as it is.
+        """
+        with self._write():
             now = utcnow()
-            max_attempts = session.scalar(
-                select(QueueItem.max_attempts).where(_held_by(item_id, claim))
+            recorded = self._record_successes([o for o in outcomes if o.error is None], now)
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    document_id = self._record_failure(outcome, now)
+                    if document_id is not None:
+                        recorded.append(document_id)
+            self._sync_documents(recorded, now)
+        return len(recorded)
+
+    def _record_successes(self, outcomes: list[Outcome], now: datetime) -> list[int]:
+        """Complete many items in a few statements; the documents of those recorded."""
+        if not outcomes:
+            return []
+        held = tuple_(QueueItem.id, QueueItem.locked_by, QueueItem.attempts).in_(
+            [(o.item_id, o.claim.worker, o.claim.attempt) for o in outcomes]
+        )
+        rows = self.session.execute(
+            update(QueueItem)
+            .where(QueueItem.status == ItemStatus.IN_PROGRESS, held)
+            .values(
+                status=ItemStatus.COMPLETED,
+                locked_by=None,
+                lease_expires_at=None,
+                last_error=None,
+                finished_at=now,
             )
-            if max_attempts is None:
-                return False
-            if permanent or claim.attempt >= max_attempts:
-                status, outcome = ItemStatus.FAILED, AttemptOutcome.FAILED
-                values: dict[str, Any] = {"finished_at": now}
-            else:
-                status, outcome = ItemStatus.PENDING, AttemptOutcome.RETRY
-                delay = retry_delay(claim.attempt, self.retry_base, self.retry_max)
-                values = {"run_at": now + timedelta(seconds=delay)}
-            document_id = self._finish(
-                item_id, claim, now, status=status, values={"last_error": error, **values}
+            .returning(QueueItem.id, QueueItem.document_id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        document_of = {row.id: row.document_id for row in rows}
+        recorded = [o for o in outcomes if o.item_id in document_of]
+        if not recorded:
+            return []
+        self.session.execute(
+            update(QueueAttempt)
+            .where(
+                tuple_(QueueAttempt.queue_item_id, QueueAttempt.attempt).in_(
+                    [(o.item_id, o.claim.attempt) for o in recorded]
+                ),
+                QueueAttempt.finished_at.is_(None),
             )
-            self._close_attempt(item_id, claim, now, outcome, error)
-            self._sync_documents([document_id], now)
-        return True
+            .values(finished_at=now, outcome=AttemptOutcome.COMPLETED, error=None)
+            .execution_options(synchronize_session=False)
+        )
+        results = [
+            {"id": document_of[o.item_id], "processed_at": now, **_document_result_values(o.result)}
+            for o in recorded
+            if o.result is not None
+        ]
+        if results:
+            self.session.execute(update(Document), results)  # executemany by primary key
+        return list(document_of.values())
+
+    def _record_failure(self, outcome: Outcome, now: datetime) -> int | None:
+        item_id, claim = outcome.item_id, outcome.claim
+        max_attempts = self.session.scalar(
+            select(QueueItem.max_attempts).where(_held_by(item_id, claim))
+        )
+        if max_attempts is None:
+            return None
+        error = _truncate(outcome.error or "")
+        if outcome.permanent or claim.attempt >= max_attempts:
+            status, attempt_outcome = ItemStatus.FAILED, AttemptOutcome.FAILED
+            values: dict[str, Any] = {"finished_at": now}
+        else:
+            status, attempt_outcome = ItemStatus.PENDING, AttemptOutcome.RETRY
+            delay = retry_delay(claim.attempt, self.retry_base, self.retry_max)
+            values = {"run_at": now + timedelta(seconds=delay)}
+        document_id = self._finish(
+            item_id, claim, status=status, values={"last_error": error, **values}
+        )
+        self._close_attempt(item_id, claim, now, attempt_outcome, error)
+        return document_id
 
     def _finish(
-        self,
-        item_id: int,
-        claim: Claim,
-        now: datetime,
-        status: ItemStatus,
-        values: dict[str, Any],
+        self, item_id: int, claim: Claim, status: ItemStatus, values: dict[str, Any]
     ) -> int | None:
         """Move a held item out of in_progress; None when the claim no longer holds."""
         return self.session.execute(

@@ -2,28 +2,42 @@
 
 No database transaction stays open while a document is processed: the bytes are
 read in a short transaction, the processor runs (by default in a child process),
-and the outcome is written in another. A heartbeat thread extends the leases of
-the items this pass holds, so only a dead or stuck worker's items are reclaimed.
+and the outcome is handed to a bookkeeping thread. That thread writes the
+outcomes that have arrived every few milliseconds, many in one transaction (one
+commit, one disk sync, for a run of fast documents), and extends the leases of
+the items the pass still holds, so only a dead or stuck worker's items are
+reclaimed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-from flask import current_app
+from flask import Flask, current_app
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import Document, DocumentContent, QueueItem, db
 from ..processing import PermanentProcessingError, TransientProcessingError, run_processor
-from .service import Claim, DocumentQueueService, default_worker_id
+from .service import Claim, DocumentQueueService, Outcome, default_worker_id
 
 log = logging.getLogger(__name__)
+
+# How long a finished document's outcome may wait to share a commit with others.
+OUTCOME_FLUSH_SECONDS = 0.05
+# Bytes of documents read in one query.
+LOAD_GROUP_BYTES = 8 * 1024 * 1024
+
+# Pauses between the last tries to write a pass's outcomes before it gives up
+# (the leases then run out and the items are processed again).
+_FINAL_FLUSH_RETRIES = (0.2, 1.0, 3.0, 0)
 
 _worker_ids: dict[int, str] = {}
 
@@ -43,29 +57,37 @@ def process_document_queue(
 ) -> dict:
     """Claim up to ``limit`` (default BATCH_SIZE) due items and process them.
 
-    Call inside an app context. Returns ``{"processed", "completed", "failed", "retried"}``.
-    When ``stop`` is set, the document in hand is finished and the claimed items
-    not yet started go back to pending, their attempt not counted.
+    Call inside an app context. Returns ``{"processed", "completed", "failed", "retried"}``
+    once every outcome is written. When ``stop`` is set, the document in hand is
+    finished and the claimed items not yet started go back to pending, their
+    attempt not counted.
     """
     config = current_app.config
     limit = config["BATCH_SIZE"] if limit is None else limit
-    outcome_counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
+    counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
     # Objects stay as claimed (no expiry on commit): the pass reads them after
-    # each outcome is written, and a deleted document must not make that fail.
+    # each commit, and a document deleted meanwhile must not make that fail.
     with Session(db.engine, expire_on_commit=False) as session:
         service = DocumentQueueService(session)
         if is_paused(session):
-            return outcome_counts
+            return counts
         items = service.claim_due_items(limit, worker_id or current_worker_id())
-        with lease_heartbeat(items, config["LEASE_SECONDS"]):
-            for index, item in enumerate(items):
+        if not items:
+            return counts
+        with OutcomeWriter(current_app._get_current_object(), items) as writer:
+            for index, (item, document) in enumerate(load_documents(session, items)):
                 if stop is not None and stop.is_set():
                     service.release_items(items[index:])
                     break
-                outcome = process_item(service, item)
-                outcome_counts[outcome] += 1
-                outcome_counts["processed"] += 1
-    return outcome_counts
+                if document is None:
+                    continue  # deleted while queued: nothing to record
+                outcome = process_item(item, document)
+                writer.submit(outcome)
+                label = outcome_label(outcome, item)
+                record_outcome(label)
+                counts[label] += 1
+                counts["processed"] += 1
+    return counts
 
 
 def is_paused(session: Session) -> bool:
@@ -73,24 +95,26 @@ def is_paused(session: Session) -> bool:
     return False
 
 
-def process_item(service: DocumentQueueService, item: QueueItem) -> str:
-    """Process one claimed item; returns "completed", "failed" or "retried"."""
-    loaded = _load_document(service.session, item.document_id)
-    if loaded is None:
-        # Deleted while queued: the item went with it, nothing to record.
-        return "failed"
-    content, filename, content_type = loaded
+def process_item(item: QueueItem, document: LoadedDocument) -> Outcome:
+    """Run the processor on one claimed item's document and say how it went."""
     try:
         with PROCESSING_SECONDS.time():
-            result = _process_document_content(content, filename, content_type)
+            result = _process_document_content(
+                document.content, document.filename, document.content_type
+            )
     except PermanentProcessingError as exc:
-        return _record_failure(service, item, str(exc), permanent=True)
+        return Outcome.of(item, error=str(exc), permanent=True)
     except Exception as exc:  # any other error is transient by contract
         log.warning("document %s attempt failed: %s", item.document_id, exc)
-        return _record_failure(service, item, _describe(exc), permanent=False)
-    service.mark_completed(item, result)
-    record_outcome("completed")
-    return "completed"
+        return Outcome.of(item, error=_describe(exc))
+    return Outcome.of(item, result=result)
+
+
+def outcome_label(outcome: Outcome, item: QueueItem) -> str:
+    if outcome.error is None:
+        return "completed"
+    gave_up = outcome.permanent or outcome.claim.attempt >= item.max_attempts
+    return "failed" if gave_up else "retried"
 
 
 def _describe(exc: Exception) -> str:
@@ -99,24 +123,58 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _record_failure(
-    service: DocumentQueueService, item: QueueItem, message: str, permanent: bool
-) -> str:
-    service.mark_failed(item, message, permanent=permanent)
-    gave_up = permanent or item.claim.attempt >= item.max_attempts
-    outcome = "failed" if gave_up else "retried"
-    record_outcome(outcome)
-    return outcome
+class LoadedDocument(NamedTuple):
+    content: bytes
+    filename: str
+    content_type: str
 
 
-def _load_document(session: Session, document_id: int) -> tuple[bytes, str, str] | None:
-    row = session.execute(
-        db.select(DocumentContent.data, Document.filename, Document.content_type)
-        .join(Document, Document.id == DocumentContent.document_id)
-        .where(DocumentContent.document_id == document_id)
-    ).first()
+def load_documents(
+    session: Session, items: list[QueueItem]
+) -> Iterator[tuple[QueueItem, LoadedDocument | None]]:
+    """Each item with its document's bytes (None when the document is gone).
+
+    Bytes are read for several documents at once, up to LOAD_GROUP_BYTES a read,
+    each read in a short transaction of its own: a run of small documents costs
+    one query, and a large one is never held in memory long before its turn.
+    """
+    sizes = dict(
+        session.execute(
+            select(Document.id, Document.size).where(
+                Document.id.in_({item.document_id for item in items})
+            )
+        ).all()
+    )
     session.commit()
-    return None if row is None else (row.data, row.filename, row.content_type)
+    for group in _groups_by_size(items, sizes):
+        rows = session.execute(
+            select(
+                DocumentContent.document_id,
+                DocumentContent.data,
+                Document.filename,
+                Document.content_type,
+            )
+            .join(Document, Document.id == DocumentContent.document_id)
+            .where(DocumentContent.document_id.in_([item.document_id for item in group]))
+        ).all()
+        session.commit()
+        loaded = {row.document_id: LoadedDocument(*row[1:]) for row in rows}
+        for item in group:
+            yield item, loaded.get(item.document_id)
+
+
+def _groups_by_size(items: list[QueueItem], sizes: dict[int, int]) -> Iterator[list[QueueItem]]:
+    group: list[QueueItem] = []
+    group_bytes = 0
+    for item in items:
+        size = sizes.get(item.document_id, 0)
+        if group and group_bytes + size > LOAD_GROUP_BYTES:
+            yield group
+            group, group_bytes = [], 0
+        group.append(item)
+        group_bytes += size
+    if group:
+        yield group
 
 
 def _process_document_content(content: bytes, filename: str, content_type: str) -> dict[str, Any]:
@@ -133,32 +191,67 @@ def _process_document_content(content: bytes, filename: str, content_type: str) 
     )
 
 
-@contextmanager
-def lease_heartbeat(items: list[QueueItem], lease_seconds: float) -> Iterator[None]:
-    """Extend the leases of ``items`` every third of a lease until the block ends."""
-    if not items:
-        yield
-        return
-    claims = {item.id: item.claim for item in items}
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_beat,
-        args=(current_app._get_current_object(), claims, lease_seconds / 3, stop),
-        name="docqueue-heartbeat",
-        daemon=True,
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+class OutcomeWriter:
+    """The pass's bookkeeping thread: writes outcomes in groups, keeps leases alive.
 
+    Leaving the ``with`` block waits until every submitted outcome is written.
+    An outcome that cannot be written (the database is away) is retried on the
+    next flush; if it never can be, the item's lease runs out and it is processed
+    again, so nothing is lost.
+    """
 
-def _beat(app: Any, claims: dict[int, Claim], interval: float, stop: threading.Event) -> None:
-    while not stop.wait(interval):
-        with app.app_context(), Session(db.engine) as session:
-            try:
-                DocumentQueueService(session).extend_leases(claims)
-            except Exception:  # a missed beat is retried; the lease has slack
-                log.exception("lease heartbeat failed")
+    def __init__(self, app: Flask, items: list[QueueItem]) -> None:
+        self.app = app
+        self.claims: dict[int, Claim] = {item.id: item.claim for item in items}
+        self.beat_every = app.config["LEASE_SECONDS"] / 3
+        self.inbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.unwritten: list[Outcome] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="docqueue-outcomes", daemon=True)
+
+    def __enter__(self) -> OutcomeWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def submit(self, outcome: Outcome) -> None:
+        self.inbox.put(outcome)
+
+    def _run(self) -> None:
+        with self.app.app_context(), Session(db.engine, expire_on_commit=False) as session:
+            service = DocumentQueueService(session)
+            next_beat = time.monotonic() + self.beat_every
+            while not self.done.wait(OUTCOME_FLUSH_SECONDS):
+                self._flush(service)
+                if time.monotonic() >= next_beat:
+                    self._extend_leases(service)
+                    next_beat = time.monotonic() + self.beat_every
+            for retry_in in _FINAL_FLUSH_RETRIES:
+                if self._flush(service):
+                    return
+                time.sleep(retry_in)
+
+    def _flush(self, service: DocumentQueueService) -> bool:
+        """Write what has arrived; False when the database refused (kept for next time)."""
+        while not self.inbox.empty():
+            self.unwritten.append(self.inbox.get())
+        if not self.unwritten:
+            return True
+        try:
+            service.record_outcomes(self.unwritten)
+        except Exception:
+            log.exception("writing %d outcomes failed; will retry", len(self.unwritten))
+            return False
+        for outcome in self.unwritten:
+            self.claims.pop(outcome.item_id, None)
+        self.unwritten = []
+        return True
+
+    def _extend_leases(self, service: DocumentQueueService) -> None:
+        try:
+            service.extend_leases(self.claims)
+        except Exception:  # a missed beat is retried; the lease has slack
+            log.exception("lease heartbeat failed")
