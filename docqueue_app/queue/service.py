@@ -152,11 +152,11 @@ class DocumentQueueService:
         """
         _check_priority(priority)
         digest = hashlib.sha256(content).hexdigest()
-        existing = self._document_by_sha256(digest)
-        if existing is not None:
-            return existing, False
         try:
             with self._write() as session:
+                existing = self._document_by_sha256(digest)
+                if existing is not None:
+                    return existing, False
                 now = utcnow()
                 document = Document(
                     filename=filename,
