@@ -100,6 +100,8 @@ def default_worker_id() -> str:
 
 
 class DocumentQueueService:
+    """Every change to queue items and document status, each method one transaction."""
+
     def __init__(self, session: Session | None = None) -> None:
         # The scoped session's current Session: the service needs its transaction API.
         self.session = session if session is not None else db.session()
