@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.processors import RECORD_ENV
-from tests.e2e.server import Server, run_cli
+from tests.e2e.server import BIN, ROOT, Server, run_cli
 from tests.processing.test_isolation import flate_bomb_pdf
 
 DOCUMENTS = 12
@@ -103,3 +106,100 @@ def test_hostile_documents_fail_alone_and_the_server_stays_healthy(server_env, t
         assert server.get("/readyz")[1]["scheduler"] == "ok"
     finally:
         server.stop()
+
+
+def item_history(database_url: str) -> dict[str, list[tuple[str, str | None]]]:
+    """Each document's attempts (worker, outcome), read straight from the database."""
+    from docqueue_app import create_app
+    from docqueue_app.models import Document, QueueAttempt, QueueItem, db
+
+    app = create_app({"DATABASE_URL": database_url, "SECRET_KEY": "t", "SCHEDULER_ENABLED": False})
+    with app.app_context():
+        rows = db.session.execute(
+            db.select(Document.filename, QueueAttempt.worker, QueueAttempt.outcome)
+            .join(QueueItem, QueueItem.document_id == Document.id)
+            .join(QueueAttempt, QueueAttempt.queue_item_id == QueueItem.id)
+            .order_by(QueueAttempt.id)
+        ).all()
+        db.engine.dispose()
+    history: dict[str, list[tuple[str, str | None]]] = {}
+    for filename, worker, outcome in rows:
+        history.setdefault(filename, []).append((worker, outcome))
+    return history
+
+
+def test_a_server_killed_mid_document_has_it_reclaimed_after_the_lease(server_env, tmp_path):
+    env = {
+        **server_env,
+        "DOCQUEUE_PROCESSOR": "tests.e2e.processors:sleep_briefly",
+        "DOCQUEUE_LEASE_SECONDS": "2",
+        "DOCQUEUE_BATCH_SIZE": "1",
+    }
+    first = Server(env, workers=1, log_path=tmp_path / "1.log").start()
+    try:
+        for n in range(2):
+            assert first.upload(f"slow-{n}.txt", f"slow document {n}".encode())[0] == 202
+
+        def processing() -> bool:
+            return any(d["status"] == "processing" for d in first.get("/api/documents")[1]["items"])
+
+        deadline = time.monotonic() + 30
+        while not processing():
+            assert time.monotonic() < deadline, "nothing started processing"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+
+    second = Server(env, workers=1, log_path=tmp_path / "2.log").start()
+    try:
+        documents = wait_for_statuses(second, 2)
+    finally:
+        second.stop()
+    assert {d["status"] for d in documents} == {"completed"}
+    outcomes = {
+        name: [o for _, o in runs] for name, runs in item_history(env["DATABASE_URL"]).items()
+    }
+    interrupted = [name for name, runs in outcomes.items() if runs == ["lost", "completed"]]
+    assert len(interrupted) == 1, outcomes
+    assert [d["queue_item"]["attempts"] for d in documents if d["filename"] in interrupted] == [2]
+
+
+def test_schedulers_workers_and_cron_together_process_each_document_once(server_env, tmp_path):
+    record = tmp_path / "processed.log"
+    env = {
+        **server_env,
+        RECORD_ENV: str(record),
+        "DOCQUEUE_PROCESSOR": "tests.e2e.processors:recording_extract",
+        "DOCQUEUE_BATCH_SIZE": "3",
+        "DOCQUEUE_CRON_SECRET": "tick",
+        "PYTHONPATH": str(ROOT),
+    }
+    server = Server({**env, "DOCQUEUE_SCHEDULER_ENABLED": "false"}, log_path=tmp_path / "s.log")
+    server.start()
+    try:
+        count = 40
+        for n in range(count):
+            assert server.upload(f"many-{n}.txt", f"one of many {n}".encode())[0] == 202
+        busy = Server(env, log_path=tmp_path / "busy.log").start()  # a second host, scheduling
+        worker = subprocess.Popen(
+            [str(BIN / "docqueue"), "queue", "worker", "--concurrency", "2", "--batch-size", "2"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stderr=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
+        )
+        try:
+            cron = {"Authorization": "Bearer tick"}
+            while server.request("POST", "/api/cron/process-queue", headers=cron)[1]["processed"]:
+                pass
+            documents = wait_for_statuses(server, count)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
+            busy.stop()
+    finally:
+        server.stop()
+    assert {d["status"] for d in documents} == {"completed"}
+    runs = Counter(record.read_text().split())
+    assert runs == Counter({f"many-{n}.txt": 1 for n in range(count)})
+    workers = {worker for runs in item_history(env["DATABASE_URL"]).values() for worker, _ in runs}
+    assert len(workers) >= 2  # the work really was shared
