@@ -124,10 +124,6 @@ def page_events(page: Page) -> PageEvents:
         dialog.dismiss()
 
     def on_console(message: ConsoleMessage) -> None:
-        # docqueue serves no favicon, and chromium reports the 404 of its automatic
-        # request for one as a console error: known, and not the page's doing.
-        if message.location.get("url", "").endswith("/favicon.ico"):
-            return
         if message.type == "error":
             events.errors.append(f"console error at {message.location}: {message.text}")
 
