@@ -53,6 +53,23 @@ def add_page_security_headers(response: Response) -> Response:
     return response
 
 
+# Short names for the list; the detail page shows the full media type.
+_TYPE_LABELS = {
+    "application/pdf": "PDF",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "DOCX",
+    "text/html": "HTML",
+    "text/plain": "Text",
+    "text/markdown": "Markdown",
+    "text/csv": "CSV",
+    "application/json": "JSON",
+}
+
+
+@blueprint.app_template_filter("type_label")
+def format_type_label(content_type: str) -> str:
+    return _TYPE_LABELS.get(content_type, content_type)
+
+
 @blueprint.app_template_filter("filesize")
 def format_file_size(size: int) -> str:
     if size < 1024:

@@ -173,6 +173,15 @@ def test_list_escapes_filenames(client: FlaskClient) -> None:
     assert "<img src=x" not in page
 
 
+def test_list_names_types_briefly(client: FlaskClient) -> None:
+    upload(client, b"# Notes\n", "notes.md")
+    upload(client, b"a,b\n1,2\n", "table.csv")
+
+    cells = re.findall(r"<td title=\"([^\"]+)\">([^<]+)</td>", client.get("/documents").text)
+
+    assert sorted(cells) == [("text/csv", "CSV"), ("text/markdown", "Markdown")]
+
+
 def test_list_filters_by_status_and_refuses_unknown_ones(app: Flask, client: FlaskClient) -> None:
     upload(client, b"done already", "done.txt")
     run_queue(app)
