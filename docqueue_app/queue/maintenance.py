@@ -1,4 +1,8 @@
-"""Small maintenance jobs the scheduler and the worker both run: rescuer and pruner."""
+"""Maintenance the scheduler and the standalone worker both run: the pruner.
+
+(The rescuer of expired leases, ``DocumentQueueService.rescue_expired_leases``,
+runs before every claim, so no stuck item waits for a maintenance round.)
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,12 @@ PRUNE_EVERY_SECONDS = 3600.0
 _last_prune = {"at": float("-inf")}
 
 
-def run_maintenance() -> dict[str, int]:
-    """Rescue items whose lease ran out; prune old finished items about once an hour."""
+def run_maintenance() -> int:
+    """Prune finished items past the retention period, about once an hour per process."""
+    if time.monotonic() - _last_prune["at"] < PRUNE_EVERY_SECONDS:
+        return 0
+    _last_prune["at"] = time.monotonic()
     with Session(db.engine) as session:
-        service = DocumentQueueService(session)
-        rescued = service.rescue_expired_leases()
-        pruned = 0
-        if time.monotonic() - _last_prune["at"] >= PRUNE_EVERY_SECONDS:
-            _last_prune["at"] = time.monotonic()
-            pruned = service.prune_finished_items(current_app.config["RETENTION_DAYS"])
-    return {"rescued": rescued, "pruned": pruned}
+        return DocumentQueueService(session).prune_finished_items(
+            current_app.config["RETENTION_DAYS"]
+        )

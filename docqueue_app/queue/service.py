@@ -138,6 +138,11 @@ class DocumentQueueService:
         finally:
             session.commit()
 
+    def _exists(self, query: Any) -> bool:
+        """A read-only look first, so an idle poll never takes SQLite's write lock."""
+        with self._read() as session:
+            return session.execute(query.limit(1)).first() is not None
+
     # -- documents --------------------------------------------------------------
 
     def submit_document(
@@ -323,6 +328,8 @@ class DocumentQueueService:
     def claim_due_items(self, limit: int, worker_id: str) -> list[QueueItem]:
         """Claim up to ``limit`` due items in one statement (the worker's fast path)."""
         self.rescue_expired_leases()
+        if not self._exists(self._due_items_query(utcnow()).with_only_columns(QueueItem.id)):
+            return []
         with self._write() as session:
             now = utcnow()
             due_ids = (
@@ -631,6 +638,11 @@ class DocumentQueueService:
 
         The lost run counted as an attempt; an item with none left ends failed.
         """
+        expired_leases = select(QueueItem.id).where(
+            QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= utcnow()
+        )
+        if not self._exists(expired_leases):
+            return 0
         with self._write() as session:
             now = utcnow()
             expired = session.execute(
