@@ -9,6 +9,7 @@ from typing import Any
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -224,6 +225,19 @@ class QueueAttempt(db.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+
+class QueueState(db.Model):
+    """The queue's switches, one row: while ``paused``, nothing claims any item."""
+
+    __tablename__ = "queue_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+QUEUE_STATE_ID = 1
 
 
 def latest_items(session: Any, document_ids: list[int]) -> dict[int, QueueItem]:

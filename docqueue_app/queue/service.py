@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, aliased
 
 from ..models import (
     DOCUMENT_STATUS_OF_ITEM,
+    QUEUE_STATE_ID,
     SQLITE_WRITE_OPTION,
     AttemptOutcome,
     Document,
@@ -50,6 +51,7 @@ from ..models import (
     Operation,
     QueueAttempt,
     QueueItem,
+    QueueState,
     db,
     utcnow,
 )
@@ -326,7 +328,12 @@ class DocumentQueueService:
         return True
 
     def claim_due_items(self, limit: int, worker_id: str) -> list[QueueItem]:
-        """Claim up to ``limit`` due items in one statement (the worker's fast path)."""
+        """Claim up to ``limit`` due items in one statement (the worker's fast path).
+
+        Nothing is claimed while the queue is paused.
+        """
+        if self.is_paused():
+            return []
         self.rescue_expired_leases()
         if not self._exists(self._due_items_query(utcnow()).with_only_columns(QueueItem.id)):
             return []
@@ -631,6 +638,23 @@ class DocumentQueueService:
             is not None
         )
 
+    def set_paused(self, paused: bool) -> bool:
+        """Pause or resume the queue: while paused no scheduler, worker or cron call claims."""
+        with self._write() as session:
+            state = session.get(QueueState, QUEUE_STATE_ID)
+            if state is None:
+                state = QueueState(id=QUEUE_STATE_ID)
+                session.add(state)
+            state.paused = paused
+            state.updated_at = utcnow()
+        return paused
+
+    def is_paused(self) -> bool:
+        with self._read() as session:
+            return bool(
+                session.scalar(select(QueueState.paused).where(QueueState.id == QUEUE_STATE_ID))
+            )
+
     # -- maintenance ------------------------------------------------------------
 
     def rescue_expired_leases(self) -> int:
@@ -700,6 +724,7 @@ class DocumentQueueService:
             )
         stats: dict[str, Any] = {status.value: counts.get(status, 0) for status in ItemStatus}
         stats["total"] = sum(counts.values())
+        stats["paused"] = self.is_paused()
         stats["oldest_pending_age_seconds"] = (
             round((now - oldest_due).total_seconds(), 3) if oldest_due else None
         )

@@ -69,8 +69,6 @@ def process_document_queue(
     # each commit, and a document deleted meanwhile must not make that fail.
     with Session(db.engine, expire_on_commit=False) as session:
         service = DocumentQueueService(session)
-        if is_paused(session):
-            return counts
         items = service.claim_due_items(limit, worker_id or current_worker_id())
         if not items:
             return counts
@@ -88,11 +86,6 @@ def process_document_queue(
                 counts[label] += 1
                 counts["processed"] += 1
     return counts
-
-
-def is_paused(session: Session) -> bool:
-    """Queue pausing arrives with the admin API; until then the queue always runs."""
-    return False
 
 
 def process_item(item: QueueItem, document: LoadedDocument) -> Outcome:

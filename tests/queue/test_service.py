@@ -457,3 +457,16 @@ class TestAdminActions:
         assert service.purge_items(1, ["failed"]) == 1
         assert document(doc_id).status == "failed"
         assert db.session.scalar(db.select(db.func.count()).select_from(QueueItem)) == 0
+
+
+class TestPause:
+    def test_a_paused_queue_claims_nothing_until_resumed(self, service):
+        doc_id = new_document(service)
+        assert service.get_queue_stats()["paused"] is False
+        assert service.set_paused(True) is True
+        assert service.is_paused()
+        assert service.get_queue_stats()["paused"] is True
+        assert service.claim_due_items(10, "w") == []
+        new_document(service, "still-accepted.txt")  # uploads still queue
+        service.set_paused(False)
+        assert {i.document_id for i in service.claim_due_items(10, "w")} >= {doc_id}
