@@ -2,14 +2,20 @@
 
 Run from the project root (or `make bench`):
 
-    .venv/bin/python bench/queue_throughput.py [--jobs 5000] [--workers 2] [--batch 100]
-        [--database sqlite|postgresql|both]
+    .venv/bin/python -m bench.queue_throughput [--jobs 5000] [--workers 2] [--batch 100]
+        [--database sqlite|postgresql|both] [--pdf PATH]
 
-The processor is a no-op (`bench.queue_throughput:noop`) run in-process
+By default the processor is a no-op (`bench.queue_throughput:noop`) run in-process
 (PROCESS_ISOLATION=none), so the figures measure the queue itself — claims,
 outcome writes, document bookkeeping — and compare with the raw database loops and
-the Python peers of ../shared/MEASUREMENTS.md ("Queue throughput"). Each worker
-process loops over `process_document_queue(batch)` until the queue is empty.
+the Python peers of ../shared/MEASUREMENTS.md ("Queue throughput"). With `--pdf`,
+each job is that PDF (made unique by a trailing comment) run through the built-in
+extractor in an isolated child process: the production path end to end. Each
+worker process loops over `process_document_queue(batch)` until the queue is empty.
+
+Keep this module's top-level imports light: each isolated child process imports
+the main module again (multiprocessing's rule), as it would the gunicorn or
+docqueue launcher in production.
 """
 
 from __future__ import annotations
@@ -20,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
-
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_BENCH_DATABASE = "docqueue_bench"
 
@@ -30,7 +34,11 @@ def noop(content: bytes, filename: str, content_type: str) -> dict:
     return {"text": "", "title": None, "page_count": None, "metadata": {}}
 
 
-def make_app(database_url: str):
+NO_OP = {"PROCESS_ISOLATION": "none", "PROCESSOR": "bench.queue_throughput:noop"}
+REAL = {"PROCESS_ISOLATION": "subprocess", "PROCESSOR": "docqueue_app.processing:extract"}
+
+
+def make_app(database_url: str, processing: dict | None = None):
     from docqueue_app import create_app
 
     return create_app(
@@ -38,13 +46,13 @@ def make_app(database_url: str):
             "DATABASE_URL": database_url,
             "SECRET_KEY": "bench",
             "SCHEDULER_ENABLED": False,
-            "PROCESS_ISOLATION": "none",
-            "PROCESSOR": "bench.queue_throughput:noop",
+            **(processing or NO_OP),
         }
     )
 
 
 def fresh_database(kind: str, folder: Path) -> str:
+    import psycopg
     from flask_migrate import upgrade
 
     if kind == "sqlite":
@@ -60,7 +68,7 @@ def fresh_database(kind: str, folder: Path) -> str:
     return url
 
 
-def enqueue(url: str, jobs: int) -> float:
+def enqueue(url: str, jobs: int, pdf: bytes | None) -> float:
     """Uploads as the API makes them (bytes + row + item in one transaction); jobs/s."""
     from docqueue_app.queue import DocumentQueueService
 
@@ -69,22 +77,28 @@ def enqueue(url: str, jobs: int) -> float:
         service = DocumentQueueService()
         started = time.perf_counter()
         for n in range(jobs):
-            service.submit_document(f"{n}.txt", f"document {n}".encode(), "text/plain")
+            if pdf is None:
+                service.submit_document(f"{n}.txt", f"document {n}".encode(), "text/plain")
+            else:
+                unique = pdf + f"\n% copy {n}\n".encode()
+                service.submit_document(f"{n}.pdf", unique, "application/pdf")
         return jobs / (time.perf_counter() - started)
 
 
-def drain(url: str, batch: int) -> None:
+def drain(url: str, batch: int, processing: dict) -> None:
     from docqueue_app.queue import process_document_queue
 
-    app = make_app(url)
+    app = make_app(url, processing)
     with app.app_context():
         while process_document_queue(batch)["processed"]:
             pass
 
 
-def process(url: str, workers: int, batch: int, jobs: int) -> float:
+def process(url: str, workers: int, batch: int, jobs: int, processing: dict) -> float:
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=drain, args=(url, batch)) for _ in range(workers)]
+    processes = [
+        context.Process(target=drain, args=(url, batch, processing)) for _ in range(workers)
+    ]
     started = time.perf_counter()
     for worker in processes:
         worker.start()
@@ -99,17 +113,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--pdf", type=Path, help="process this PDF for real, isolated")
     args = parser.parse_args()
+    pdf = args.pdf.read_bytes() if args.pdf else None
+    processing = REAL if pdf else NO_OP
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     for kind in kinds:
         with tempfile.TemporaryDirectory() as folder:
             url = fresh_database(kind, Path(folder))
-            enqueued = enqueue(url, args.jobs)
-            processed = process(url, args.workers, args.batch, args.jobs)
+            enqueued = enqueue(url, args.jobs, pdf)
+            processed = process(url, args.workers, args.batch, args.jobs, processing)
         print(
             f"{kind:10} enqueue {enqueued:8.0f} jobs/s   "
             f"process {processed:8.0f} jobs/s "
-            f"({args.jobs} jobs, {args.workers} workers, batch {args.batch})"
+            f"({args.jobs} jobs, {args.workers} workers, batch {args.batch}, "
+            f"{'isolated extraction of ' + args.pdf.name if pdf else 'no-op processor'})"
         )
 
 
