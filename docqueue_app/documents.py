@@ -7,9 +7,9 @@ raised as an HTTP error here so both front ends answer it alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from werkzeug.exceptions import NotFound
 
 from .models import Document, DocumentContent, QueueItem, db, latest_items
@@ -34,12 +34,27 @@ class DocumentView:
         return getattr(self.document, name)
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class DocumentPage:
-    items: list[DocumentView]
+class Page(Generic[T]):
+    """One page of a list, as every list envelope (API and pages) shows it."""
+
+    items: list[T]
     page: int
     per_page: int
     total: int
+
+
+DocumentPage = Page[DocumentView]
+
+
+def fetch_page(query: Select[Any], page: int, per_page: int) -> tuple[list[Any], int]:
+    """The rows of one page of an ordered ``query``, and how many rows it has in all."""
+    total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    rows = db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)).all()
+    return list(rows), total or 0
 
 
 def find_document(document_id: int) -> Document:
@@ -56,18 +71,13 @@ def document_view(document: Document, duplicate: bool = False) -> DocumentView:
 
 def list_documents(status: str | None, page: int, per_page: int) -> DocumentPage:
     """One page of documents, newest first, optionally of one status."""
-    query = select(Document)
+    query = select(Document).order_by(Document.created_at.desc(), Document.id.desc())
     if status is not None:
         query = query.where(Document.status == status)
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-    documents = db.session.scalars(
-        query.order_by(Document.created_at.desc(), Document.id.desc())
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    ).all()
+    documents, total = fetch_page(query, page, per_page)
     items = latest_items(db.session, [document.id for document in documents])
     views = [DocumentView(document, items.get(document.id)) for document in documents]
-    return DocumentPage(views, page, per_page, total or 0)
+    return DocumentPage(views, page, per_page, total)
 
 
 def text_preview(document_id: int, max_chars: int) -> str | None:

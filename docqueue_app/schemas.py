@@ -7,15 +7,16 @@ Output schemas describe the JSON documents and queue items of SPEC §4.
 
 from __future__ import annotations
 
+import enum
 import unicodedata
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from flask_smorest.fields import Upload
-from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
-from .models import DocumentStatus, ItemStatus
-from .queue.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from .models import AttemptOutcome, DocumentStatus, ItemStatus
+from .queue.service import DEFAULT_PRIORITY, FINISHED_STATUSES, MAX_PRIORITY, MIN_PRIORITY
 
 MAX_FILENAME_CHARS = 255
 FALLBACK_FILENAME = "upload"
@@ -23,6 +24,7 @@ FALLBACK_FILENAME = "upload"
 _MAX_KEPT_EXTENSION_CHARS = 16
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
+MAX_PURGE_AGE_DAYS = 36500  # a century: older than any finished item can be
 
 
 def clean_filename(name: str | None) -> str:
@@ -82,6 +84,18 @@ class WholeNumber(fields.Integer):
         return super()._validated(value)
 
 
+def _finished_statuses_only(statuses: list[str]) -> None:
+    """Purge refuses pending and in_progress items: they are work still to be done."""
+    finished = [status.value for status in FINISHED_STATUSES]
+    if not statuses:
+        raise ValidationError(f"Name at least one of: {', '.join(finished)}.")
+    refused = [status for status in statuses if status not in finished]
+    if refused:
+        raise ValidationError(
+            f"Only finished items ({', '.join(finished)}) can be purged, not: {', '.join(refused)}."
+        )
+
+
 def priority_field() -> WholeNumber:
     return WholeNumber(
         load_default=DEFAULT_PRIORITY,
@@ -120,17 +134,53 @@ class PaginationQuerySchema(Schema):
     )
 
 
-class DocumentListQuerySchema(PaginationQuerySchema):
-    status = fields.String(
-        load_default=None, validate=validate.OneOf([status.value for status in DocumentStatus])
-    )
+class FilteredListQuerySchema(PaginationQuerySchema):
+    """A list query with optional filters (named in ``filters``); blank means no filter."""
+
+    filters: ClassVar[tuple[str, ...]] = ("status",)
 
     @pre_load
-    def blank_status_means_any(self, data: Mapping[str, Any], **_: Any) -> Mapping[str, Any]:
+    def blank_filter_means_any(self, data: Mapping[str, Any], **_: Any) -> Mapping[str, Any]:
         # A filter form's "all" option sends ?status= : no filter, not an unknown status.
-        if data.get("status") == "":
-            return {key: data[key] for key in data if key != "status"}
+        blank = {key for key in self.filters if data.get(key) == ""}
+        if blank:
+            return {key: data[key] for key in data if key not in blank}
         return data
+
+
+def status_filter(statuses: type[enum.StrEnum]) -> fields.String:
+    return fields.String(
+        load_default=None, validate=validate.OneOf([status.value for status in statuses])
+    )
+
+
+class DocumentListQuerySchema(FilteredListQuerySchema):
+    status = status_filter(DocumentStatus)
+
+
+class QueueItemListQuerySchema(FilteredListQuerySchema):
+    filters = ("status", "document_id")
+
+    status = status_filter(ItemStatus)
+    document_id = WholeNumber(load_default=None, validate=validate.Range(min=1))
+
+
+class PurgeSchema(Schema):
+    """What to purge: finished items of these statuses, finished over N days ago."""
+
+    older_than_days = fields.Float(
+        required=True,
+        # Capped so the cutoff date stays a date (a million days would overflow).
+        validate=validate.Range(min=0, max=MAX_PURGE_AGE_DAYS),
+        metadata={"description": "finished at least this many days ago (0: any time)"},
+    )
+    statuses = fields.List(
+        fields.String(),
+        load_default=lambda: [status.value for status in FINISHED_STATUSES],
+        # Checked as a whole so the error reads {"statuses": [...]}, not per index.
+        validate=_finished_statuses_only,
+        metadata={"description": "default: completed, failed, cancelled"},
+    )
 
 
 # -- output ---------------------------------------------------------------------
@@ -192,6 +242,36 @@ class PageSchema(Schema):
 
 class DocumentPageSchema(PageSchema):
     items = fields.List(fields.Nested(DocumentSchema))
+
+
+class QueueItemPageSchema(PageSchema):
+    items = fields.List(fields.Nested(QueueItemSchema))
+
+
+class AttemptSchema(Schema):
+    """One attempt at a queue item; ``outcome`` and ``finished_at`` are null while it runs."""
+
+    attempt = fields.Integer()
+    worker = fields.String(allow_none=True)
+    started_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+    duration_seconds = fields.Float(allow_none=True)
+    outcome = fields.String(
+        allow_none=True, metadata={"enum": [outcome.value for outcome in AttemptOutcome]}
+    )
+    error = fields.String(allow_none=True)
+
+
+class QueueItemDetailSchema(QueueItemSchema):
+    history = fields.List(fields.Nested(AttemptSchema), metadata={"description": "oldest first"})
+
+
+class PurgeResultSchema(Schema):
+    deleted = fields.Integer(metadata={"description": "queue items deleted"})
+
+
+class PauseStateSchema(Schema):
+    paused = fields.Boolean()
 
 
 class QueueStatsSchema(Schema):

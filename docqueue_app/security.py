@@ -1,4 +1,4 @@
-"""Request guards shared by the API and the pages: CSRF, bearer tokens, safe headers."""
+"""Request guards shared by the API and the pages: CSRF, tokens, admin login, safe headers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 csrf = CSRFProtect()
+
+ADMIN_USER = "admin"
+ADMIN_REALM = "docqueue admin"
 
 
 def init_app(app: Flask) -> None:
@@ -40,14 +43,46 @@ def require_cron_secret() -> None:
         raise _unauthorized("A valid 'Authorization: Bearer <cron secret>' header is required.")
 
 
+def require_admin() -> None:
+    """``before_request`` guard of the admin API and pages: HTTP Basic as ``admin``.
+
+    Off (403) while ADMIN_PASSWORD is unset, so a fresh install exposes no admin
+    action; otherwise a missing or wrong login is 401 with a Basic challenge,
+    which makes browsers ask for the password.
+    """
+    password = current_app.config.get("ADMIN_PASSWORD")
+    if not password:
+        raise Forbidden("admin API disabled: DOCQUEUE_ADMIN_PASSWORD is not set.")
+    if not _basic_login_matches(ADMIN_USER, password):
+        raise _unauthorized(
+            f"The admin login (HTTP Basic, user '{ADMIN_USER}') is required.",
+            scheme="Basic",
+            realm=ADMIN_REALM,
+        )
+
+
+def _basic_login_matches(user: str, password: str) -> bool:
+    given = request.authorization
+    if given is None or given.type != "basic":
+        return False
+    # Both compared, never short-circuited, so timing tells nothing about the user name.
+    user_ok = _same_secret(given.username or "", user)
+    password_ok = _same_secret(given.password or "", password)
+    return user_ok and password_ok
+
+
 def _bearer_matches(expected: str) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
+    return _same_secret(given.strip(), expected)
+
+
+def _same_secret(given: str, expected: str) -> bool:
     # Compared as bytes: compare_digest refuses non-ASCII str, and a constant-time
     # comparison keeps the secret from leaking through response timing.
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _unauthorized(message: str) -> Unauthorized:
-    return Unauthorized(message, www_authenticate=WWWAuthenticate("Bearer", {"realm": "docqueue"}))
+def _unauthorized(message: str, scheme: str = "Bearer", realm: str = "docqueue") -> Unauthorized:
+    return Unauthorized(message, www_authenticate=WWWAuthenticate(scheme, {"realm": realm}))

@@ -8,11 +8,11 @@ from flask import Flask
 from flask_smorest import Api, Blueprint
 
 from ..security import csrf
-from . import cron, documents, health, queue
+from . import admin, cron, documents, health, queue
 from .errors import JsonErrorApi
 
 API_EXTENSION = "docqueue_api"
-BLUEPRINTS = (documents.blp, queue.blp, cron.blp, health.blp)
+BLUEPRINTS = (documents.blp, queue.blp, admin.blp, cron.blp, health.blp)
 
 
 def init_app(app: Flask) -> None:
