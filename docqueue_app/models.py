@@ -124,10 +124,6 @@ class Document(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    queue_items: Mapped[list[QueueItem]] = relationship(
-        back_populates="document", passive_deletes=True, order_by="QueueItem.id"
-    )
-
     def __repr__(self) -> str:
         return f"<Document {self.id} {self.filename!r} {self.status}>"
 
@@ -183,7 +179,6 @@ class QueueItem(db.Model):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    document: Mapped[Document] = relationship(back_populates="queue_items")
     history: Mapped[list[QueueAttempt]] = relationship(
         passive_deletes=True, order_by="QueueAttempt.id"
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
@@ -57,6 +56,13 @@ class QueueScheduler:
                 log.info("queue scheduler started, polling every %ss", self.interval)
         return True
 
+    def start_on_request(self) -> None:
+        # A before_request hook: it must return None, or Flask would answer with it.
+        # A scheduler that ticked once is not restarted here: if it went stale,
+        # /readyz must say so rather than have a request paper over it.
+        if self.last_tick is None:
+            self.start()
+
     def shutdown(self) -> None:
         with self._lock:
             if self._scheduler is not None:
@@ -91,15 +97,7 @@ def init_app(app: Flask) -> None:
     if scheduler.enabled:
         # Under `flask run` (or any server without a start hook) the first
         # request starts the scheduler; CLI commands serve no requests.
-        app.before_request(_start_once(scheduler))
-
-
-def _start_once(scheduler: QueueScheduler) -> Any:
-    def start_scheduler() -> None:
-        if scheduler.last_tick is None:
-            scheduler.start()
-
-    return start_scheduler
+        app.before_request(scheduler.start_on_request)
 
 
 def get_scheduler(app: Flask) -> QueueScheduler:

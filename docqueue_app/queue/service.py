@@ -141,9 +141,12 @@ class DocumentQueueService:
             session.commit()
 
     def _exists(self, query: Any) -> bool:
-        """A read-only look first, so an idle poll never takes SQLite's write lock."""
-        with self._read() as session:
-            return session.execute(query.limit(1)).first() is not None
+        return self.session.execute(query.limit(1)).first() is not None
+
+    def _paused(self) -> bool:
+        return bool(
+            self.session.scalar(select(QueueState.paused).where(QueueState.id == QUEUE_STATE_ID))
+        )
 
     # -- documents --------------------------------------------------------------
 
@@ -332,10 +335,17 @@ class DocumentQueueService:
 
         Nothing is claimed while the queue is paused.
         """
-        if self.is_paused():
-            return []
-        self.rescue_expired_leases()
-        if not self._exists(self._due_items_query(utcnow()).with_only_columns(QueueItem.id)):
+        # One read-only look decides the poll, so an idle one never takes SQLite's
+        # write lock.
+        with self._read():
+            now = utcnow()
+            if self._paused():
+                return []
+            lost = self._exists(_expired_leases(now))
+            due = self._exists(self._due_items_query(now).with_only_columns(QueueItem.id))
+        if lost:
+            self.rescue_expired_leases()
+        elif not due:
             return []
         with self._write() as session:
             now = utcnow()
@@ -501,16 +511,8 @@ class DocumentQueueService:
         recorded = [o for o in outcomes if o.item_id in document_of]
         if not recorded:
             return []
-        self.session.execute(
-            update(QueueAttempt)
-            .where(
-                tuple_(QueueAttempt.queue_item_id, QueueAttempt.attempt).in_(
-                    [(o.item_id, o.claim.attempt) for o in recorded]
-                ),
-                QueueAttempt.finished_at.is_(None),
-            )
-            .values(finished_at=now, outcome=AttemptOutcome.COMPLETED, error=None)
-            .execution_options(synchronize_session=False)
+        self._close_attempts(
+            [(o.item_id, o.claim.attempt) for o in recorded], now, AttemptOutcome.COMPLETED
         )
         results = [
             {"id": document_of[o.item_id], "processed_at": now, **_document_result_values(o.result)}
@@ -539,7 +541,7 @@ class DocumentQueueService:
         document_id = self._finish(
             item_id, claim, status=status, values={"last_error": error, **values}
         )
-        self._close_attempt(item_id, claim, now, attempt_outcome, error)
+        self._close_attempts([(item_id, claim.attempt)], now, attempt_outcome, error)
         return document_id
 
     def _finish(
@@ -650,10 +652,8 @@ class DocumentQueueService:
         return paused
 
     def is_paused(self) -> bool:
-        with self._read() as session:
-            return bool(
-                session.scalar(select(QueueState.paused).where(QueueState.id == QUEUE_STATE_ID))
-            )
+        with self._read():
+            return self._paused()
 
     # -- maintenance ------------------------------------------------------------
 
@@ -662,20 +662,14 @@ class DocumentQueueService:
 
         The lost run counted as an attempt; an item with none left ends failed.
         """
-        expired_leases = select(QueueItem.id).where(
-            QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= utcnow()
-        )
-        if not self._exists(expired_leases):
-            return 0
+        with self._read():
+            if not self._exists(_expired_leases(utcnow())):
+                return 0  # without taking the write lock
         with self._write() as session:
             now = utcnow()
             expired = session.execute(
-                select(
-                    QueueItem.id, QueueItem.document_id, QueueItem.attempts, QueueItem.max_attempts
-                )
-                .where(
-                    QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= now
-                )
+                _expired_leases(now)
+                .add_columns(QueueItem.document_id, QueueItem.attempts, QueueItem.max_attempts)
                 .with_for_update(skip_locked=True)
             ).all()
             if not expired:
@@ -722,9 +716,10 @@ class DocumentQueueService:
                     QueueItem.status == ItemStatus.PENDING, QueueItem.run_at <= now
                 )
             )
+            paused = self._paused()
         stats: dict[str, Any] = {status.value: counts.get(status, 0) for status in ItemStatus}
         stats["total"] = sum(counts.values())
-        stats["paused"] = self.is_paused()
+        stats["paused"] = paused
         stats["oldest_pending_age_seconds"] = (
             round((now - oldest_due).total_seconds(), 3) if oldest_due else None
         )
@@ -775,19 +770,18 @@ class DocumentQueueService:
             ],
         )
 
-    def _close_attempt(
+    def _close_attempts(
         self,
-        item_id: int,
-        claim: Claim,
+        item_attempts: list[tuple[int, int]],
         now: datetime,
         outcome: AttemptOutcome,
         error: str | None = None,
     ) -> None:
+        """End the open history rows of these (item id, attempt number) pairs."""
         self.session.execute(
             update(QueueAttempt)
             .where(
-                QueueAttempt.queue_item_id == item_id,
-                QueueAttempt.attempt == claim.attempt,
+                tuple_(QueueAttempt.queue_item_id, QueueAttempt.attempt).in_(item_attempts),
                 QueueAttempt.finished_at.is_(None),
             )
             .values(finished_at=now, outcome=outcome, error=error)
@@ -803,6 +797,13 @@ class DocumentQueueService:
             .values(finished_at=now, outcome=outcome, error=error)
             .execution_options(synchronize_session=False)
         )
+
+
+def _expired_leases(now: datetime) -> Any:
+    """Items whose worker stopped extending its lease: dead, hung or cut off."""
+    return select(QueueItem.id).where(
+        QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= now
+    )
 
 
 def _id_of(item: QueueItem) -> int:
