@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from flask import Flask, current_app
@@ -54,14 +54,18 @@ def process_document_queue(
     limit: int | None = None,
     worker_id: str | None = None,
     stop: threading.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> dict:
     """Claim up to ``limit`` (default BATCH_SIZE) due items and process them.
 
     Call inside an app context. Returns ``{"processed", "completed", "failed", "retried"}``
     once every outcome is written. When ``stop`` is set, the document in hand is
     finished and the claimed items not yet started go back to pending, their
-    attempt not counted.
+    attempt not counted. ``heartbeat`` is called whenever the pass makes
+    progress (after its claim, before and after each document), so a caller can
+    tell a busy pass from a hung one.
     """
+    beat = heartbeat or _no_heartbeat
     config = current_app.config
     limit = config["BATCH_SIZE"] if limit is None else limit
     counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
@@ -70,6 +74,7 @@ def process_document_queue(
     with Session(db.engine, expire_on_commit=False) as session:
         service = DocumentQueueService(session)
         items = service.claim_due_items(limit, worker_id or current_worker_id())
+        beat()
         if not items:
             return counts
         with OutcomeWriter(current_app._get_current_object(), items) as writer:
@@ -79,13 +84,19 @@ def process_document_queue(
                     break
                 if document is None:
                     continue  # deleted while queued: nothing to record
+                beat()
                 outcome = process_item(item, document)
+                beat()
                 writer.submit(outcome)
                 label = outcome_label(outcome, item)
                 record_outcome(label)
                 counts[label] += 1
                 counts["processed"] += 1
     return counts
+
+
+def _no_heartbeat() -> None:
+    pass
 
 
 def process_item(item: QueueItem, document: LoadedDocument) -> Outcome:
