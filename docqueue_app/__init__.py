@@ -12,7 +12,7 @@ from flask_migrate import Migrate
 from . import api, cli, metrics, web
 from .config import load_config
 from .models import db
-from .queue import scheduler
+from .queue import read_queue_stats, scheduler
 
 # Next to the package, so `docqueue db upgrade` finds them from any folder.
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     api.init_app(app)
     web.init_app(app)
-    metrics.init_app(app)
+    metrics.init_app(app, read_queue_stats)
     scheduler.init_app(app)
     cli.init_app(app)
     return app

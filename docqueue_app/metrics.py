@@ -9,9 +9,10 @@ whichever process answers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from flask import Blueprint, Flask, Response
+from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -23,6 +24,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .states import ItemStatus
+
+EXTENSION = "docqueue_metrics"
 
 UPLOADS = Counter(
     "docqueue_uploads", "Documents received by upload", ["result"]
@@ -56,14 +61,15 @@ def record_outcome(outcome: str) -> None:
 class QueueDepthCollector(Collector):
     """Queue items per status and the age of the oldest due item, from the database."""
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from .queue import DocumentQueueService
+    def __init__(self, read_queue_stats: Callable[[], dict[str, Any]]) -> None:
+        self.read_queue_stats = read_queue_stats
 
-        stats = DocumentQueueService().get_queue_stats()
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self.read_queue_stats()
         depth = GaugeMetricFamily(
             "docqueue_queue_items", "Queue items by status", labels=["status"]
         )
-        for status in ("pending", "in_progress", "completed", "failed", "cancelled"):
+        for status in ItemStatus:
             depth.add_metric([status], stats[status])
         yield depth
         yield GaugeMetricFamily(
@@ -76,7 +82,7 @@ class QueueDepthCollector(Collector):
 @blueprint.get("/metrics")
 def metrics() -> Response:
     database = CollectorRegistry(auto_describe=False)
-    database.register(QueueDepthCollector())
+    database.register(QueueDepthCollector(current_app.extensions[EXTENSION]))
     body = generate_latest(_process_registry()) + generate_latest(database)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
@@ -89,5 +95,11 @@ def _process_registry() -> CollectorRegistry:
     return registry
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, read_queue_stats: Callable[[], dict[str, Any]]) -> None:
+    """Serve /metrics; ``read_queue_stats`` gives the queue's counts at scrape time.
+
+    (Handed in, not imported, so the queue can count outcomes here without an
+    import cycle.)
+    """
+    app.extensions[EXTENSION] = read_queue_stats
     app.register_blueprint(blueprint)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,50 +25,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
+from .states import DocumentStatus, ItemStatus
+
 
 class Base(DeclarativeBase):
     pass
 
 
 db = SQLAlchemy(model_class=Base)
-
-
-class ItemStatus(enum.StrEnum):
-    PENDING = "pending"  # waiting for its run_at; claimable once due
-    IN_PROGRESS = "in_progress"  # claimed by a worker holding a lease
-    COMPLETED = "completed"  # processed; the document holds the result
-    FAILED = "failed"  # permanent error, or no attempts left
-    CANCELLED = "cancelled"  # withdrawn by an admin before it ran
-
-
-class DocumentStatus(enum.StrEnum):
-    PENDING = "pending"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class Operation(enum.StrEnum):
-    PROCESS = "process"  # first processing after upload
-    REPROCESS = "reprocess"  # asked for again by a user
-
-
-class AttemptOutcome(enum.StrEnum):
-    COMPLETED = "completed"
-    RETRY = "retry"  # transient failure; the item went back to pending
-    FAILED = "failed"  # permanent failure or last attempt
-    LOST = "lost"  # the worker's lease ran out before it reported
-
-
-# A document's status is always the status of its latest queue item.
-DOCUMENT_STATUS_OF_ITEM = {
-    ItemStatus.PENDING: DocumentStatus.PENDING,
-    ItemStatus.IN_PROGRESS: DocumentStatus.PROCESSING,
-    ItemStatus.COMPLETED: DocumentStatus.COMPLETED,
-    ItemStatus.FAILED: DocumentStatus.FAILED,
-    ItemStatus.CANCELLED: DocumentStatus.CANCELLED,
-}
 
 
 def utcnow() -> datetime:
@@ -223,13 +186,15 @@ class QueueAttempt(db.Model):
 
 
 class QueueState(db.Model):
-    """The queue's switches, one row: while ``paused``, nothing claims any item."""
+    """The queue's switches and clocks, one row: while ``paused``, nothing claims any item."""
 
     __tablename__ = "queue_state"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the pruner last ran, on any host: it runs once per cluster per interval.
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 QUEUE_STATE_ID = 1

@@ -8,15 +8,23 @@ Output schemas describe the JSON documents and queue items of SPEC §4.
 from __future__ import annotations
 
 import enum
+import json
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask_smorest.fields import Upload
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates
 
-from .models import AttemptOutcome, DocumentStatus, ItemStatus
-from .queue.service import DEFAULT_PRIORITY, FINISHED_STATUSES, MAX_PRIORITY, MIN_PRIORITY
+from .states import (
+    DEFAULT_PRIORITY,
+    FINISHED_STATUSES,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    AttemptOutcome,
+    DocumentStatus,
+    ItemStatus,
+)
 
 MAX_FILENAME_CHARS = 255
 FALLBACK_FILENAME = "upload"
@@ -122,6 +130,34 @@ class UploadFormSchema(Schema):
 
 class ReprocessSchema(Schema):
     priority = priority_field()
+
+
+class ProcessorResultSchema(Schema):
+    """What a processor returns (SPEC §5); anything else fails its document for good.
+
+    Missing keys take their empty value; a key of the wrong type, or metadata
+    that JSON cannot hold, is an error naming the field.
+    """
+
+    class Meta:
+        unknown = EXCLUDE
+
+    text = fields.String(load_default="")
+    title = fields.String(load_default=None, allow_none=True)
+    page_count = WholeNumber(load_default=None, allow_none=True, validate=validate.Range(min=0))
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+
+    @validates("metadata")
+    def metadata_is_json(self, value: dict, **_: Any) -> None:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"not JSON: {exc}") from None
+
+
+def load_processor_result(result: Any) -> dict[str, Any]:
+    """The processor's result checked; raises ``ValidationError`` saying what is wrong."""
+    return ProcessorResultSchema().load(result if isinstance(result, Mapping) else {"": result})
 
 
 class PaginationQuerySchema(Schema):

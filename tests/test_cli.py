@@ -40,11 +40,14 @@ def test_retry_failed_and_purge(app, runner):
         service.mark_failed(item, "boom", permanent=True)
     assert json.loads(runner.invoke(args=["queue", "retry-failed"]).stdout) == {"retried": 1}
     runner.invoke(args=["queue", "process"])
-    purged = runner.invoke(args=["queue", "purge", "--older-than-days", "0"])
-    assert json.loads(purged.stdout) == {"deleted": 1}
+    runner.invoke(args=["queue", "retry-failed"])  # nothing failed now: nothing retried
     with app.app_context():
-        assert DocumentQueueService().get_queue_stats()["total"] == 0
-    assert doc_id
+        DocumentQueueService().enqueue(doc_id, "reprocess")
+    runner.invoke(args=["queue", "process"])
+    purged = runner.invoke(args=["queue", "purge", "--older-than-days", "0"])
+    assert json.loads(purged.stdout) == {"deleted": 1}  # the document's latest item stays
+    with app.app_context():
+        assert DocumentQueueService().get_queue_stats()["total"] == 1
 
 
 def test_console_script_migrates_from_any_folder(tmp_path):

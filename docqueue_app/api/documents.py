@@ -16,7 +16,6 @@ from ..documents import (
     list_documents,
     original_bytes,
 )
-from ..models import Operation
 from ..queue import DocumentNotFound, DocumentQueueService
 from ..schemas import (
     DocumentListQuerySchema,
@@ -27,6 +26,7 @@ from ..schemas import (
     UploadResultSchema,
 )
 from ..security import require_api_token
+from ..states import Operation
 from ..uploads import check_upload, store_upload
 from .blueprint import ApiBlueprint
 

@@ -1,29 +1,25 @@
-"""Maintenance the scheduler and the standalone worker both run: the pruner.
+"""Maintenance the scheduler and the standalone worker both run before they claim.
 
-(The rescuer of expired leases, ``DocumentQueueService.rescue_expired_leases``,
-runs before every claim, so no stuck item waits for a maintenance round.)
+The rescuer hands back the items of lost workers; the pruner deletes old
+finished items, once per cluster per hour.
 """
 
 from __future__ import annotations
-
-import time
 
 from flask import current_app
 from sqlalchemy.orm import Session
 
 from ..models import db
+from .pruner import prune_if_due
+from .rescuer import rescue_lost_items
 from .service import DocumentQueueService
 
-PRUNE_EVERY_SECONDS = 3600.0
-_last_prune = {"at": float("-inf")}
 
-
-def run_maintenance() -> int:
-    """Prune finished items past the retention period, about once an hour per process."""
-    if time.monotonic() - _last_prune["at"] < PRUNE_EVERY_SECONDS:
-        return 0
-    _last_prune["at"] = time.monotonic()
+def run_maintenance() -> dict[str, int]:
+    """One round of maintenance, inside an app context, in a session of its own."""
     with Session(db.engine) as session:
-        return DocumentQueueService(session).prune_finished_items(
-            current_app.config["RETENTION_DAYS"]
-        )
+        service = DocumentQueueService(session)
+        return {
+            "rescued": rescue_lost_items(service),
+            "pruned": prune_if_due(service, current_app.config["RETENTION_DAYS"]),
+        }

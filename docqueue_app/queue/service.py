@@ -3,63 +3,76 @@
 Every method runs in a transaction of its own and commits it. Claims are atomic
 compare-and-set statements: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on
 SQLite a ``BEGIN IMMEDIATE`` transaction that holds the database's write lock.
+The statements live in ``queries.py``; what becomes of an attempt that did not
+succeed is decided in ``retry.py``; this module holds the transactions.
 
 Fencing: each claim records the worker and the attempt number on the item
 object (``item.claim``). An outcome is only recorded while the row still shows
-that worker and that attempt, so a worker whose lease was taken over cannot
-overwrite the newer owner's result.
+that worker and that attempt, so a worker whose lease was taken over (or whose
+item was cancelled) cannot overwrite what happened since.
+
+Two rules keep every document's history straight:
+
+- at most one pending item per document: an item that would become pending
+  again while its document has a newer pending item folds into it (it ends
+  ``cancelled``, superseded); the newer item runs the document anyway;
+- a document's status is its latest item's, so only the latest item can be
+  retried, and purging never removes it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import (
-    and_,
-    case,
-    delete,
-    exists,
-    func,
-    inspect,
-    literal,
-    or_,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from marshmallow import ValidationError
+from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from ..models import (
-    DOCUMENT_STATUS_OF_ITEM,
     QUEUE_STATE_ID,
     SQLITE_WRITE_OPTION,
-    AttemptOutcome,
     Document,
     DocumentContent,
-    DocumentStatus,
-    ItemStatus,
-    Operation,
-    QueueAttempt,
     QueueItem,
     QueueState,
     db,
     utcnow,
 )
-from .backoff import retry_delay
+from ..schemas import describe_validation_errors, load_processor_result
+from ..states import (
+    DEFAULT_PRIORITY,
+    FINISHED_STATUSES,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    AttemptOutcome,
+    DocumentStatus,
+    ItemStatus,
+    Operation,
+)
+from . import queries
+from .retry import Cause, Decision, RetryPolicy, decide, lost_worker_message
 
-MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 10, 5
-FINISHED_STATUSES = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.CANCELLED)
+log = logging.getLogger(__name__)
+
 _ERROR_LIMIT = 4000
+# Rows handled per transaction by the rescuer and by purges, so neither holds
+# SQLite's write lock (or PostgreSQL row locks) for long on a big backlog.
+MAINTENANCE_BATCH = 500
+# Errors that mean "the database is away", not "this data cannot be stored":
+# outcomes that meet them are kept and written later.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 class DocumentNotFound(LookupError):
@@ -96,6 +109,20 @@ class Outcome:
     def of(cls, item: QueueItem, **details: Any) -> Outcome:
         return cls(_id_of(item), _claim_of(item), **details)
 
+    @classmethod
+    def success(cls, item: QueueItem, result: Any) -> Outcome:
+        """A processor's result; one not of the shape SPEC §5 asks fails permanently."""
+        try:
+            checked = load_processor_result(result)
+        except ValidationError as exc:
+            message = describe_validation_errors(exc.messages)
+            return cls.of(item, error=f"invalid processor result: {message}", permanent=True)
+        return cls.of(item, result=checked)
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.item_id, self.claim.worker, self.claim.attempt)
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -110,8 +137,7 @@ class DocumentQueueService:
         config = current_app.config
         self.max_attempts: int = config["MAX_ATTEMPTS"]
         self.lease = timedelta(seconds=config["LEASE_SECONDS"])
-        self.retry_base: float = config["RETRY_BASE_SECONDS"]
-        self.retry_max: float = config["RETRY_MAX_SECONDS"]
+        self.policy = RetryPolicy(config["RETRY_BASE_SECONDS"], config["RETRY_MAX_SECONDS"])
 
     # -- transactions -----------------------------------------------------------
 
@@ -144,9 +170,7 @@ class DocumentQueueService:
         return self.session.execute(query.limit(1)).first() is not None
 
     def _paused(self) -> bool:
-        return bool(
-            self.session.scalar(select(QueueState.paused).where(QueueState.id == QUEUE_STATE_ID))
-        )
+        return bool(self.session.scalar(queries.paused()))
 
     # -- documents --------------------------------------------------------------
 
@@ -198,8 +222,8 @@ class DocumentQueueService:
         """Remove a document, its bytes, its queue items and their history."""
         with self._write() as session:
             items = select(QueueItem.id).where(QueueItem.document_id == document_id)
-            session.execute(delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(items)))
-            session.execute(delete(QueueItem).where(QueueItem.document_id == document_id))
+            for statement in queries.delete_items(items):
+                session.execute(statement)
             session.execute(
                 delete(DocumentContent).where(DocumentContent.document_id == document_id)
             )
@@ -217,7 +241,7 @@ class DocumentQueueService:
         try:
             return self._enqueue(document_id, operation, priority)
         except IntegrityError:
-            # A concurrent enqueue inserted the pending item first: join it.
+            # A concurrent enqueue (or retry) made the pending item first: join it.
             return self._enqueue(document_id, operation, priority)
 
     def _enqueue(self, document_id: int, operation: Operation, priority: int) -> QueueItem:
@@ -225,14 +249,7 @@ class DocumentQueueService:
             now = utcnow()
             if session.get(Document, document_id) is None:
                 raise DocumentNotFound(document_id)
-            pending = session.scalar(
-                select(QueueItem)
-                .where(
-                    QueueItem.document_id == document_id,
-                    QueueItem.status == ItemStatus.PENDING,
-                )
-                .with_for_update()
-            )
+            pending = session.scalar(queries.pending_item_of(document_id))
             if pending is not None:
                 pending.priority = max(pending.priority, priority)
                 pending.run_at = min(pending.run_at, now)
@@ -268,65 +285,38 @@ class DocumentQueueService:
         """
         self.rescue_expired_leases()
         with self._read() as session:
-            return list(session.scalars(self._due_items_query(utcnow()).limit(limit)).all())
-
-    def _due_items_query(self, now: datetime) -> Any:
-        """Due pending items in the order of ``ix_queue_items_claim``, walking that index.
-
-        The status is written into the SQL, not bound, because a partial index
-        only serves a query whose WHERE visibly implies the index's; SQLite is
-        told the index by name, as without statistics it would sort instead.
-        """
-        busy = aliased(QueueItem)
-        document_busy = exists().where(
-            busy.document_id == QueueItem.document_id,
-            busy.status == ItemStatus.IN_PROGRESS,
-        )
-        return (
-            select(QueueItem)
-            .with_hint(QueueItem, "INDEXED BY ix_queue_items_claim", "sqlite")
-            .where(
-                QueueItem.status == literal(ItemStatus.PENDING.value, literal_execute=True),
-                QueueItem.run_at <= now,
-                ~document_busy,
+            ids = queries.due_items(utcnow()).limit(limit).subquery()
+            return list(
+                session.scalars(
+                    select(QueueItem)
+                    .join(ids, ids.c.id == QueueItem.id)
+                    .order_by(QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
+                ).all()
             )
-            .order_by(QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
-        )
 
     def mark_in_progress(self, item: QueueItem, worker_id: str | None = None) -> bool:
-        """Claim one item; False when another worker got it first."""
+        """Claim one item; False when another worker got it first (or it is not due).
+
+        An item whose lease expired is first rescued like every other, so taking
+        it over counts the lost attempt and never leaves two items of one
+        document in progress.
+        """
         worker = worker_id or default_worker_id()
         item_id = _id_of(item)
+        self.rescue_expired_leases()
         with self._write() as session:
             now = utcnow()
-            busy = aliased(QueueItem)
-            other_running = exists().where(
-                busy.document_id == QueueItem.document_id,
-                busy.id != QueueItem.id,
-                busy.status == ItemStatus.IN_PROGRESS,
-                busy.lease_expires_at > now,
-            )
-            claimable = or_(
-                and_(QueueItem.status == ItemStatus.PENDING, QueueItem.run_at <= now),
-                and_(
-                    QueueItem.status == ItemStatus.IN_PROGRESS,
-                    QueueItem.lease_expires_at <= now,
-                    QueueItem.attempts < QueueItem.max_attempts,
-                ),
-            )
-            row = session.execute(
-                update(QueueItem)
-                .where(QueueItem.id == item_id, claimable, ~other_running)
-                .values(**self._claim_values(worker, now))
-                .returning(QueueItem.attempts, QueueItem.document_id)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if row is None:
+            if self._paused():
                 return False
-            self._close_open_attempts([item_id], now, AttemptOutcome.LOST, "worker lost")
-            self._open_attempts([(item_id, row.attempts)], worker, now)
-            self._sync_documents([row.document_id], now)
-        item.claim = Claim(worker, row.attempts)
+            chosen = (
+                queries.due_items(now)
+                .where(QueueItem.id == item_id)
+                .with_for_update(skip_locked=True, of=QueueItem)
+            )
+            rows = self._claim(chosen, worker, now)
+        if not rows:
+            return False
+        item.claim = Claim(worker, rows[0].attempts)
         session.refresh(item)
         return True
 
@@ -341,31 +331,23 @@ class DocumentQueueService:
             now = utcnow()
             if self._paused():
                 return []
-            lost = self._exists(_expired_leases(now))
-            due = self._exists(self._due_items_query(now).with_only_columns(QueueItem.id))
+            lost = self._exists(queries.expired_leases(now))
+            due = self._exists(queries.due_items(now))
         if lost:
             self.rescue_expired_leases()
         elif not due:
             return []
         with self._write() as session:
             now = utcnow()
-            due_ids = (
-                self._due_items_query(now)
-                .with_only_columns(QueueItem.id)
+            batch = (
+                queries.due_items(now)
                 .limit(limit)
                 .with_for_update(skip_locked=True, of=QueueItem)
+                .scalar_subquery()
             )
-            rows = session.execute(
-                update(QueueItem)
-                .where(QueueItem.id.in_(due_ids.scalar_subquery()))
-                .values(**self._claim_values(worker_id, now))
-                .returning(QueueItem.id, QueueItem.attempts, QueueItem.document_id)
-                .execution_options(synchronize_session=False)
-            ).all()
+            rows = self._claim(batch, worker_id, now)
             if not rows:
                 return []
-            self._open_attempts([(row.id, row.attempts) for row in rows], worker_id, now)
-            self._sync_documents([row.document_id for row in rows], now)
         attempts = {row.id: row.attempts for row in rows}
         items = session.scalars(
             select(QueueItem)
@@ -377,15 +359,16 @@ class DocumentQueueService:
             item.claim = Claim(worker_id, attempts[item.id])
         return list(items)
 
-    def _claim_values(self, worker: str, now: datetime) -> dict[str, Any]:
-        return {
-            "status": ItemStatus.IN_PROGRESS,
-            "locked_by": worker,
-            "lease_expires_at": now + self.lease,
-            "attempts": QueueItem.attempts + 1,
-            "started_at": now,
-            "finished_at": None,
-        }
+    def _claim(self, ids: Any, worker: str, now: datetime) -> list[Any]:
+        """Run the claim statement and record the attempts it opened."""
+        rows = self.session.execute(queries.claim(ids, worker, now, self.lease)).all()
+        if rows:
+            insert, values = queries.open_attempts(
+                [(row.id, row.attempts) for row in rows], worker, now
+            )
+            self.session.execute(insert, values)
+            self._sync_documents([row.document_id for row in rows], now)
+        return rows
 
     def extend_leases(self, claims: dict[int, Claim]) -> int:
         """Heartbeat: push out the leases of the items (id -> claim) a worker still holds."""
@@ -395,14 +378,18 @@ class DocumentQueueService:
         with self._write() as session:
             expires = utcnow() + self.lease
             for item_id, claim in claims.items():
-                result = session.execute(
-                    update(QueueItem)
-                    .where(_held_by(item_id, claim))
-                    .values(lease_expires_at=expires)
-                    .execution_options(synchronize_session=False)
-                )
-                extended += result.rowcount
+                statement = queries.extend_lease(item_id, claim.worker, claim.attempt, expires)
+                extended += session.execute(statement).rowcount
         return extended
+
+    def lost_claims(self, claims: dict[int, Claim]) -> set[int]:
+        """The items (of id -> claim) no longer held: cancelled, taken over or deleted."""
+        if not claims:
+            return set()
+        keys = [(item_id, claim.worker, claim.attempt) for item_id, claim in claims.items()]
+        with self._read() as session:
+            held = set(session.scalars(select(QueueItem.id).where(queries.held_by_any(keys))))
+        return set(claims) - held
 
     def release_items(self, items: Iterable[QueueItem]) -> int:
         """Hand claimed but unstarted items back as pending, their attempt not counted.
@@ -410,60 +397,24 @@ class DocumentQueueService:
         When the document got a newer pending item meanwhile, the released item
         folds into it (it is cancelled and the newer one keeps the higher priority).
         """
-        released = 0
-        with self._write() as session:
+        released = []
+        with self._write():
             now = utcnow()
             for item in items:
-                claim, item_id = _claim_of(item), _id_of(item)
-                held = session.execute(
-                    select(QueueItem.document_id, QueueItem.priority).where(
-                        _held_by(item_id, claim)
-                    )
-                ).first()
-                if held is None:
-                    continue
-                newer = session.scalar(
-                    select(QueueItem).where(
-                        QueueItem.document_id == held.document_id,
-                        QueueItem.status == ItemStatus.PENDING,
-                    )
-                )
-                if newer is not None:
-                    newer.priority = max(newer.priority, held.priority)
-                    values: dict[str, Any] = {
-                        "status": ItemStatus.CANCELLED,
-                        "finished_at": now,
-                        "last_error": f"superseded by queue item {newer.id}",
-                    }
-                else:
-                    values = {"status": ItemStatus.PENDING, "started_at": None}
-                session.execute(
-                    update(QueueItem)
-                    .where(QueueItem.id == item_id)
-                    .values(
-                        attempts=QueueItem.attempts - 1,
-                        locked_by=None,
-                        lease_expires_at=None,
-                        **values,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                session.execute(
-                    delete(QueueAttempt).where(
-                        QueueAttempt.queue_item_id == item_id,
-                        QueueAttempt.attempt == claim.attempt,
-                        QueueAttempt.finished_at.is_(None),
-                    )
-                )
-                self._sync_documents([held.document_id], now)
-                released += 1
-        return released
+                claim = _claim_of(item)
+                row = self._lock_if_held(_id_of(item), claim)
+                if row is not None:
+                    self._settle(row, claim.attempt, Cause.RELEASED, None, now)
+                    released.append(row.document_id)
+            self._sync_documents(released, now)
+        return len(released)
 
     # -- outcomes ---------------------------------------------------------------
 
     def mark_completed(self, item: QueueItem, result: dict[str, Any] | None = None) -> bool:
         """Record success (and the extraction ``result`` on the document)."""
-        return self.record_outcomes([Outcome.of(item, result=result)]) == 1
+        outcome = Outcome.of(item) if result is None else Outcome.success(item, result)
+        return self.record_outcomes([outcome]) == 1
 
     def mark_failed(self, item: QueueItem, error_message: str, permanent: bool = False) -> bool:
         """Record a failure: back to pending after a backoff, or ``failed`` for good."""
@@ -474,8 +425,31 @@ class DocumentQueueService:
         """Record the outcomes of several items in one transaction: one commit for all.
 
         Returns how many were recorded; an item whose claim no longer holds (its
-        lease was taken over, or its document deleted) is left as it is.
+        lease was taken over, it was cancelled, or its document deleted) is left
+        as it is. When the database refuses the batch for its data (not because
+        it is away), each outcome is written alone, so one unstorable result
+        fails only its own document.
         """
+        try:
+            return self._record_outcomes(outcomes)
+        except DATABASE_AWAY:
+            raise
+        except Exception as exc:
+            if len(outcomes) > 1:
+                log.warning(
+                    "writing %d outcomes together failed (%s); one by one", len(outcomes), exc
+                )
+                return sum(self.record_outcomes([outcome]) for outcome in outcomes)
+            [outcome] = outcomes
+            if outcome.error is not None and outcome.permanent:
+                raise  # even its failure cannot be written: kept, and tried again later
+            log.warning("the outcome of queue item %s cannot be stored: %s", outcome.item_id, exc)
+            unstorable = replace(
+                outcome, result=None, error=f"the result cannot be stored: {exc}", permanent=True
+            )
+            return self._record_outcomes([unstorable])
+
+    def _record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
         with self._write():
             now = utcnow()
             recorded = self._record_successes([o for o in outcomes if o.error is None], now)
@@ -491,28 +465,18 @@ class DocumentQueueService:
         """Complete many items in a few statements; the documents of those recorded."""
         if not outcomes:
             return []
-        held = tuple_(QueueItem.id, QueueItem.locked_by, QueueItem.attempts).in_(
-            [(o.item_id, o.claim.worker, o.claim.attempt) for o in outcomes]
-        )
-        rows = self.session.execute(
-            update(QueueItem)
-            .where(QueueItem.status == ItemStatus.IN_PROGRESS, held)
-            .values(
-                status=ItemStatus.COMPLETED,
-                locked_by=None,
-                lease_expires_at=None,
-                last_error=None,
-                finished_at=now,
-            )
-            .returning(QueueItem.id, QueueItem.document_id)
-            .execution_options(synchronize_session=False)
-        ).all()
+        rows = self.session.execute(queries.complete([o.key for o in outcomes], now)).all()
         document_of = {row.id: row.document_id for row in rows}
         recorded = [o for o in outcomes if o.item_id in document_of]
         if not recorded:
             return []
-        self._close_attempts(
-            [(o.item_id, o.claim.attempt) for o in recorded], now, AttemptOutcome.COMPLETED
+        self.session.execute(
+            queries.close_attempts(
+                [(o.item_id, o.claim.attempt) for o in recorded],
+                now,
+                AttemptOutcome.COMPLETED,
+                None,
+            )
         )
         results = [
             {"id": document_of[o.item_id], "processed_at": now, **_document_result_values(o.result)}
@@ -524,103 +488,157 @@ class DocumentQueueService:
         return list(document_of.values())
 
     def _record_failure(self, outcome: Outcome, now: datetime) -> int | None:
-        item_id, claim = outcome.item_id, outcome.claim
-        max_attempts = self.session.scalar(
-            select(QueueItem.max_attempts).where(_held_by(item_id, claim))
-        )
-        if max_attempts is None:
+        row = self._lock_if_held(outcome.item_id, outcome.claim)
+        if row is None:
             return None
-        error = _truncate(outcome.error or "")
-        if outcome.permanent or claim.attempt >= max_attempts:
-            status, attempt_outcome = ItemStatus.FAILED, AttemptOutcome.FAILED
-            values: dict[str, Any] = {"finished_at": now}
-        else:
-            status, attempt_outcome = ItemStatus.PENDING, AttemptOutcome.RETRY
-            delay = retry_delay(claim.attempt, self.retry_base, self.retry_max)
-            values = {"run_at": now + timedelta(seconds=delay)}
-        document_id = self._finish(
-            item_id, claim, status=status, values={"last_error": error, **values}
-        )
-        self._close_attempts([(item_id, claim.attempt)], now, attempt_outcome, error)
-        return document_id
+        cause = Cause.PERMANENT_ERROR if outcome.permanent else Cause.ERROR
+        self._settle(row, outcome.claim.attempt, cause, _storable_error(outcome.error), now)
+        return row.document_id
 
-    def _finish(
-        self, item_id: int, claim: Claim, status: ItemStatus, values: dict[str, Any]
-    ) -> int | None:
-        """Move a held item out of in_progress; None when the claim no longer holds."""
+    def _lock_if_held(self, item_id: int, claim: Claim) -> Any:
+        """The item's row, locked, while ``claim`` still holds it; else None."""
         return self.session.execute(
-            update(QueueItem)
-            .where(_held_by(item_id, claim))
-            .values(status=status, locked_by=None, lease_expires_at=None, **values)
-            .returning(QueueItem.document_id)
-            .execution_options(synchronize_session=False)
-        ).scalar()
+            select(QueueItem.id, QueueItem.document_id, QueueItem.priority, QueueItem.max_attempts)
+            .where(queries.held_by(item_id, claim.worker, claim.attempt))
+            .with_for_update()
+        ).first()
+
+    def _settle(
+        self, row: Any, attempt: int, cause: Cause, error: str | None, now: datetime
+    ) -> None:
+        """Take a locked in-progress item out of progress as the retry decision says.
+
+        ``row`` has the item's id, document_id, priority and max_attempts. An item
+        that would be pending again while its document has another pending item
+        folds into that one instead.
+        """
+        decision = decide(cause, attempt, row.max_attempts, now, self.policy)
+        newer = None
+        if decision.retries:
+            newer = self._pending_item_id(row.document_id)
+            if newer is None:
+                newer = self._try_back_to_pending(row, decision, error, now)
+        if decision.retries and newer is not None:
+            self.session.execute(queries.raise_priority(newer, row.priority))
+            self.session.execute(queries.supersede(row.id, newer, now, decision.counts_attempt))
+        elif not decision.retries:
+            self.session.execute(queries.settle(row.id, decision, error, now))
+        if decision.counts_attempt:
+            statement = queries.close_attempts(
+                [(row.id, attempt)], now, decision.attempt_outcome, error
+            )
+        else:
+            statement = queries.forget_attempt(row.id, attempt)
+        self.session.execute(statement)
+
+    def _try_back_to_pending(
+        self, row: Any, decision: Decision, error: str | None, now: datetime
+    ) -> int | None:
+        """Make the item pending again; None when done, else the pending item that won.
+
+        On PostgreSQL an enqueue may insert the document's pending item between
+        our look and our write: the unique index refuses ours, and the item
+        folds into the one that won.
+        """
+        try:
+            with self.session.begin_nested():
+                self.session.execute(queries.settle(row.id, decision, error, now))
+        except IntegrityError:
+            return self._pending_item_id(row.document_id)
+        return None
+
+    def _pending_item_id(self, document_id: int) -> int | None:
+        pending = self.session.execute(
+            queries.pending_item_of(document_id).with_only_columns(QueueItem.id)
+        ).first()
+        return pending.id if pending else None
 
     # -- admin actions ----------------------------------------------------------
 
     def retry_item(self, item_id: int) -> QueueItem:
-        """A failed or cancelled item back to pending, due now, its attempts reset."""
+        """A failed or cancelled item back to pending, due now, its attempts reset.
+
+        Only a document's latest item can be retried: an older one was superseded
+        (reprocess the document instead), and its document's status is another's.
+        """
         with self._write() as session:
             item = self._item_for_update(item_id)
             if item.status not in (ItemStatus.FAILED, ItemStatus.CANCELLED):
                 raise InvalidTransition(f"a {item.status} item cannot be retried")
-            if self._has_pending_item(item.document_id):
-                raise InvalidTransition("the document already has a pending item")
+            newer = session.scalar(
+                select(func.max(QueueItem.id)).where(
+                    QueueItem.document_id == item.document_id, QueueItem.id > item.id
+                )
+            )
+            if newer is not None:
+                raise InvalidTransition(
+                    f"it was superseded by queue item {newer}; reprocess the document instead"
+                )
             now = utcnow()
-            item.status = ItemStatus.PENDING
-            item.attempts = 0
-            item.run_at = now
-            item.finished_at = None
-            session.flush()
+            session.execute(queries.retry(item.id, now))
             self._sync_documents([item.document_id], now)
+        session.refresh(item)
         return item
 
     def cancel_item(self, item_id: int) -> QueueItem:
-        """Withdraw a pending item before it runs."""
+        """Withdraw a pending item, or stop one in progress (its worker's result is dropped)."""
         with self._write() as session:
             item = self._item_for_update(item_id)
-            if item.status != ItemStatus.PENDING:
+            if item.status not in (ItemStatus.PENDING, ItemStatus.IN_PROGRESS):
                 raise InvalidTransition(f"a {item.status} item cannot be cancelled")
             now = utcnow()
-            item.status = ItemStatus.CANCELLED
-            item.finished_at = now
-            session.flush()
+            if item.status == ItemStatus.IN_PROGRESS:
+                session.execute(
+                    queries.close_attempts(
+                        [(item.id, item.attempts)], now, AttemptOutcome.CANCELLED, "cancelled"
+                    )
+                )
+            session.execute(queries.cancel(item.id, now))
             self._sync_documents([item.document_id], now)
+        session.refresh(item)
         return item
 
     def retry_failed_items(self) -> int:
-        """Retry every failed item whose document has nothing else pending."""
-        failed_ids = self.session.scalars(
-            select(QueueItem.id).where(QueueItem.status == ItemStatus.FAILED).order_by(QueueItem.id)
-        ).all()
+        """Retry every failed item that is its document's latest (what the document shows)."""
+        with self._read() as session:
+            failed_ids = session.scalars(
+                select(QueueItem.id)
+                .where(QueueItem.status == ItemStatus.FAILED, queries.is_latest_of_its_document())
+                .order_by(QueueItem.id)
+            ).all()
         retried = 0
         for item_id in failed_ids:
             try:
                 self.retry_item(item_id)
             except (InvalidTransition, LookupError):
-                continue
+                continue  # changed since we looked
             retried += 1
         return retried
 
     def purge_items(
         self, older_than_days: float, statuses: Iterable[str] = FINISHED_STATUSES
     ) -> int:
-        """Delete finished items older than N days; documents are kept as they are."""
+        """Delete finished items older than N days, but never a document's latest item.
+
+        Documents are kept, and so is the item their status comes from. Deletes
+        run in batches of MAINTENANCE_BATCH, each its own transaction.
+        """
         chosen = {ItemStatus(status) for status in statuses}
         if not chosen <= set(FINISHED_STATUSES):
             raise ValueError("only completed, failed and cancelled items can be purged")
         cutoff = utcnow() - timedelta(days=older_than_days)
-        with self._write() as session:
-            old = select(QueueItem.id).where(
-                QueueItem.status.in_(chosen), QueueItem.finished_at < cutoff
-            )
-            session.execute(delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(old)))
-            deleted = session.execute(
-                delete(QueueItem)
-                .where(QueueItem.id.in_(old))
-                .execution_options(synchronize_session=False)
-            )
-        return deleted.rowcount
+        deleted = 0
+        while True:
+            with self._write() as session:
+                batch = session.scalars(
+                    queries.finished_before(cutoff, chosen, MAINTENANCE_BATCH)
+                ).all()
+                if batch:
+                    for statement in queries.delete_items(batch):
+                        session.execute(statement)
+            deleted += len(batch)
+            if len(batch) < MAINTENANCE_BATCH:
+                return deleted
 
     def _item_for_update(self, item_id: int) -> QueueItem:
         item = self.session.scalar(
@@ -630,23 +648,10 @@ class DocumentQueueService:
             raise LookupError(f"queue item {item_id} not found")
         return item
 
-    def _has_pending_item(self, document_id: int) -> bool:
-        return (
-            self.session.scalar(
-                select(QueueItem.id).where(
-                    QueueItem.document_id == document_id, QueueItem.status == ItemStatus.PENDING
-                )
-            )
-            is not None
-        )
-
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume the queue: while paused no scheduler, worker or cron call claims."""
-        with self._write() as session:
-            state = session.get(QueueState, QUEUE_STATE_ID)
-            if state is None:
-                state = QueueState(id=QUEUE_STATE_ID)
-                session.add(state)
+        with self._write():
+            state = self._queue_state()
             state.paused = paused
             state.updated_at = utcnow()
         return paused
@@ -655,50 +660,75 @@ class DocumentQueueService:
         with self._read():
             return self._paused()
 
+    def _queue_state(self) -> QueueState:
+        """The one queue_state row, created if a fresh or emptied database lacks it."""
+        state = self.session.get(QueueState, QUEUE_STATE_ID, with_for_update=True)
+        if state is None:
+            state = QueueState(id=QUEUE_STATE_ID, paused=False, updated_at=utcnow())
+            self.session.add(state)
+            self.session.flush()
+        return state
+
     # -- maintenance ------------------------------------------------------------
 
-    def rescue_expired_leases(self) -> int:
-        """Hand back the items of workers that died or hung (their lease ran out).
+    def rescue_expired_leases(self, limit: int = MAINTENANCE_BATCH) -> int:
+        """Hand back up to ``limit`` items of workers that died or hung (their lease ran out).
 
         The lost run counted as an attempt; an item with none left ends failed.
+        Each item is rescued in a savepoint of its own, so one that cannot be
+        written never keeps the others stuck.
         """
         with self._read():
-            if not self._exists(_expired_leases(utcnow())):
+            if not self._exists(queries.expired_leases(utcnow())):
                 return 0  # without taking the write lock
+        rescued = 0
         with self._write() as session:
             now = utcnow()
             expired = session.execute(
-                _expired_leases(now)
-                .add_columns(QueueItem.document_id, QueueItem.attempts, QueueItem.max_attempts)
+                queries.expired_leases(now)
+                .add_columns(
+                    QueueItem.document_id,
+                    QueueItem.priority,
+                    QueueItem.max_attempts,
+                    QueueItem.attempts,
+                )
+                .order_by(QueueItem.id)
+                .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
-            if not expired:
-                return 0
             for row in expired:
-                exhausted = row.attempts >= row.max_attempts
-                message = (
-                    f"worker lost: its lease expired during attempt {row.attempts} "
-                    f"of {row.max_attempts}"
-                )
-                values: dict[str, Any] = (
-                    {"status": ItemStatus.FAILED, "finished_at": now}
-                    if exhausted
-                    else {"status": ItemStatus.PENDING, "run_at": now}
-                )
-                session.execute(
-                    update(QueueItem)
-                    .where(QueueItem.id == row.id, QueueItem.status == ItemStatus.IN_PROGRESS)
-                    .values(locked_by=None, lease_expires_at=None, last_error=message, **values)
-                    .execution_options(synchronize_session=False)
-                )
-            self._close_open_attempts(
-                [row.id for row in expired], now, AttemptOutcome.LOST, "worker lost"
-            )
+                if self._rescue(row, now):
+                    rescued += 1
             self._sync_documents([row.document_id for row in expired], now)
-        return len(expired)
+        return rescued
+
+    def _rescue(self, row: Any, now: datetime) -> bool:
+        try:
+            with self.session.begin_nested():
+                message = lost_worker_message(row.attempts, row.max_attempts)
+                self._settle(row, row.attempts, Cause.LEASE_EXPIRED, message, now)
+        except DATABASE_AWAY:
+            raise
+        except Exception:
+            log.exception("rescuing queue item %s failed; the others go on", row.id)
+            return False
+        return True
+
+    def take_pruner_turn(self, every_seconds: float) -> bool:
+        """True for the one process (of any host) whose turn it is to prune now."""
+        every = timedelta(seconds=every_seconds)
+        with self._read() as session:
+            last = session.scalar(
+                select(QueueState.pruned_at).where(QueueState.id == QUEUE_STATE_ID)
+            )
+            if last is not None and last > utcnow() - every:
+                return False  # without taking the write lock
+        with self._write() as session:
+            self._queue_state()
+            return session.execute(queries.take_pruner_turn(utcnow(), every)).rowcount == 1
 
     def prune_finished_items(self, older_than_days: float) -> int:
-        """The pruner: finished items past the retention period go (documents stay)."""
+        """The pruner's work: finished items past the retention period go (documents stay)."""
         return self.purge_items(older_than_days)
 
     # -- reading ----------------------------------------------------------------
@@ -728,82 +758,9 @@ class DocumentQueueService:
     # -- bookkeeping shared by the transitions ----------------------------------
 
     def _sync_documents(self, document_ids: Iterable[int], now: datetime) -> None:
-        """Set each document's status and error from its latest queue item."""
         ids = sorted(set(document_ids))
-        if not ids:
-            return
-        latest = (
-            select(QueueItem.id)
-            .where(QueueItem.document_id == Document.id)
-            .order_by(QueueItem.id.desc())
-            .limit(1)
-            .correlate(Document)
-            .scalar_subquery()
-        )
-        latest_status = select(QueueItem.status).where(QueueItem.id == latest).scalar_subquery()
-        latest_error = select(QueueItem.last_error).where(QueueItem.id == latest).scalar_subquery()
-        self.session.execute(
-            update(Document)
-            .where(Document.id.in_(ids))
-            .values(
-                status=case(
-                    *[
-                        (latest_status == item, doc)
-                        for item, doc in DOCUMENT_STATUS_OF_ITEM.items()
-                    ],
-                    else_=Document.status,
-                ),
-                error=case((latest_status == ItemStatus.FAILED, latest_error), else_=None),
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-
-    def _open_attempts(
-        self, item_attempts: list[tuple[int, int]], worker: str, now: datetime
-    ) -> None:
-        self.session.execute(
-            QueueAttempt.__table__.insert(),
-            [
-                {"queue_item_id": item_id, "attempt": attempt, "worker": worker, "started_at": now}
-                for item_id, attempt in item_attempts
-            ],
-        )
-
-    def _close_attempts(
-        self,
-        item_attempts: list[tuple[int, int]],
-        now: datetime,
-        outcome: AttemptOutcome,
-        error: str | None = None,
-    ) -> None:
-        """End the open history rows of these (item id, attempt number) pairs."""
-        self.session.execute(
-            update(QueueAttempt)
-            .where(
-                tuple_(QueueAttempt.queue_item_id, QueueAttempt.attempt).in_(item_attempts),
-                QueueAttempt.finished_at.is_(None),
-            )
-            .values(finished_at=now, outcome=outcome, error=error)
-            .execution_options(synchronize_session=False)
-        )
-
-    def _close_open_attempts(
-        self, item_ids: list[int], now: datetime, outcome: AttemptOutcome, error: str
-    ) -> None:
-        self.session.execute(
-            update(QueueAttempt)
-            .where(QueueAttempt.queue_item_id.in_(item_ids), QueueAttempt.finished_at.is_(None))
-            .values(finished_at=now, outcome=outcome, error=error)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def _expired_leases(now: datetime) -> Any:
-    """Items whose worker stopped extending its lease: dead, hung or cut off."""
-    return select(QueueItem.id).where(
-        QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= now
-    )
+        if ids:
+            self.session.execute(queries.sync_documents(ids, now))
 
 
 def _id_of(item: QueueItem) -> int:
@@ -820,15 +777,6 @@ def _claim_of(item: QueueItem) -> Claim:
     return claim
 
 
-def _held_by(item_id: int, claim: Claim) -> Any:
-    return and_(
-        QueueItem.id == item_id,
-        QueueItem.status == ItemStatus.IN_PROGRESS,
-        QueueItem.locked_by == claim.worker,
-        QueueItem.attempts == claim.attempt,
-    )
-
-
 def _check_priority(priority: int) -> None:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError("priority must be an integer")
@@ -836,18 +784,41 @@ def _check_priority(priority: int) -> None:
         raise ValueError(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
 
 
-def _truncate(message: str) -> str:
-    message = str(message)
+# Lone surrogates (from a lenient decoder) cannot be encoded as UTF-8, and
+# PostgreSQL's text type cannot hold NUL: neither can be stored, so both go.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as any back end can store it: NUL dropped, lone surrogates as U+FFFD."""
+    if not _UNSTORABLE.search(text):
+        return text
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
+def _storable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_json(v) for v in value]
+    return value
+
+
+def _storable_error(message: str | None) -> str:
+    message = storable(str(message or ""))
     return message if len(message) <= _ERROR_LIMIT else message[: _ERROR_LIMIT - 1] + "…"
 
 
 def _document_result_values(result: dict[str, Any]) -> dict[str, Any]:
-    text = result.get("text") or ""
+    text = storable(result.get("text") or "")
+    title = result.get("title")
     return {
         "text": text,
-        "title": result.get("title"),
+        "title": storable(title) if isinstance(title, str) else title,
         "page_count": result.get("page_count"),
-        "extracted_metadata": result.get("metadata") or {},
+        "extracted_metadata": _storable_json(result.get("metadata") or {}),
         "word_count": len(text.split()),
         "char_count": len(text),
     }

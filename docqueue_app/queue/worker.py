@@ -111,7 +111,7 @@ def process_item(item: QueueItem, document: LoadedDocument) -> Outcome:
     except Exception as exc:  # any other error is transient by contract
         log.warning("document %s attempt failed: %s", item.document_id, exc)
         return Outcome.of(item, error=_describe(exc))
-    return Outcome.of(item, result=result)
+    return Outcome.success(item, result)
 
 
 def outcome_label(outcome: Outcome, item: QueueItem) -> str:

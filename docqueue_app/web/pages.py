@@ -23,14 +23,14 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from ..documents import document_view, find_document, list_documents, text_preview
-from ..models import Document, DocumentStatus
-from ..queue.service import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from ..models import Document
 from ..schemas import (
     DocumentListQuerySchema,
     DocumentSchema,
     UploadFormSchema,
     describe_validation_errors,
 )
+from ..states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, DocumentStatus
 from ..uploads import CheckedUpload, check_upload, store_upload
 
 blueprint = Blueprint("web", __name__)

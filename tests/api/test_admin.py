@@ -290,27 +290,42 @@ def age_items_of(app: Flask, document_id: int, days: float) -> None:
     )
 
 
+def processed_twice(app: Flask, client: FlaskClient, name: str) -> int:
+    """A document processed, then reprocessed: an older item and its latest."""
+    document_id = upload_id(client, name)
+    run_queue(app)
+    client.post(f"/api/documents/{document_id}/reprocess")
+    run_queue(app)
+    return document_id
+
+
 def test_purge_deletes_old_finished_items_and_keeps_documents(
     admin_app: Flask, admin: FlaskClient
 ) -> None:
-    old, recent = upload_id(admin, "old.txt"), upload_id(admin, "recent.txt")
+    old, recent = processed_twice(admin_app, admin, "old.txt"), upload_id(admin, "recent.txt")
     run_queue(admin_app)
     age_items_of(admin_app, old, days=10)
+    latest_of_old = item_of(admin, old)["id"]
 
     response = admin.post("/api/queue/purge", json={"older_than_days": 7})
 
     assert response.status_code == 200
     assert response.get_json() == {"deleted": 1}
     purged = admin.get(f"/api/documents/{old}").get_json()
-    assert (purged["status"], purged["queue_item"]) == ("completed", None)
+    # The latest item stays: it is what the document's status says.
+    assert (purged["status"], purged["queue_item"]["id"]) == ("completed", latest_of_old)
     assert admin.get(f"/api/documents/{old}/text").status_code == 200
     assert item_of(admin, recent)["status"] == "completed"
-    assert admin.get("/api/queue/items").get_json()["total"] == 1
+    assert admin.get("/api/queue/items").get_json()["total"] == 2
 
 
 def test_purge_only_touches_the_statuses_named(admin_app: Flask, admin: FlaskClient) -> None:
     completed, cancelled = upload_id(admin, "completed.txt"), upload_id(admin, "cancelled.txt")
-    admin.post(f"/api/queue/items/{item_of(admin, cancelled)['id']}/cancel")
+    cancelled_item = item_of(admin, cancelled)["id"]
+    admin.post(f"/api/queue/items/{cancelled_item}/cancel")
+    admin.post(f"/api/documents/{cancelled}/reprocess")
+    run_queue(admin_app)
+    admin.post(f"/api/documents/{completed}/reprocess")
     run_queue(admin_app)
     for document_id in (completed, cancelled):
         age_items_of(admin_app, document_id, days=2)
@@ -320,9 +335,9 @@ def test_purge_only_touches_the_statuses_named(admin_app: Flask, admin: FlaskCli
     )
 
     assert response.get_json() == {"deleted": 1}
-    assert item_of(admin, cancelled) is None
-    assert document_status(admin, cancelled) == "cancelled"
-    assert item_of(admin, completed)["status"] == "completed"
+    assert admin.get(f"/api/queue/items/{cancelled_item}").status_code == 404
+    assert document_status(admin, cancelled) == "completed"
+    assert admin.get(f"/api/queue/items?document_id={completed}").get_json()["total"] == 2
 
 
 @pytest.mark.parametrize(

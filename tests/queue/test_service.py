@@ -399,10 +399,12 @@ class TestStatsAndPruning:
 
     def test_pruning_deletes_old_finished_items_but_keeps_documents(self, app, service):
         doc_id = new_document(service)
+        service.mark_completed(claim(service, doc_id), {"text": "first"})
+        service.enqueue(doc_id, "reprocess")
         service.mark_completed(claim(service, doc_id), {"text": "kept"})
         execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=31))
-        assert service.prune_finished_items(30) == 1
-        assert db.session.scalar(db.select(db.func.count()).select_from(QueueAttempt)) == 0
+        assert service.prune_finished_items(30) == 1  # the older; the latest explains the status
+        assert db.session.scalar(db.select(db.func.count()).select_from(QueueAttempt)) == 1
         doc = document(doc_id)
         assert (doc.status, doc.text) == ("completed", "kept")
 
@@ -450,13 +452,17 @@ class TestAdminActions:
         with pytest.raises(ValueError):
             service.purge_items(1, ["pending"])
 
-    def test_purged_document_keeps_its_status(self, app, service):
+    def test_purge_never_removes_the_item_a_document_status_comes_from(self, app, service):
         doc_id = new_document(service)
         service.mark_failed(claim(service, doc_id), "bad", permanent=True)
+        service.enqueue(doc_id, "reprocess")
+        service.mark_failed(claim(service, doc_id), "worse", permanent=True)
         execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=2))
         assert service.purge_items(1, ["failed"]) == 1
-        assert document(doc_id).status == "failed"
-        assert db.session.scalar(db.select(db.func.count()).select_from(QueueItem)) == 0
+        latest = item_of(doc_id)
+        assert (latest.status, latest.last_error) == ("failed", "worse")
+        assert (document(doc_id).status, document(doc_id).error) == ("failed", "worse")
+        assert service.purge_items(1, ["failed"]) == 0
 
 
 class TestPause:

@@ -1,0 +1,340 @@
+"""The queue's SQL, in one place: what each statement selects, claims or writes.
+
+SQLAlchemy Core builders over ``queue_items`` (and the rows that follow them:
+attempt history, document status). ``DocumentQueueService`` runs them inside its
+transactions, so the service reads as transactions and transitions and the
+queue's whole behaviour in the database can be read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Select,
+    Update,
+    and_,
+    case,
+    delete,
+    exists,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import aliased
+
+from ..models import QUEUE_STATE_ID, Document, QueueAttempt, QueueItem, QueueState
+from ..states import DOCUMENT_STATUS_OF_ITEM, ItemStatus
+from .retry import Decision
+
+# -- which items ----------------------------------------------------------------
+
+
+def due_items(now: datetime) -> Select:
+    """Ids of claimable items in claim order, walking ``ix_queue_items_claim``.
+
+    Claimable: pending, due, and no other item of its document in progress (two
+    items of one document never run at once). The status is written into the
+    SQL, not bound, because a partial index only serves a query whose WHERE
+    visibly implies the index's; SQLite is told the index by name, as without
+    statistics it would sort instead.
+    """
+    busy = aliased(QueueItem)
+    document_busy = exists().where(
+        busy.document_id == QueueItem.document_id,
+        busy.status == ItemStatus.IN_PROGRESS,
+    )
+    return (
+        select(QueueItem.id)
+        .with_hint(QueueItem, "INDEXED BY ix_queue_items_claim", "sqlite")
+        .where(
+            QueueItem.status == literal(ItemStatus.PENDING.value, literal_execute=True),
+            QueueItem.run_at <= now,
+            ~document_busy,
+        )
+        .order_by(QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
+    )
+
+
+def expired_leases(now: datetime) -> Select:
+    """Ids of items whose worker stopped extending its lease: dead, hung or cut off."""
+    return select(QueueItem.id).where(
+        QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= now
+    )
+
+
+def held_by(item_id: int, worker: str, attempt: int) -> ColumnElement[bool]:
+    """The fencing check: the item is still in progress under this worker and attempt."""
+    return and_(
+        QueueItem.id == item_id,
+        QueueItem.status == ItemStatus.IN_PROGRESS,
+        QueueItem.locked_by == worker,
+        QueueItem.attempts == attempt,
+    )
+
+
+def held_by_any(claims: Iterable[tuple[int, str, int]]) -> ColumnElement[bool]:
+    """``held_by`` for many (item id, worker, attempt) claims at once."""
+    return and_(
+        QueueItem.status == ItemStatus.IN_PROGRESS,
+        tuple_(QueueItem.id, QueueItem.locked_by, QueueItem.attempts).in_(list(claims)),
+    )
+
+
+def is_latest_of_its_document() -> ColumnElement[bool]:
+    """No newer item of the same document: this item's status is the document's."""
+    newer = aliased(QueueItem)
+    return ~exists().where(newer.document_id == QueueItem.document_id, newer.id > QueueItem.id)
+
+
+def pending_item_of(document_id: int) -> Select:
+    """The document's one not-yet-started item, locked, if it has one."""
+    return (
+        select(QueueItem)
+        .where(QueueItem.document_id == document_id, QueueItem.status == ItemStatus.PENDING)
+        .with_for_update()
+    )
+
+
+def finished_before(cutoff: datetime, statuses: Iterable[ItemStatus], limit: int) -> Select:
+    """Ids of up to ``limit`` finished items older than ``cutoff``.
+
+    A document's latest item is never among them: it is what the document's
+    status says, and the record of how its processing ended.
+    """
+    return (
+        select(QueueItem.id)
+        .where(
+            QueueItem.status.in_(list(statuses)),
+            QueueItem.finished_at < cutoff,
+            ~is_latest_of_its_document(),
+        )
+        .order_by(QueueItem.id)
+        .limit(limit)
+    )
+
+
+# -- claiming -------------------------------------------------------------------
+
+
+def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
+    """The one claim statement: the given due items become in progress under ``worker``.
+
+    ``ids`` is a locking subquery of ``due_items`` (a batch, or one chosen
+    item); a claim counts an attempt and starts a lease.
+    """
+    return (
+        update(QueueItem)
+        # No condition of its own here: PostgreSQL would then run the subquery
+        # once per row and, as it skips the rows it just claimed, claim past
+        # its LIMIT. The subquery's FOR UPDATE SKIP LOCKED keeps claims apart.
+        .where(QueueItem.id.in_(ids))
+        .values(
+            status=ItemStatus.IN_PROGRESS,
+            locked_by=worker,
+            lease_expires_at=now + lease,
+            attempts=QueueItem.attempts + 1,
+            started_at=now,
+            finished_at=None,
+        )
+        .returning(QueueItem.id, QueueItem.attempts, QueueItem.document_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def extend_lease(item_id: int, worker: str, attempt: int, expires: datetime) -> Update:
+    return (
+        update(QueueItem)
+        .where(held_by(item_id, worker, attempt))
+        .values(lease_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# -- ending an attempt ----------------------------------------------------------
+
+
+def complete(claims: Iterable[tuple[int, str, int]], now: datetime) -> Update:
+    """Many held items completed in one statement; returns (id, document_id) of those."""
+    return (
+        update(QueueItem)
+        .where(held_by_any(claims))
+        .values(
+            status=ItemStatus.COMPLETED,
+            locked_by=None,
+            lease_expires_at=None,
+            last_error=None,
+            finished_at=now,
+        )
+        .returning(QueueItem.id, QueueItem.document_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def settle(item_id: int, decision: Decision, error: str | None, now: datetime) -> Update:
+    """Write a retry decision on an item leaving in_progress (failed, or pending again)."""
+    values: dict[str, Any] = {
+        "status": decision.status,
+        "locked_by": None,
+        "lease_expires_at": None,
+    }
+    if decision.retries:
+        values["run_at"] = decision.run_at
+    else:
+        values["finished_at"] = now
+    if not decision.counts_attempt:
+        values.update(attempts=QueueItem.attempts - 1, started_at=None)
+    if error is not None:
+        values["last_error"] = error
+    return _by_id(item_id, **values)
+
+
+def supersede(item_id: int, newer_id: int, now: datetime, counts_attempt: bool) -> Update:
+    """Fold an item into its document's newer pending item: it ends cancelled."""
+    values: dict[str, Any] = {
+        "status": ItemStatus.CANCELLED,
+        "locked_by": None,
+        "lease_expires_at": None,
+        "finished_at": now,
+        "last_error": f"superseded by queue item {newer_id}",
+    }
+    if not counts_attempt:
+        values["attempts"] = QueueItem.attempts - 1
+    return _by_id(item_id, **values)
+
+
+def cancel(item_id: int, now: datetime) -> Update:
+    return _by_id(
+        item_id,
+        status=ItemStatus.CANCELLED,
+        locked_by=None,
+        lease_expires_at=None,
+        finished_at=now,
+    )
+
+
+def retry(item_id: int, now: datetime) -> Update:
+    """A finished item pending again, due now, with all its attempts ahead of it."""
+    return _by_id(
+        item_id,
+        status=ItemStatus.PENDING,
+        attempts=0,
+        run_at=now,
+        started_at=None,
+        finished_at=None,
+    )
+
+
+def raise_priority(item_id: int, priority: int) -> Update:
+    return _by_id(
+        item_id, priority=case((QueueItem.priority < priority, priority), else_=QueueItem.priority)
+    )
+
+
+def _by_id(item_id: int, **values: Any) -> Update:
+    return (
+        update(QueueItem)
+        .where(QueueItem.id == item_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# -- attempt history ------------------------------------------------------------
+
+
+def open_attempts(item_attempts: Iterable[tuple[int, int]], worker: str, now: datetime) -> tuple:
+    """An insert and its rows: one history row per claimed (item id, attempt)."""
+    rows = [
+        {"queue_item_id": item_id, "attempt": attempt, "worker": worker, "started_at": now}
+        for item_id, attempt in item_attempts
+    ]
+    return QueueAttempt.__table__.insert(), rows
+
+
+def close_attempts(
+    item_attempts: Iterable[tuple[int, int]], now: datetime, outcome: str, error: str | None
+) -> Update:
+    """End the open history rows of these (item id, attempt number) pairs."""
+    return (
+        update(QueueAttempt)
+        .where(
+            tuple_(QueueAttempt.queue_item_id, QueueAttempt.attempt).in_(list(item_attempts)),
+            QueueAttempt.finished_at.is_(None),
+        )
+        .values(finished_at=now, outcome=outcome, error=error)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def forget_attempt(item_id: int, attempt: int) -> Delete:
+    """Remove the open history row of an attempt that never started (a release)."""
+    return delete(QueueAttempt).where(
+        QueueAttempt.queue_item_id == item_id,
+        QueueAttempt.attempt == attempt,
+        QueueAttempt.finished_at.is_(None),
+    )
+
+
+def delete_items(ids: Any) -> tuple[Delete, Delete]:
+    """The history of these items, then the items."""
+    return (
+        delete(QueueAttempt).where(QueueAttempt.queue_item_id.in_(ids)),
+        delete(QueueItem).where(QueueItem.id.in_(ids)).execution_options(synchronize_session=False),
+    )
+
+
+# -- documents follow their latest item -----------------------------------------
+
+
+def sync_documents(document_ids: list[int], now: datetime) -> Update:
+    """Set each document's status and error from its latest queue item."""
+    latest = (
+        select(QueueItem.id)
+        .where(QueueItem.document_id == Document.id)
+        .order_by(QueueItem.id.desc())
+        .limit(1)
+        .correlate(Document)
+        .scalar_subquery()
+    )
+    latest_status = select(QueueItem.status).where(QueueItem.id == latest).scalar_subquery()
+    latest_error = select(QueueItem.last_error).where(QueueItem.id == latest).scalar_subquery()
+    return (
+        update(Document)
+        .where(Document.id.in_(document_ids))
+        .values(
+            status=case(
+                *[(latest_status == item, doc) for item, doc in DOCUMENT_STATUS_OF_ITEM.items()],
+                else_=Document.status,
+            ),
+            error=case((latest_status == ItemStatus.FAILED, latest_error), else_=None),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+# -- the queue's switches -------------------------------------------------------
+
+
+def paused() -> Select:
+    return select(QueueState.paused).where(QueueState.id == QUEUE_STATE_ID)
+
+
+def take_pruner_turn(now: datetime, every: timedelta) -> Update:
+    """Stamp the pruner's run unless another process ran it within ``every``."""
+    return (
+        update(QueueState)
+        .where(
+            QueueState.id == QUEUE_STATE_ID,
+            or_(QueueState.pruned_at.is_(None), QueueState.pruned_at <= now - every),
+        )
+        .values(pruned_at=now)
+        .execution_options(synchronize_session=False)
+    )
