@@ -32,6 +32,7 @@ FALLBACK_FILENAME = "upload"
 _MAX_KEPT_EXTENSION_CHARS = 16
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
+MAX_PAGE_COUNT = 2**31 - 1  # what an INTEGER column holds on every back end
 MAX_PURGE_AGE_DAYS = 36500  # a century: older than any finished item can be
 
 
@@ -132,6 +133,15 @@ class ReprocessSchema(Schema):
     priority = priority_field()
 
 
+class StrictString(fields.String):
+    """Only ``str``: marshmallow's ``String`` would decode bytes as UTF-8."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        return value
+
+
 class ProcessorResultSchema(Schema):
     """What a processor returns (SPEC §5); anything else fails its document for good.
 
@@ -142,10 +152,12 @@ class ProcessorResultSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    text = fields.String(load_default="")
-    title = fields.String(load_default=None, allow_none=True)
-    page_count = WholeNumber(load_default=None, allow_none=True, validate=validate.Range(min=0))
-    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+    text = StrictString(load_default="")
+    title = StrictString(load_default=None, allow_none=True)
+    page_count = WholeNumber(
+        load_default=None, allow_none=True, validate=validate.Range(min=0, max=MAX_PAGE_COUNT)
+    )
+    metadata = fields.Dict(keys=StrictString(), load_default=dict)
 
     @validates("metadata")
     def metadata_is_json(self, value: dict, **_: Any) -> None:
@@ -157,7 +169,9 @@ class ProcessorResultSchema(Schema):
 
 def load_processor_result(result: Any) -> dict[str, Any]:
     """The processor's result checked; raises ``ValidationError`` saying what is wrong."""
-    return ProcessorResultSchema().load(result if isinstance(result, Mapping) else {"": result})
+    if not isinstance(result, Mapping):
+        raise ValidationError(f"a dict is expected, not {type(result).__name__}")
+    return ProcessorResultSchema().load(result)
 
 
 class PaginationQuerySchema(Schema):

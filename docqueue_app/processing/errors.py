@@ -17,3 +17,11 @@ class UnsupportedContentType(PermanentProcessingError):
     It is a permanent error too, so a processor that meets such bytes fails the
     document for good instead of retrying it.
     """
+
+
+class ProcessingCancelled(Exception):
+    """The document's processing was cancelled while it ran; its outcome, if any, is dropped.
+
+    Neither permanent nor transient: the queue item was cancelled, so there is nothing to
+    retry and nothing to record as a failure.
+    """

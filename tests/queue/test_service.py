@@ -9,7 +9,13 @@ import pytest
 from sqlalchemy.orm import Session
 
 from docqueue_app.models import Document, QueueAttempt, QueueItem, db, utcnow
-from docqueue_app.queue import DocumentNotFound, DocumentQueueService, InvalidTransition
+from docqueue_app.queue import (
+    DocumentNotFound,
+    DocumentQueueService,
+    InvalidTransition,
+    Outcome,
+    process_document_queue,
+)
 from tests.helpers import execute_sql
 
 
@@ -476,3 +482,181 @@ class TestPause:
         new_document(service, "still-accepted.txt")  # uploads still queue
         service.set_paused(False)
         assert {i.document_id for i in service.claim_due_items(10, "w")} >= {doc_id}
+
+
+class TestOneDocumentNeverStopsTheQueue:
+    """Defect 1: a reprocess queued behind a running item, then that item comes back."""
+
+    def reprocessed_while_running(self, service: DocumentQueueService) -> tuple[int, QueueItem]:
+        doc_id = new_document(service, "busy.txt")
+        running = claim(service, doc_id, "w1")
+        service.enqueue(doc_id, "reprocess", priority=2)
+        return doc_id, running
+
+    def assert_folded(self, service, doc_id: int, running: QueueItem) -> None:
+        old = db.session.get(QueueItem, running.id)
+        db.session.refresh(old)
+        newer = item_of(doc_id)
+        assert old.status == "cancelled"
+        assert old.last_error == f"superseded by queue item {newer.id}"
+        assert (newer.status, document(doc_id).status) == ("pending", "pending")
+        other = new_document(service, "other.txt")
+        claimed = {i.document_id for i in service.claim_due_items(10, "w2")}
+        assert claimed == {doc_id, other}  # the queue goes on, the document too
+
+    def test_a_transient_failure_folds_into_the_queued_reprocess(self, service):
+        doc_id, running = self.reprocessed_while_running(service)
+        assert service.mark_failed(running, "network hiccup")
+        self.assert_folded(service, doc_id, running)
+
+    def test_a_lost_worker_folds_into_the_queued_reprocess(self, app, service):
+        doc_id, running = self.reprocessed_while_running(service)
+        execute_sql(app, "UPDATE queue_items SET lease_expires_at = :t", t=utcnow())
+        assert service.rescue_expired_leases() == 1
+        self.assert_folded(service, doc_id, running)
+        assert [h.outcome for h in db.session.get(QueueItem, running.id).history] == ["lost"]
+
+    def test_a_release_folds_into_the_queued_reprocess(self, service):
+        doc_id, running = self.reprocessed_while_running(service)
+        assert service.release_items([running]) == 1
+        self.assert_folded(service, doc_id, running)
+
+    def test_the_queued_item_keeps_the_higher_priority(self, service):
+        doc_id = new_document(service, "busy.txt", priority=9)
+        running = claim(service, doc_id)
+        service.enqueue(doc_id, "reprocess", priority=1)
+        service.mark_failed(running, "hiccup")
+        assert item_of(doc_id).priority == 9
+
+    def test_the_worker_pass_goes_on_after_such_a_failure(self, app, service):
+        doc_id, _running = self.reprocessed_while_running(service)
+        execute_sql(app, "UPDATE queue_items SET lease_expires_at = :t", t=utcnow())
+        others = [new_document(service, f"other-{n}.txt") for n in range(3)]
+        assert process_document_queue()["completed"] == 4
+        assert {document(i).status for i in [doc_id, *others]} == {"completed"}
+
+
+class TestTheLatestItemIsTheDocument:
+    """Defect 7: a document's status never drifts from its latest item."""
+
+    def superseded_failure(self, service) -> tuple[int, QueueItem]:
+        doc_id = new_document(service)
+        old = claim(service, doc_id)
+        service.mark_failed(old, "broken", permanent=True)
+        service.enqueue(doc_id, "reprocess")
+        service.mark_completed(claim(service, doc_id, "w2"), {"text": "done"})
+        return doc_id, old
+
+    def test_a_superseded_item_cannot_be_retried(self, service):
+        doc_id, old = self.superseded_failure(service)
+        with pytest.raises(InvalidTransition, match="superseded"):
+            service.retry_item(old.id)
+        assert document(doc_id).status == "completed"
+        assert service.get_pending_items(10) == []
+
+    def test_retry_failed_leaves_superseded_items_alone(self, service):
+        doc_id, _old = self.superseded_failure(service)
+        assert service.retry_failed_items() == 0
+        assert document(doc_id).status == "completed"
+
+    def test_purge_keeps_the_latest_item(self, app, service):
+        doc_id, old = self.superseded_failure(service)
+        old_id = old.id
+        execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=9))
+        assert service.purge_items(1) == 1
+        assert item_of(doc_id).status == "completed"
+        assert db.session.get(QueueItem, old_id) is None
+
+
+class TestCancelInProgress:
+    """Defect 8 (SPEC §3, updated): cancelling a running item ends it at once."""
+
+    def test_cancel_ends_a_running_item_and_its_late_result_changes_nothing(self, service):
+        doc_id = new_document(service)
+        running = claim(service, doc_id)
+        cancelled = service.cancel_item(running.id)
+        assert (cancelled.status, cancelled.locked_by, cancelled.lease_expires_at) == (
+            "cancelled",
+            None,
+            None,
+        )
+        assert document(doc_id).status == "cancelled"
+        assert not service.mark_completed(running, {"text": "too late"})
+        assert not service.mark_failed(running, "too late")
+        fresh = item_of(doc_id)
+        assert fresh.status == "cancelled"
+        assert [(h.outcome, h.error) for h in fresh.history] == [("cancelled", "cancelled")]
+        assert document(doc_id).text is None
+
+    def test_the_worker_learns_its_claim_is_gone(self, service):
+        doc_id = new_document(service)
+        running = claim(service, doc_id)
+        kept = claim(service, new_document(service, "kept.txt"))
+        service.cancel_item(running.id)
+        claims = {running.id: running.claim, kept.id: kept.claim}
+        assert service.lost_claims(claims) == {running.id}
+
+    def test_a_cancelled_item_can_be_retried(self, service):
+        doc_id = new_document(service)
+        running = claim(service, doc_id)
+        service.cancel_item(running.id)
+        service.retry_item(running.id)
+        assert (item_of(doc_id).status, document(doc_id).status) == ("pending", "pending")
+
+
+class TestOneBadResultFailsOnlyItsDocument:
+    """Defect 2: one outcome the database cannot store never loses the batch."""
+
+    def claimed(self, service, count: int) -> list[QueueItem]:
+        for n in range(count):
+            new_document(service, f"doc-{n}.txt")
+        return service.claim_due_items(count, "w1")
+
+    def test_text_the_database_cannot_hold_is_stored_cleaned(self, service):
+        first, second = self.claimed(service, 2)
+        dirty = {
+            "text": "lone \ud800 and nul \x00 end",
+            "title": "t\x00",
+            "metadata": {"k\x00": "\udfff"},
+        }
+        outcomes = [Outcome.success(first, dirty), Outcome.success(second, {"text": "fine"})]
+        assert service.record_outcomes(outcomes) == 2
+        doc = document(first.document_id)
+        assert (doc.status, doc.text, doc.title) == ("completed", "lone \ufffd and nul  end", "t")
+        assert doc.extracted_metadata == {"k": "\ufffd"}
+        assert document(second.document_id).text == "fine"
+
+    @pytest.mark.parametrize(
+        ("result", "words"),
+        [
+            ("just a string", "a dict is expected, not str"),
+            ({"text": b"bytes"}, "text"),
+            ({"text": "x", "metadata": {"when": object()}}, "metadata: not JSON"),
+            ({"text": "x", "metadata": {"ratio": float("nan")}}, "metadata: not JSON"),
+            ({"text": "x", "page_count": "many"}, "page_count"),
+        ],
+    )
+    def test_a_result_not_of_the_processor_shape_fails_permanently(self, service, result, words):
+        bad, good = self.claimed(service, 2)
+        outcomes = [Outcome.success(bad, result), Outcome.success(good, {"text": "fine"})]
+        assert service.record_outcomes(outcomes) == 2
+        failed = item_of(bad.document_id)
+        assert failed.status == "failed"
+        assert failed.last_error.startswith("invalid processor result")
+        assert words in failed.last_error
+        assert document(good.document_id).status == "completed"
+
+    def test_an_unstorable_outcome_is_written_alone_and_fails_its_document(self, service):
+        items = self.claimed(service, 3)
+        # Built by hand, past the validation: a page count no INTEGER column holds.
+        unstorable = Outcome(items[1].id, items[1].claim, result={"text": "x", "page_count": 2**70})
+        outcomes = [
+            Outcome.success(items[0], {"text": "a"}),
+            unstorable,
+            Outcome.of(items[2], error="e"),
+        ]
+        assert service.record_outcomes(outcomes) == 3
+        assert document(items[0].document_id).status == "completed"
+        failed = item_of(items[1].document_id)
+        assert failed.status == "failed" and "cannot be stored" in failed.last_error
+        assert item_of(items[2].document_id).status == "pending"
