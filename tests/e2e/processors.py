@@ -31,3 +31,15 @@ def sleep_briefly(content: bytes, filename: str, content_type: str) -> dict:
     """A slow but successful processor, to catch a worker mid-batch."""
     time.sleep(1.0)
     return {"text": content.decode(), "title": None, "page_count": None, "metadata": {}}
+
+
+def misbehaving_results(content: bytes, filename: str, content_type: str) -> object:
+    """Results a careless processor might return, chosen by the document's first word."""
+    word = content.split()[0].decode()
+    if word == "not-a-dict":
+        return ["text"]
+    if word == "object-metadata":
+        return {"text": "x", "metadata": {"when": object()}}
+    if word == "nul":
+        return {"text": "before\x00after", "title": None, "page_count": None, "metadata": {}}
+    return {"text": content.decode(), "title": None, "page_count": None, "metadata": {}}

@@ -127,3 +127,36 @@ def test_sigterm_finishes_the_document_in_hand_and_releases_the_rest(app, databa
     with app.app_context():
         pending = db.session.scalars(db.select(QueueItem).where(QueueItem.status == "pending"))
         assert all(item.attempts == 0 for item in pending)
+
+
+def test_a_lone_surrogate_from_a_utf7_declaration_is_stored_and_the_batch_completes(app):
+    # The built-in extractor honours the declared encoding; UTF-7 can spell a lone
+    # surrogate, which no back end can store as UTF-8 text.
+    hostile = submit(app, b'<?xml version="1.0" encoding="utf-7"?>\n+2D8- hello', "utf7.txt")
+    others = [submit(app, f"plain text {n}".encode(), f"{n}.txt") for n in range(3)]
+    with app.app_context():
+        assert process_document_queue()["completed"] == 4
+    assert {status_of(app, i).status for i in others} == {"completed"}
+    with app.app_context():
+        text = db.session.get(Document, hostile).text
+    assert "\ufffd hello" in text
+
+
+def test_results_of_the_wrong_shape_fail_only_their_own_documents(make_app):
+    app = make_app(PROCESSOR="tests.e2e.processors:misbehaving_results")
+    bad = [
+        submit(app, f"{word} doc".encode(), f"{word}.txt")
+        for word in ("not-a-dict", "object-metadata")
+    ]
+    nul = submit(app, b"nul doc", "nul.txt")
+    good = [submit(app, f"fine doc {n}".encode(), f"{n}.txt") for n in range(3)]
+    with app.app_context():
+        counts = process_document_queue()
+    assert (counts["completed"], counts["failed"], counts["retried"]) == (4, 2, 0)
+    for document_id in bad:
+        document = status_of(app, document_id)
+        assert document.status == "failed"
+        assert document.error.startswith("invalid processor result")
+    assert {status_of(app, i).status for i in good} == {"completed"}
+    with app.app_context():
+        assert db.session.get(Document, nul).text == "beforeafter"
