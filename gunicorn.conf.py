@@ -1,7 +1,9 @@
 """gunicorn settings for docqueue: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
 Every worker runs the queue scheduler; atomic claims keep them from processing
-one item twice. Override anything on the command line or with GUNICORN_CMD_ARGS.
+one item twice. A stopping worker (SIGTERM, a restart, a reload) finishes the
+document in hand and hands its other claimed items back before it exits.
+Override anything on the command line or with GUNICORN_CMD_ARGS.
 """
 
 import os
@@ -13,6 +15,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = 4
 timeout = 60
+# A stopping worker gets this long to finish the document in hand. One that takes
+# longer dies with the worker: its item (and the batch's unstarted items, handed
+# back only after it) wait out their lease, and that attempt counts.
 graceful_timeout = 30
 accesslog = "-"
 
@@ -38,8 +43,18 @@ def worker_exit(server, worker):
     from docqueue_app.queue.scheduler import get_scheduler
 
     app = getattr(worker, "wsgi", None)
-    if app is not None:
-        get_scheduler(app).shutdown()
+    if app is None:
+        return  # the app never loaded: no scheduler ran
+    scheduler = get_scheduler(app)
+    # Stop first, then say so, then wait: the running pass finishes the document
+    # in hand and hands the rest of its batch back, so a restart strands nothing.
+    scheduler.request_stop()
+    if scheduler.enabled:
+        server.log.info(
+            "Stopping the queue scheduler (pid: %s): finishing the document in hand",
+            worker.pid,
+        )
+    scheduler.shutdown()
 
 
 def child_exit(server, worker):

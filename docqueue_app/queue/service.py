@@ -544,7 +544,10 @@ class DocumentQueueService:
             with self.session.begin_nested():
                 self.session.execute(queries.settle(row.id, decision, error, now))
         except IntegrityError:
-            return self._pending_item_id(row.document_id)
+            winner = self._pending_item_id(row.document_id)
+            if winner is None:
+                raise  # refused for another reason
+            return winner
         return None
 
     def _pending_item_id(self, document_id: int) -> int | None:
