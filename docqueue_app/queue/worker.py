@@ -25,13 +25,20 @@ from sqlalchemy.orm import Session
 
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import Document, DocumentContent, QueueItem, db
-from ..processing import PermanentProcessingError, TransientProcessingError, run_processor
+from ..processing import (
+    PermanentProcessingError,
+    ProcessingCancelled,
+    TransientProcessingError,
+    run_processor,
+)
 from .service import Claim, DocumentQueueService, Outcome, default_worker_id
 
 log = logging.getLogger(__name__)
 
 # How long a finished document's outcome may wait to share a commit with others.
 OUTCOME_FLUSH_SECONDS = 0.05
+# How often the item of the document in hand is looked at, so a cancel stops it.
+WATCH_SECONDS = 1.0
 # Bytes of documents read in one query.
 LOAD_GROUP_BYTES = 8 * 1024 * 1024
 
@@ -60,8 +67,10 @@ def process_document_queue(
 
     Call inside an app context. Returns ``{"processed", "completed", "failed", "retried"}``
     once every outcome is written. When ``stop`` is set, the document in hand is
-    finished and the claimed items not yet started go back to pending, their
-    attempt not counted. ``heartbeat`` is called whenever the pass makes
+    finished and the claimed items not yet started go back to pending at once,
+    their attempt not counted. A document whose item is cancelled while it runs
+    is stopped (its child killed) and counts in none of the numbers.
+    ``heartbeat`` is called whenever the pass makes
     progress (after its claim, before and after each document), so a caller can
     tell a busy pass from a hung one.
     """
@@ -77,16 +86,20 @@ def process_document_queue(
         beat()
         if not items:
             return counts
-        with OutcomeWriter(current_app._get_current_object(), items) as writer:
-            for index, (item, document) in enumerate(load_documents(session, items)):
-                if stop is not None and stop.is_set():
-                    service.release_items(items[index:])
-                    break
+        app = current_app._get_current_object()
+        with OutcomeWriter(app, items, stop) as writer:
+            for item, document in load_documents(session, items):
+                cancel = writer.start(item)
+                if cancel is None:
+                    break  # stopping: the writer hands back what was not started
                 if document is None:
                     continue  # deleted while queued: nothing to record
                 beat()
-                outcome = process_item(item, document)
+                outcome = process_item(item, document, cancel)
                 beat()
+                if outcome is None:
+                    log.info("document %s: cancelled while it was processed", item.document_id)
+                    continue
                 writer.submit(outcome)
                 label = outcome_label(outcome, item)
                 record_outcome(label)
@@ -99,13 +112,20 @@ def _no_heartbeat() -> None:
     pass
 
 
-def process_item(item: QueueItem, document: LoadedDocument) -> Outcome:
-    """Run the processor on one claimed item's document and say how it went."""
+def process_item(
+    item: QueueItem, document: LoadedDocument, cancel: threading.Event | None = None
+) -> Outcome | None:
+    """Run the processor on one claimed item's document and say how it went.
+
+    None when ``cancel`` was set meanwhile: the item is no longer ours to record.
+    """
     try:
         with PROCESSING_SECONDS.time():
             result = _process_document_content(
-                document.content, document.filename, document.content_type
+                document.content, document.filename, document.content_type, cancel
             )
+    except ProcessingCancelled:
+        return None
     except PermanentProcessingError as exc:
         return Outcome.of(item, error=str(exc), permanent=True)
     except Exception as exc:  # any other error is transient by contract
@@ -181,8 +201,13 @@ def _groups_by_size(items: list[QueueItem], sizes: dict[int, int]) -> Iterator[l
         yield group
 
 
-def _process_document_content(content: bytes, filename: str, content_type: str) -> dict[str, Any]:
-    """Run the configured processor on one document, isolated as configured."""
+def _process_document_content(
+    content: bytes, filename: str, content_type: str, cancel: threading.Event | None = None
+) -> dict[str, Any]:
+    """Run the configured processor on one document, isolated as configured.
+
+    Setting ``cancel`` kills its child process (``ProcessingCancelled`` is raised).
+    """
     config = current_app.config
     return run_processor(
         content,
@@ -192,24 +217,38 @@ def _process_document_content(content: bytes, filename: str, content_type: str) 
         isolation=config["PROCESS_ISOLATION"],
         memory_mb=config["PROCESS_MEMORY_MB"],
         timeout_seconds=config["PROCESS_TIMEOUT_SECONDS"],
+        cancel=cancel,
     )
 
 
 class OutcomeWriter:
-    """The pass's bookkeeping thread: writes outcomes in groups, keeps leases alive.
+    """The pass's bookkeeping thread: writes outcomes, keeps leases, watches for stops.
 
-    Leaving the ``with`` block waits until every submitted outcome is written.
-    An outcome that cannot be written (the database is away) is retried on the
-    next flush; if it never can be, the item's lease runs out and it is processed
-    again, so nothing is lost.
+    - Outcomes are written in groups, every few milliseconds; leaving the
+      ``with`` block waits until every submitted outcome is written. An outcome
+      that cannot be written (the database is away) is retried on the next
+      flush; if it never can be, the item's lease runs out and it is processed
+      again, so nothing is lost.
+    - Leases of the items the pass still holds are extended (a heartbeat).
+    - The document in hand is watched: when its item is cancelled (or taken
+      over), its ``cancel`` event is set and its processing stops.
+    - When ``stop`` is set, the claimed items not yet started go back to pending
+      at once, not after the document in hand.
     """
 
-    def __init__(self, app: Flask, items: list[QueueItem]) -> None:
+    def __init__(self, app: Flask, items: list[QueueItem], stop: threading.Event | None) -> None:
         self.app = app
         self.claims: dict[int, Claim] = {item.id: item.claim for item in items}
         self.beat_every = app.config["LEASE_SECONDS"] / 3
+        self.watch_every = min(app.config["POLL_INTERVAL"], WATCH_SECONDS)
         self.inbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.unwritten: list[Outcome] = []
+        self.stop = stop or threading.Event()
+        # Items not yet started, and the one in hand with its cancel event; the
+        # main loop and this thread both change them, under the lock.
+        self.unstarted: list[QueueItem] = list(items)
+        self.in_hand: tuple[int, threading.Event] | None = None
+        self.lock = threading.Lock()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="docqueue-outcomes", daemon=True)
 
@@ -221,6 +260,16 @@ class OutcomeWriter:
         self.done.set()
         self.thread.join()
 
+    def start(self, item: QueueItem) -> threading.Event | None:
+        """The item is about to be processed: its cancel event, or None when stopping."""
+        with self.lock:
+            if self.stop.is_set() or item not in self.unstarted:
+                return None
+            self.unstarted.remove(item)
+            cancel = threading.Event()
+            self.in_hand = (item.id, cancel)
+            return cancel
+
     def submit(self, outcome: Outcome) -> None:
         self.inbox.put(outcome)
 
@@ -228,11 +277,19 @@ class OutcomeWriter:
         with self.app.app_context(), Session(db.engine, expire_on_commit=False) as session:
             service = DocumentQueueService(session)
             next_beat = time.monotonic() + self.beat_every
+            next_watch = time.monotonic() + self.watch_every
             while not self.done.wait(OUTCOME_FLUSH_SECONDS):
                 self._flush(service)
-                if time.monotonic() >= next_beat:
+                if self.stop.is_set():
+                    self._release_unstarted(service)
+                now = time.monotonic()
+                if now >= next_watch:
+                    self._watch_in_hand(service)
+                    next_watch = now + self.watch_every
+                if now >= next_beat:
                     self._extend_leases(service)
-                    next_beat = time.monotonic() + self.beat_every
+                    next_beat = now + self.beat_every
+            self._release_unstarted(service)
             for retry_in in _FINAL_FLUSH_RETRIES:
                 if self._flush(service):
                     return
@@ -253,6 +310,33 @@ class OutcomeWriter:
             self.claims.pop(outcome.item_id, None)
         self.unwritten = []
         return True
+
+    def _release_unstarted(self, service: DocumentQueueService) -> None:
+        with self.lock:
+            unstarted, self.unstarted = self.unstarted, []
+        if not unstarted:
+            return
+        try:
+            service.release_items(unstarted)
+        except Exception:  # their leases run out instead: later, but nothing is lost
+            log.exception("handing back %d unstarted items failed", len(unstarted))
+        for item in unstarted:
+            self.claims.pop(item.id, None)
+
+    def _watch_in_hand(self, service: DocumentQueueService) -> None:
+        with self.lock:
+            in_hand = self.in_hand
+        if in_hand is None or in_hand[1].is_set() or in_hand[0] not in self.claims:
+            return
+        item_id, cancel = in_hand
+        try:
+            lost = service.lost_claims({item_id: self.claims[item_id]})
+        except Exception:  # looked at again next time
+            log.exception("checking queue item %s failed", item_id)
+            return
+        if lost:
+            cancel.set()
+            self.claims.pop(item_id, None)
 
     def _extend_leases(self, service: DocumentQueueService) -> None:
         try:

@@ -7,7 +7,9 @@ Each has the processor signature ``f(content, filename, content_type) -> dict``.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import time
 
 
@@ -43,3 +45,55 @@ def allocate_gigabytes(content: bytes, filename: str, content_type: str) -> dict
     """Tries to hold 4 GiB, which only a memory cap stops."""
     block = bytearray(4 * 1024**3)
     return {"text": str(len(block)), "title": None, "page_count": None, "metadata": {}}
+
+
+def _write_pid_to(path: str) -> None:
+    """Written whole or not at all: the reader polls for the file and must never see half a pid."""
+    with open(path + ".partial", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(path + ".partial", path)
+
+
+def report_pid_then_sleep(content: bytes, filename: str, content_type: str) -> dict:
+    """Writes its pid to the file named by the content, then sleeps for ever."""
+    _write_pid_to(content.decode())
+    while True:
+        time.sleep(3600)
+
+
+def report_pid_then_wait_for_release(content: bytes, filename: str, content_type: str) -> dict:
+    """Writes its pid to the file named by the content; returns once ``<file>.release`` exists."""
+    path = content.decode()
+    _write_pid_to(path)
+    while not os.path.exists(path + ".release"):
+        time.sleep(0.01)
+    return {"text": "released", "title": None, "page_count": None, "metadata": {}}
+
+
+def read_null_pointer(content: bytes, filename: str, content_type: str) -> dict:
+    """Crashes with SIGSEGV far below any memory cap, as a bug in native code would."""
+    ctypes.string_at(0)
+    raise AssertionError("reading address 0 did not crash")
+
+
+def kill_itself(content: bytes, filename: str, content_type: str) -> dict:
+    """Sends itself the signal the content names (``b"SIGSEGV"``), far below any memory cap."""
+    os.kill(os.getpid(), signal.Signals[content.decode()])
+    time.sleep(60)  # the signal ends the process before this does
+    raise AssertionError("the signal did not end the process")
+
+
+def abort_reporting_bad_alloc(content: bytes, filename: str, content_type: str) -> dict:
+    """Dies as C++ code does when ``new`` fails and nothing catches it: message, then SIGABRT."""
+    os.write(
+        2,
+        b"terminate called after throwing an instance of 'std::bad_alloc'\n"
+        b"  what():  std::bad_alloc\n",
+    )
+    os.abort()
+
+
+def write_to_stderr(content: bytes, filename: str, content_type: str) -> dict:
+    """Writes the content to stderr (fd 2) and succeeds."""
+    os.write(2, content)
+    return {"text": "written", "title": None, "page_count": None, "metadata": {}}

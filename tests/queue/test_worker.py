@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -160,3 +161,34 @@ def test_results_of_the_wrong_shape_fail_only_their_own_documents(make_app):
     assert {status_of(app, i).status for i in good} == {"completed"}
     with app.app_context():
         assert db.session.get(Document, nul).text == "beforeafter"
+
+
+def test_cancelling_a_running_item_kills_its_child_and_the_pass_goes_on(make_app, tmp_path):
+    app = make_app(
+        PROCESSOR=f"{SAMPLE}:sleep_forever",
+        PROCESS_ISOLATION="subprocess",
+        POLL_INTERVAL=0.1,
+        PROCESS_TIMEOUT_SECONDS=120,
+    )
+    doc_id = submit(app, b"a document nobody wants any more")
+    outcome: dict = {}
+
+    def run_pass() -> None:
+        with app.app_context():
+            outcome.update(process_document_queue())
+
+    worker = threading.Thread(target=run_pass)
+    started = time.monotonic()
+    worker.start()
+    wait_until(lambda: status_of(app, doc_id).status == "processing", 30)
+    with app.app_context():
+        item = db.session.scalars(db.select(QueueItem)).one()
+        DocumentQueueService().cancel_item(item.id)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 60  # not the 120 s time cap: the child was killed
+    assert outcome == {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
+    assert status_of(app, doc_id).status == "cancelled"
+    with app.app_context():
+        item = db.session.scalars(db.select(QueueItem)).one()
+        assert [(h.outcome, h.error) for h in item.history] == [("cancelled", "cancelled")]
