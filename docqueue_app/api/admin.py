@@ -55,15 +55,17 @@ def get_queue_item(item_id: int) -> QueueItem:
 @blp.route("/items/<int:item_id>/retry", methods=["POST"])
 @blp.response(200, QueueItemSchema, description="Pending again, due now, attempts reset")
 @blp.alt_response(404, description="No such queue item")
-@blp.alt_response(409, description="Not failed or cancelled, or its document has a pending item")
+@blp.alt_response(409, description="Not failed or cancelled, or not its document's latest item")
 def retry_queue_item(item_id: int) -> QueueItem:
     return _change_item(DocumentQueueService().retry_item, item_id)
 
 
 @blp.route("/items/<int:item_id>/cancel", methods=["POST"])
-@blp.response(200, QueueItemSchema, description="Cancelled, and so is its document")
+@blp.response(
+    200, QueueItemSchema, description="Cancelled (a running one is stopped), and so is its document"
+)
 @blp.alt_response(404, description="No such queue item")
-@blp.alt_response(409, description="Not pending")
+@blp.alt_response(409, description="Already finished")
 def cancel_queue_item(item_id: int) -> QueueItem:
     return _change_item(DocumentQueueService().cancel_item, item_id)
 

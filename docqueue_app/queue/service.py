@@ -303,6 +303,8 @@ class DocumentQueueService:
         """
         worker = worker_id or default_worker_id()
         item_id = _id_of(item)
+        if self.is_paused():
+            return False  # a paused queue claims nothing, and a claim's rescue waits too
         self.rescue_expired_leases()
         with self._write() as session:
             now = utcnow()
