@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.e2e.server import Server, run_cli
+from tests.e2e.server import Server
 
 # The processor below marks each document it starts with a file in this folder
 # and returns once a "release" file appears there, so the test sees the
@@ -37,23 +35,6 @@ def held_until_released(content: bytes, filename: str, content_type: str) -> dic
             raise TimeoutError("the test never released the document")
         time.sleep(0.02)
     return {"text": content.decode(), "title": None, "page_count": None, "metadata": {}}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    if request.param == "postgresql":
-        database_url = request.getfixturevalue("postgresql_clean")
-    else:
-        database_url = f"sqlite:///{tmp_path / 'docqueue.db'}"
-    env = {
-        "DATABASE_URL": database_url,
-        "DOCQUEUE_SECRET_KEY": "e2e",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-    }
-    migrated = run_cli(env, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
-    return env
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:

@@ -8,32 +8,12 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
-
-import pytest
 
 from tests.e2e.processors import RECORD_ENV
 from tests.e2e.server import BIN, ROOT, Server, run_cli
 from tests.processing.test_isolation import flate_bomb_pdf
 
 DOCUMENTS = 12
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    if request.param == "postgresql":
-        database_url = request.getfixturevalue("postgresql_clean")
-    else:
-        database_url = f"sqlite:///{tmp_path / 'docqueue.db'}"
-    env = {
-        "DATABASE_URL": database_url,
-        "DOCQUEUE_SECRET_KEY": "e2e",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-    }
-    migrated = run_cli(env, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
-    return env
 
 
 def wait_for_statuses(server: Server, count: int, timeout: float = 60) -> list[dict]:

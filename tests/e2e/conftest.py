@@ -1,0 +1,26 @@
+"""Fixtures of the end-to-end tests: a migrated database for a real server, on both back ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.server import run_cli
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("postgresql_clean")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'docqueue.db'}"
+    env = {
+        "DATABASE_URL": database_url,
+        "DOCQUEUE_SECRET_KEY": "e2e",
+        "DOCQUEUE_POLL_INTERVAL": "0.2",
+        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+    }
+    migrated = run_cli(env, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    return env
