@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 FLASK := $(BIN)/flask --app docqueue_app
 
-.PHONY: install run migrate test lint format bench clean
+.PHONY: install run migrate test lint format stress bench clean
 
 install: $(INSTALLED)
 
@@ -32,6 +32,12 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The queue's state machine checked against its model for a long time (minutes,
+# split between SQLite and PostgreSQL); prints the examples and steps checked.
+STRESS_MINUTES ?= 20
+stress: install
+	DOCQUEUE_STRESS_MINUTES=$(STRESS_MINUTES) $(BIN)/python -m pytest tests/queue/test_state_machine.py -s -q -p no:cacheprovider -k test_queue_state_machine
 
 bench: install
 	$(BIN)/python bench/isolation_overhead.py

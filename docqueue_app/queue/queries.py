@@ -196,7 +196,7 @@ def settle(item_id: int, decision: Decision, error: str | None, now: datetime) -
 
 
 def supersede(item_id: int, newer_id: int, now: datetime, counts_attempt: bool) -> Update:
-    """Fold an item into its document's newer pending item: it ends cancelled."""
+    """Fold an item into its document's newer item: it ends cancelled."""
     values: dict[str, Any] = {
         "status": ItemStatus.CANCELLED,
         "locked_by": None,
@@ -232,8 +232,16 @@ def retry(item_id: int, now: datetime) -> Update:
 
 
 def raise_priority(item_id: int, priority: int) -> Update:
-    return _by_id(
-        item_id, priority=case((QueueItem.priority < priority, priority), else_=QueueItem.priority)
+    """A pending item's priority raised to at least ``priority`` (others are left as they are)."""
+    return (
+        update(QueueItem)
+        .where(
+            QueueItem.id == item_id,
+            QueueItem.status == ItemStatus.PENDING,
+            QueueItem.priority < priority,
+        )
+        .values(priority=priority)
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -510,14 +510,15 @@ class DocumentQueueService:
     ) -> None:
         """Take a locked in-progress item out of progress as the retry decision says.
 
-        ``row`` has the item's id, document_id, priority and max_attempts. An item
-        that would be pending again while its document has another pending item
-        folds into that one instead.
+        ``row`` has the item's id, document_id, priority and max_attempts. Only a
+        document's latest item is ever pending: an item that would be pending
+        again while a newer item of its document exists (a reprocess queued, or
+        cancelled, while it ran) folds into that one instead.
         """
         decision = decide(cause, attempt, row.max_attempts, now, self.policy)
         newer = None
         if decision.retries:
-            newer = self._pending_item_id(row.document_id)
+            newer = self._newer_item_id(row)
             if newer is None:
                 newer = self._try_back_to_pending(row, decision, error, now)
         if decision.retries and newer is not None:
@@ -551,6 +552,14 @@ class DocumentQueueService:
                 raise  # refused for another reason
             return winner
         return None
+
+    def _newer_item_id(self, row: Any) -> int | None:
+        """The document's latest item when it is newer than this one (None otherwise)."""
+        return self.session.scalar(
+            select(func.max(QueueItem.id)).where(
+                QueueItem.document_id == row.document_id, QueueItem.id > row.id
+            )
+        )
 
     def _pending_item_id(self, document_id: int) -> int | None:
         pending = self.session.execute(

@@ -521,6 +521,17 @@ class TestOneDocumentNeverStopsTheQueue:
         assert service.release_items([running]) == 1
         self.assert_folded(service, doc_id, running)
 
+    def test_a_failure_behind_a_cancelled_reprocess_folds_too(self, service):
+        # Found by the state machine: an older item pending behind the document's
+        # latest (cancelled) one made retrying that one hit the unique index.
+        doc_id, running = self.reprocessed_while_running(service)
+        queued = item_of(doc_id)
+        service.cancel_item(queued.id)
+        service.mark_failed(running, "hiccup")
+        assert db.session.get(QueueItem, running.id).status == "cancelled"
+        assert service.retry_item(queued.id).status == "pending"
+        assert document(doc_id).status == "pending"
+
     def test_the_queued_item_keeps_the_higher_priority(self, service):
         doc_id = new_document(service, "busy.txt", priority=9)
         running = claim(service, doc_id)
