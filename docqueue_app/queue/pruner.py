@@ -8,23 +8,13 @@ document's latest item is never deleted, so its status stays explained.
 
 from __future__ import annotations
 
-import time
-
 from .service import DocumentQueueService
 
 PRUNE_EVERY_SECONDS = 3600.0
-# How often one process asks the database whether the pruner is due: a read
-# every minute, not one per poll.
-ASK_EVERY_SECONDS = 60.0
-
-_last_asked = {"at": float("-inf")}
 
 
 def prune_if_due(service: DocumentQueueService, retention_days: float) -> int:
     """Prune when this process gets the cluster's turn; the number of items deleted."""
-    if time.monotonic() - _last_asked["at"] < ASK_EVERY_SECONDS:
-        return 0
-    _last_asked["at"] = time.monotonic()
     if not service.take_pruner_turn(PRUNE_EVERY_SECONDS):
         return 0
     return service.prune_finished_items(retention_days)

@@ -547,25 +547,22 @@ class DocumentQueueService:
             with self.session.begin_nested():
                 self.session.execute(queries.settle(row.id, decision, error, now))
         except IntegrityError:
-            winner = self._pending_item_id(row.document_id)
+            winner = self._newer_item_id(row)
             if winner is None:
                 raise  # refused for another reason
             return winner
         return None
 
     def _newer_item_id(self, row: Any) -> int | None:
-        """The document's latest item when it is newer than this one (None otherwise)."""
+        """The document's latest item when it is newer than this one (None otherwise).
+
+        ``row`` is anything with the item's ``id`` and ``document_id``.
+        """
         return self.session.scalar(
             select(func.max(QueueItem.id)).where(
                 QueueItem.document_id == row.document_id, QueueItem.id > row.id
             )
         )
-
-    def _pending_item_id(self, document_id: int) -> int | None:
-        pending = self.session.execute(
-            queries.pending_item_of(document_id).with_only_columns(QueueItem.id)
-        ).first()
-        return pending.id if pending else None
 
     # -- admin actions ----------------------------------------------------------
 
@@ -579,11 +576,7 @@ class DocumentQueueService:
             item = self._item_for_update(item_id)
             if item.status not in (ItemStatus.FAILED, ItemStatus.CANCELLED):
                 raise InvalidTransition(f"a {item.status} item cannot be retried")
-            newer = session.scalar(
-                select(func.max(QueueItem.id)).where(
-                    QueueItem.document_id == item.document_id, QueueItem.id > item.id
-                )
-            )
+            newer = self._newer_item_id(item)
             if newer is not None:
                 raise InvalidTransition(
                     f"it was superseded by queue item {newer}; reprocess the document instead"

@@ -18,12 +18,6 @@ def service(app_ctx):
     return DocumentQueueService()
 
 
-@pytest.fixture(autouse=True)
-def ask_every_time(monkeypatch):
-    """Each test is a fresh process as far as the pruner's local throttle goes."""
-    monkeypatch.setattr(pruner, "ASK_EVERY_SECONDS", 0.0)
-
-
 def old_finished_items(app, service: DocumentQueueService, documents: int) -> None:
     """Each document processed twice, both items finished 40 days ago."""
     for n in range(documents):
