@@ -8,8 +8,11 @@ One chain serves detection and every text format (see MEASUREMENTS.md):
 3. a charset the document declares (HTML ``<meta>``, XML declaration), if the
    bytes decode strictly with it;
 4. strict UTF-8;
-5. charset-normalizer, nudged towards the more common member of the charsets it
-   confuses (it reads Western European text as cp1250, for example).
+5. the least implausible decoding among the regions' usual code pages and
+   charset-normalizer's best guess (alone, it reads French as cp1257 or cp775 and
+   Polish as cp1252): each candidate's text is scored on its non-ASCII words, for
+   letters its best-fitting language would not use, odd symbols, controls, case
+   and script mixed inside words (``implausibility``).
 
 Binary bytes (NULs outside UTF-16/32, mostly control characters, nothing
 charset-normalizer accepts) raise ``NotText``.
@@ -18,10 +21,16 @@ charset-normalizer accepts) raise ``NotText``.
 from __future__ import annotations
 
 import codecs
+import functools
+import itertools
+import operator
 import re
+import unicodedata
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from charset_normalizer import from_bytes
+from charset_normalizer.constant import FREQUENCIES
 
 _BOM_ENCODINGS = (
     # UTF-32 first: its little-endian BOM starts with the UTF-16 one.
@@ -38,15 +47,157 @@ _DECLARATION_WINDOW = 4096
 _XML_DECLARATION = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)""", re.I)
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
 
-# charset-normalizer's guess -> the charset to use instead when it also decodes the
-# bytes strictly: the preferred one is the more common, or a superset.
-_PREFERRED_OVER_GUESS = {
-    "cp1250": "cp1252",  # Western European text is guessed as Central European
-    "latin_1": "cp1252",  # 0x80-0x9F are C1 controls in Latin-1, punctuation in cp1252
-    "shift_jis": "cp932",  # Microsoft's superset, what Japanese files really use
-    "cp1125": "cp866",  # decode the same Cyrillic letters; cp866 is the DOS standard
-    "gb2312": "gb18030",  # superset
+# Decoding without a declaration: every candidate that decodes the first
+# _DETECTION_BYTES strictly is scored by how implausible its text is, and the least
+# implausible wins; ties go to the earlier candidate. The regions' usual code pages
+# come first, supersets before their subsets (cp1252 before latin_1, cp932 before
+# shift_jis), then what charset-normalizer suggests. Measured on the labelled set of
+# tests/processing/encoding_samples.py by bench/encoding_accuracy.py.
+_CANDIDATES = (
+    "cp1252",  # Western European
+    "cp1250",  # Central European
+    "iso8859_2",
+    "cp1251",  # Cyrillic
+    "koi8_r",
+    "koi8_u",
+    "cp866",
+    "cp1253",  # Greek
+    "iso8859_7",
+    "cp1254",  # Turkish
+    "cp1257",  # Baltic
+    "cp1256",  # Arabic
+    "cp1255",  # Hebrew
+    "cp932",  # Japanese
+    "cp949",  # Korean
+    "gb18030",  # Simplified Chinese
+    "big5",  # Traditional Chinese
+    "latin_1",  # only when cp1252 fails: bytes 0x81, 0x8D, 0x8F, 0x90, 0x9D
+)
+_DETECTION_BYTES = 64 * 1024
+_SCORED_CHARS = 4000  # of words holding non-ASCII characters, per finalist
+_GLANCE_CHARS = 300  # the same, per candidate
+_FINALISTS = 3
+
+# Costs of implausibility (one unit: a letter the text's language would not use).
+_FOREIGN_LETTER = 1.0
+_COMMON_LETTER = 0.25  # a letter of the language outside its frequency list
+_CASE_ANOMALY = 1.0  # "пРИВЕТ", "dÓm"
+_ODD_SYMBOL = 0.5  # "¶", "³", "¤" ...
+_SYMBOL_IN_WORD = 1.0  # "mas³o", "c¶té"
+_CONTROL = 4.0  # C1 controls, unassigned and private-use characters
+_MIXED_SCRIPTS = 1.0  # letters of two scripts in one word: "Gr廻e", Latin and Arabic
+
+# Punctuation that costs nothing in any language.
+_PLAIN_PUNCTUATION = frozenset(
+    "\u00a0\u00ab\u00bb\u2018\u2019\u201a\u201c\u201d\u201e\u2013\u2014\u2026\u2022"
+    "\u00b7\u00bf\u00a1\u20ac\u00a3\u00b0\u00a7\u00a9\u00ae\u2122\u00d7\u2116"
+    "\u3001\u3002\u300c\u300d\u300e\u300f\u3010\u3011\u30fb\u30fc\uff01\uff08\uff09"
+    "\uff0c\uff0e\uff1a\uff1b\uff1f\u301c\u3005"
+)
+_SCRIPT_LETTERS = tuple(
+    re.compile(letters)
+    for letters in (
+        "[A-Za-z\u00c0-\u024f]",  # Latin
+        "[\u0370-\u03ff]",  # Greek
+        "[\u0400-\u052f]",  # Cyrillic
+        "[\u05d0-\u05ea]",  # Hebrew
+        "[\u0620-\u064a]",  # Arabic
+        "[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7a3\uf900-\ufaff]",  # CJK, Hangul
+    )
+)
+_CLOSING_QUOTES = frozenset("\u2019\u201d\u00bb")
+_WORD_WITH_NON_ASCII = re.compile(r"(?<!\S)\S*[^\x00-\x7f]\S*")
+
+
+def _letters_between(first: str, last: str) -> str:
+    return "".join(filter(str.isalpha, map(chr, range(ord(first), ord(last) + 1))))
+
+
+# The non-ASCII letters of each language (lower case).
+_ALPHABETS = {
+    language: frozenset(letters)
+    for language, letters in {
+        "English": "",
+        "French": "àâæçéèêëîïôœùûüÿ",
+        "German": "äöüß",
+        "Spanish": "áéíñóúü",
+        "Portuguese": "àáâãçéêíóôõú",
+        "Italian": "àèéìíîòóù",
+        "Catalan": "àçèéíïòóúü",
+        "Dutch": "áéëïóöü",
+        "Danish": "åæéø",
+        "Norwegian": "åæéø",
+        "Swedish": "åäéö",
+        "Finnish": "åäö",
+        "Icelandic": "áæðéíóöþúý",
+        "Polish": "ąćęłńóśźż",
+        "Czech": "áčďéěíňóřšťúůýž",
+        "Slovak": "áäčďéíĺľňóôŕšťúýž",
+        "Hungarian": "áéíóöőúüű",
+        "Romanian": "âăîșşțţ",
+        "Croatian": "čćđšž",
+        "Slovene": "čšž",
+        "Turkish": "âçğıİîöşûü",
+        "Lithuanian": "ąčęėįšųūž",
+        "Latvian": "āčēģīķļņšūž",
+        "Estonian": "äõöšüž",
+        "Albanian": "çë",
+        "Russian": "абвгдеёжзийклмнопрстуфхцчшщъыьэюя",
+        "Ukrainian": "абвгґдеєжзиіїйклмнопрстуфхцчшщьюя",
+        "Belarusian": "абвгдеёжзійклмнопрстуўфхцчшыьэюя",
+        "Bulgarian": "абвгдежзийклмнопрстуфхцчшщъьюя",
+        "Serbian": "абвгдђежзијклљмнњопрстћуфхцчџш",
+        "Macedonian": "абвгдѓежзѕијклљмнњопрстќуфхцчџш",
+        "Greek": "αβγδεζηθικλμνξοπρσςτυφχψωάέήίόύώϊϋΐΰ",
+        # Scripts of one alphabet: every letter of the Unicode block.
+        "Arabic": _letters_between("\u0620", "\u06d3"),
+        "Farsi": _letters_between("\u0620", "\u06d3"),
+        "Hebrew": _letters_between("\u05d0", "\u05ea"),
+        "Thai": _letters_between("\u0e01", "\u0e4e"),
+    }.items()
 }
+# CJK languages: a character is common when its two bytes in the language's
+# national charset have a lead byte from the frequent block (GB2312 level 1, Big5's
+# frequent characters, JIS X 0208 kana and level 1, KS X 1001 Hangul).
+_COMMON_CJK = {
+    "Chinese": ("gb2312", range(0xB0, 0xD8)),
+    "Traditional Chinese": ("big5", range(0xA4, 0xC7)),
+    "Japanese": ("shift_jis", (0x82, 0x83, *range(0x88, 0x99))),
+    "Korean": ("euc_kr", range(0xB0, 0xC9)),
+}
+_LANGUAGES_BY_SCRIPT = {
+    "latin": [name for name, letters in _ALPHABETS.items() if max(letters, default="") < "\u0370"],
+    "greek": ["Greek"],
+    "cyrillic": [
+        name
+        for name, letters in _ALPHABETS.items()
+        if "\u0400" <= min(letters, default="") < "\u0530"
+    ],
+    "cjk": list(_COMMON_CJK),
+    "other": ["Arabic", "Farsi", "Hebrew", "Thai"],
+}
+_SIMPLIFIED_TO_TRADITIONAL = str.maketrans(
+    "这个们来为国说时会对过发后里种现当没动还进样开从实经么学于着",
+    "這個們來為國說時會對過發後裡種現當沒動還進樣開從實經麼學於著",
+)
+
+
+def _letter_cost_tables() -> defaultdict[str, dict[str, float]]:
+    """Per language, the cost of each of its letters: from 0 for the most frequent
+    (charset-normalizer's frequency lists) to ``_COMMON_LETTER`` for the rarest."""
+    lists = {language: "".join(letters) for language, letters in FREQUENCIES.items()}
+    lists["Japanese"] = lists["Japanese"] + lists["Japanese——"] + lists["Japanese—"]
+    lists["Traditional Chinese"] = lists["Chinese"].translate(_SIMPLIFIED_TO_TRADITIONAL)
+    tables: defaultdict[str, dict[str, float]] = defaultdict(dict)
+    for language, alphabet in _ALPHABETS.items():
+        tables[language] = dict.fromkeys(alphabet, _COMMON_LETTER)
+    for language, letters in lists.items():
+        for rank, letter in enumerate(letters):
+            tables[language][letter] = _COMMON_LETTER * rank / len(letters)
+    return tables
+
+
+_LETTER_COSTS = _letter_cost_tables()
 
 # How much of a document the UTF-16 and control-character checks look at.
 _SNIFF_BYTES = 4096
@@ -105,7 +256,7 @@ def _choose_encoding(data: bytes, declared: str | None, complete: bool) -> str:
     for candidate in (_usable_declared_charset(declared), "utf-8"):
         if candidate and _decodes_strictly(data, candidate, complete):
             return candidate
-    return _guess_with_charset_normalizer(data, complete)
+    return _guess_encoding(data, complete)
 
 
 def _encoding_from_bom(data: bytes) -> str | None:
@@ -144,15 +295,118 @@ def _utf16_without_bom(data: bytes) -> str | None:
     return None
 
 
-def _guess_with_charset_normalizer(data: bytes, complete: bool) -> str:
-    best = from_bytes(data).best()
+def _guess_encoding(data: bytes, complete: bool) -> str:
+    sample = data[:_DETECTION_BYTES]
+    sample_complete = complete and len(sample) == len(data)
+    best = from_bytes(sample).best()
     if best is None:
         raise NotText("no text encoding fits the bytes")
-    guess = best.encoding
-    preferred = _PREFERRED_OVER_GUESS.get(guess)
-    if preferred and _decodes_strictly(data, preferred, complete):
-        return preferred
-    return guess
+    decodings: dict[str, str] = {}  # text -> the first candidate that gives it
+    for encoding in dict.fromkeys((*_CANDIDATES, best.encoding)):
+        try:
+            text = _decode(sample, encoding, sample_complete)
+        except (UnicodeDecodeError, LookupError):
+            continue
+        decodings.setdefault(text, encoding)
+    # A glance at every decoding, a long look at the few best; sorted() and min()
+    # keep the order of equal scores, so the earlier candidate wins a tie.
+    finalists = sorted(decodings, key=lambda text: implausibility(text, _GLANCE_CHARS))
+    best_text = min(finalists[:_FINALISTS], key=implausibility, default=None)
+    return decodings[best_text] if best_text is not None else best.encoding
+
+
+def implausibility(text: str, scored_chars: int = _SCORED_CHARS) -> float:
+    """How unlikely ``text`` is as a correct decoding; 0 for plain ASCII.
+
+    Only words holding non-ASCII characters are scored, about the first
+    ``scored_chars`` characters of them: odd symbols and controls, symbols inside
+    words, a capital after a small letter, scripts mixed in a word, and letters
+    the best-fitting language would not use (``_FOREIGN_LETTER``) or rarely uses.
+    """
+    words = []
+    scored = 0
+    for match in _WORD_WITH_NON_ASCII.finditer(text):
+        words.append(match.group()[: scored_chars - scored])  # CJK runs long without spaces
+        scored += len(words[-1])
+        if scored >= scored_chars:
+            break
+    letters_by_script: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    odd_symbols = set()
+    cost = 0.0
+    for char, count in Counter("".join(words)).items():
+        if char.isascii() or char in _PLAIN_PUNCTUATION:
+            continue
+        if char.isalpha():
+            lower = char.lower()
+            letter = lower if len(lower) == 1 else char  # "İ".lower() is two characters
+            letters_by_script[_script(char)][letter] += count
+        elif unicodedata.category(char)[0] == "C":  # C1 controls, unassigned, private use
+            cost += _CONTROL * count
+        else:
+            cost += _ODD_SYMBOL * count
+            odd_symbols.add(char)
+    for word in words:
+        cost += _word_shape_cost(word, odd_symbols)
+    for script, letters in letters_by_script.items():
+        counts = list(letters.values())
+        cost += min(
+            sum(map(operator.mul, _letter_costs(tuple(letters), language), counts))
+            for language in _LANGUAGES_BY_SCRIPT[script]
+        )
+    return cost
+
+
+def _word_shape_cost(word: str, odd_symbols: set[str]) -> float:
+    """Costs that depend on where a character stands in its word."""
+    cost = 0.0
+    if word[0] in _CLOSING_QUOTES and word[1:2].isalpha():
+        cost += _ODD_SYMBOL  # a capital read as a closing quote: cp1253 text as ISO-8859-7
+    if not (word.islower() or word.isupper() or word.istitle()):
+        for previous, char in itertools.pairwise(word):
+            if previous.islower() and char.isupper() and not (previous + char).isascii():
+                cost += _CASE_ANOMALY  # "пРИВЕТ", "dÓm"
+    if not odd_symbols.isdisjoint(word):
+        for before, char, after in zip(word, word[1:], word[2:], strict=False):
+            if char in odd_symbols and before.isalpha() and after.isalpha():
+                cost += _SYMBOL_IN_WORD  # "mas³o", "c¶té"
+    if sum(1 for letters in _SCRIPT_LETTERS if letters.search(word)) > 1:
+        cost += _MIXED_SCRIPTS
+    return cost
+
+
+def _script(letter: str) -> str:
+    code = ord(letter)
+    if code < 0x250 or 0x1E00 <= code < 0x1F00:
+        return "latin"
+    if 0x370 <= code < 0x400 or 0x1F00 <= code < 0x2000:
+        return "greek"
+    if 0x400 <= code < 0x530:
+        return "cyrillic"
+    if 0x3040 <= code < 0xA000 or 0xAC00 <= code < 0xD7B0 or 0xF900 <= code < 0xFB00:
+        return "cjk"
+    if 0xFF66 <= code < 0xFFA0:
+        return "cjk"  # half-width katakana
+    return "other"
+
+
+def _letter_costs(letters: tuple[str, ...], language: str) -> list[float]:
+    costs = _LETTER_COSTS[language]
+    if language in _COMMON_CJK:
+        return [_cjk_letter_cost(letter, language) for letter in letters]
+    return list(map(costs.get, letters, itertools.repeat(_FOREIGN_LETTER)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _cjk_letter_cost(letter: str, language: str) -> float:
+    rank = _LETTER_COSTS[language].get(letter)
+    if rank is not None:
+        return rank
+    codec, lead_bytes = _COMMON_CJK[language]
+    try:
+        encoded = letter.encode(codec)
+    except UnicodeEncodeError:
+        return _FOREIGN_LETTER
+    return _COMMON_LETTER if len(encoded) == 2 and encoded[0] in lead_bytes else _FOREIGN_LETTER
 
 
 def _decodes_strictly(data: bytes, encoding: str, complete: bool) -> bool:
