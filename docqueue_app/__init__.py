@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from flask_migrate import Migrate
 
-from . import api, cli, metrics, web
+from . import api, cli, database, metrics, web
 from .config import load_config
 from .models import db
 from .queue import read_queue_stats, scheduler
@@ -26,6 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     load_config(app, config)
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    database.init_app(app)
     api.init_app(app)
     web.init_app(app)
     metrics.init_app(app, read_queue_stats)

@@ -52,6 +52,22 @@ _INT_KEYS = ("BATCH_SIZE", "MAX_ATTEMPTS", "PROCESS_MEMORY_MB", "RETENTION_DAYS"
 _BOOL_KEYS = ("SCHEDULER_ENABLED",)
 _ISOLATION_MODES = ("subprocess", "none")
 
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# PostgreSQL connections must fail rather than hang: a connect timeout (an
+# unreachable host answers nothing), TCP keepalives and a user timeout (a
+# connection dropped silently, by a failover or a firewall, is noticed in about
+# 30 s instead of the kernel's 15 minutes), and a statement timeout (nothing
+# docqueue runs takes a minute; a statement that does is stuck behind a lock).
+POSTGRESQL_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+    "options": "-c statement_timeout=60s",
+}
+
 # Multipart framing around the file: headers, boundaries and the small form fields.
 _MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 
@@ -101,10 +117,10 @@ def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # The busy timeout lets concurrent writers (scheduler, workers, requests)
         # wait for the write lock instead of failing with "database is locked".
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    # A connect timeout, so that health checks answer 503 instead of hanging
-    # when the database host drops packets.
-    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+        return {
+            "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+        }
+    return {"pool_pre_ping": True, "connect_args": POSTGRESQL_CONNECT_ARGS}
 
 
 def _coerce_types(config: dict[str, Any]) -> None:

@@ -230,7 +230,6 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         "journal_mode=WAL",
         "synchronous=FULL",
         "foreign_keys=ON",
-        "busy_timeout=30000",
     ):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -56,3 +60,36 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+# A short SQLite busy timeout, so "longer than the busy timeout" takes a second, not 30.
+SHORT_BUSY_TIMEOUT = {"connect_args": {"timeout": 0.5, "check_same_thread": False}}
+
+_LOCK_HOLDER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@contextmanager
+def hold_write_lock(sqlite_path: Path) -> Iterator[Callable[[], None]]:
+    """Another process holds SQLite's write lock; call the value (or leave) to release it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(sqlite_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+
+    def release() -> None:
+        if holder.poll() is None:
+            holder.communicate(timeout=10)
+
+    try:
+        yield release
+    finally:
+        release()

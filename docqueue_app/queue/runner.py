@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from ..database import OUTAGES, Backoff, report_failure
 from .maintenance import run_maintenance
 from .worker import process_document_queue
 
@@ -43,15 +44,19 @@ def run_worker(concurrency: int, batch_size: int, poll_interval: float) -> None:
 def _work_loop(
     app: Flask, batch_size: int, poll_interval: float, stop: threading.Event, maintains: bool
 ) -> None:
+    backoff = Backoff(first=poll_interval)
     while not stop.is_set():
         with app.app_context():
             try:
                 if maintains:
                     run_maintenance()
                 result = process_document_queue(batch_size, stop=stop)
-            except Exception:  # a database hiccup must not end the worker
-                log.exception("worker pass failed")
-                result = {"processed": 0}
+            except Exception as exc:  # a database outage or hiccup must not end the worker
+                report_failure(exc, "worker pass failed")
+                stop.wait(backoff.next_pause())
+                continue
+        OUTAGES.succeeded()
+        backoff.reset()
         if result["processed"]:
             log.info("processed %s", result)
         else:

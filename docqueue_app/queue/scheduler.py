@@ -27,12 +27,27 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
+from ..database import OUTAGES, Backoff, report_failure
 from .maintenance import run_maintenance
 from .worker import process_document_queue
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "docqueue_scheduler"
+
+
+class _SkippedRunsFilter(logging.Filter):
+    """Drop APScheduler's warning for a tick skipped while the last one still runs.
+
+    That is the design (``max_instances=1``: a long batch, or a pass waiting out
+    a database outage, delays the next tick), not news worth a line per interval.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunsFilter())
 STALE_AFTER_INTERVALS = 5
 
 
@@ -50,6 +65,9 @@ class QueueScheduler:
         # The running tick's last sign of progress; None between ticks.
         self.last_progress: float | None = None
         self._stop = threading.Event()
+        # After a failed tick (the database away), ticks are skipped until then.
+        self._backoff = Backoff(first=self.interval)
+        self._resume_at = float("-inf")
         self._scheduler: BackgroundScheduler | None = None
         self._lock = threading.Lock()
 
@@ -113,15 +131,22 @@ class QueueScheduler:
     def tick(self) -> None:
         if self.stopping:
             return  # a tick already due when the shutdown began must claim nothing
+        if time.monotonic() < self._resume_at:
+            self.last_tick = time.monotonic()  # backing off is not hanging
+            return
         self.heartbeat()
         with self.app.app_context():
             try:
                 run_maintenance()
                 result = process_document_queue(stop=self._stop, heartbeat=self.heartbeat)
+            except Exception as exc:
+                report_failure(exc, "queue tick failed")
+                self._resume_at = time.monotonic() + self._backoff.next_pause()
+            else:
+                OUTAGES.succeeded()
+                self._backoff.reset()
                 if result["processed"]:
                     log.info("processed queue items: %s", result)
-            except Exception:
-                log.exception("queue tick failed")
             finally:
                 self.last_tick = time.monotonic()
                 self.last_progress = None

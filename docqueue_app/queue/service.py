@@ -31,15 +31,16 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
 from marshmallow import ValidationError
 from sqlalchemy import delete, func, inspect, select, update
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..database import is_outage
 from ..models import (
     QUEUE_STATE_ID,
     SQLITE_WRITE_OPTION,
@@ -70,9 +71,6 @@ _ERROR_LIMIT = 4000
 # Rows handled per transaction by the rescuer and by purges, so neither holds
 # SQLite's write lock (or PostgreSQL row locks) for long on a big backlog.
 MAINTENANCE_BATCH = 500
-# Errors that mean "the database is away", not "this data cannot be stored":
-# outcomes that meet them are kept and written later.
-DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 class DocumentNotFound(LookupError):
@@ -138,6 +136,7 @@ class DocumentQueueService:
         self.max_attempts: int = config["MAX_ATTEMPTS"]
         self.lease = timedelta(seconds=config["LEASE_SECONDS"])
         self.policy = RetryPolicy(config["RETRY_BASE_SECONDS"], config["RETRY_MAX_SECONDS"])
+        self._sqlite = self.session.get_bind().dialect.name == "sqlite"
 
     # -- transactions -----------------------------------------------------------
 
@@ -166,6 +165,18 @@ class DocumentQueueService:
         finally:
             session.commit()
 
+    def _now(self) -> datetime:
+        """The database's clock, read inside the current transaction.
+
+        Leases, due times and rescues are all judged by it, so a host whose own
+        clock is off can neither rescue another host's live lease nor run an item
+        early. PostgreSQL's ``now()`` is the transaction's start; SQLite serves
+        one host, whose clock is the database's.
+        """
+        if self._sqlite:
+            return utcnow()
+        return self.session.scalar(select(func.now())).astimezone(UTC)
+
     def _exists(self, query: Any) -> bool:
         return self.session.execute(query.limit(1)).first() is not None
 
@@ -193,7 +204,7 @@ class DocumentQueueService:
                 existing = self._document_by_sha256(digest)
                 if existing is not None:
                     return existing, False
-                now = utcnow()
+                now = self._now()
                 document = Document(
                     filename=filename,
                     content_type=content_type,
@@ -246,7 +257,7 @@ class DocumentQueueService:
 
     def _enqueue(self, document_id: int, operation: Operation, priority: int) -> QueueItem:
         with self._write() as session:
-            now = utcnow()
+            now = self._now()
             if session.get(Document, document_id) is None:
                 raise DocumentNotFound(document_id)
             pending = session.scalar(queries.pending_item_of(document_id))
@@ -285,7 +296,7 @@ class DocumentQueueService:
         """
         self.rescue_expired_leases()
         with self._read() as session:
-            ids = queries.due_items(utcnow()).limit(limit).subquery()
+            ids = queries.due_items(self._now()).limit(limit).subquery()
             return list(
                 session.scalars(
                     select(QueueItem)
@@ -307,7 +318,7 @@ class DocumentQueueService:
             return False  # a paused queue claims nothing, and a claim's rescue waits too
         self.rescue_expired_leases()
         with self._write() as session:
-            now = utcnow()
+            now = self._now()
             if self._paused():
                 return False
             chosen = (
@@ -330,7 +341,7 @@ class DocumentQueueService:
         # One read-only look decides the poll, so an idle one never takes SQLite's
         # write lock.
         with self._read():
-            now = utcnow()
+            now = self._now()
             if self._paused():
                 return []
             lost = self._exists(queries.expired_leases(now))
@@ -340,7 +351,7 @@ class DocumentQueueService:
         elif not due:
             return []
         with self._write() as session:
-            now = utcnow()
+            now = self._now()
             batch = (
                 queries.due_items(now)
                 .limit(limit)
@@ -378,7 +389,7 @@ class DocumentQueueService:
             return 0
         extended = 0
         with self._write() as session:
-            expires = utcnow() + self.lease
+            expires = self._now() + self.lease
             for item_id, claim in claims.items():
                 statement = queries.extend_lease(item_id, claim.worker, claim.attempt, expires)
                 extended += session.execute(statement).rowcount
@@ -401,7 +412,7 @@ class DocumentQueueService:
         """
         released = []
         with self._write():
-            now = utcnow()
+            now = self._now()
             for item in items:
                 claim = _claim_of(item)
                 row = self._lock_if_held(_id_of(item), claim)
@@ -434,9 +445,9 @@ class DocumentQueueService:
         """
         try:
             return self._record_outcomes(outcomes)
-        except DATABASE_AWAY:
-            raise
         except Exception as exc:
+            if is_outage(exc):
+                raise  # kept by the caller and written once the database is back
             if len(outcomes) > 1:
                 log.warning(
                     "writing %d outcomes together failed (%s); one by one", len(outcomes), exc
@@ -453,7 +464,7 @@ class DocumentQueueService:
 
     def _record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
         with self._write():
-            now = utcnow()
+            now = self._now()
             recorded = self._record_successes([o for o in outcomes if o.error is None], now)
             for outcome in outcomes:
                 if outcome.error is not None:
@@ -581,7 +592,7 @@ class DocumentQueueService:
                 raise InvalidTransition(
                     f"it was superseded by queue item {newer}; reprocess the document instead"
                 )
-            now = utcnow()
+            now = self._now()
             session.execute(queries.retry(item.id, now))
             self._sync_documents([item.document_id], now)
         session.refresh(item)
@@ -593,7 +604,7 @@ class DocumentQueueService:
             item = self._item_for_update(item_id)
             if item.status not in (ItemStatus.PENDING, ItemStatus.IN_PROGRESS):
                 raise InvalidTransition(f"a {item.status} item cannot be cancelled")
-            now = utcnow()
+            now = self._now()
             if item.status == ItemStatus.IN_PROGRESS:
                 session.execute(
                     queries.close_attempts(
@@ -633,7 +644,8 @@ class DocumentQueueService:
         chosen = {ItemStatus(status) for status in statuses}
         if not chosen <= set(FINISHED_STATUSES):
             raise ValueError("only completed, failed and cancelled items can be purged")
-        cutoff = utcnow() - timedelta(days=older_than_days)
+        with self._read():
+            cutoff = self._now() - timedelta(days=older_than_days)
         deleted = 0
         while True:
             with self._write() as session:
@@ -660,7 +672,7 @@ class DocumentQueueService:
         with self._write():
             state = self._queue_state()
             state.paused = paused
-            state.updated_at = utcnow()
+            state.updated_at = self._now()
         return paused
 
     def is_paused(self) -> bool:
@@ -671,7 +683,7 @@ class DocumentQueueService:
         """The one queue_state row, created if a fresh or emptied database lacks it."""
         state = self.session.get(QueueState, QUEUE_STATE_ID, with_for_update=True)
         if state is None:
-            state = QueueState(id=QUEUE_STATE_ID, paused=False, updated_at=utcnow())
+            state = QueueState(id=QUEUE_STATE_ID, paused=False, updated_at=self._now())
             self.session.add(state)
             self.session.flush()
         return state
@@ -686,11 +698,11 @@ class DocumentQueueService:
         written never keeps the others stuck.
         """
         with self._read():
-            if not self._exists(queries.expired_leases(utcnow())):
+            if not self._exists(queries.expired_leases(self._now())):
                 return 0  # without taking the write lock
         rescued = 0
         with self._write() as session:
-            now = utcnow()
+            now = self._now()
             expired = session.execute(
                 queries.expired_leases(now)
                 .add_columns(
@@ -714,9 +726,9 @@ class DocumentQueueService:
             with self.session.begin_nested():
                 message = lost_worker_message(row.attempts, row.max_attempts)
                 self._settle(row, row.attempts, Cause.LEASE_EXPIRED, message, now)
-        except DATABASE_AWAY:
-            raise
-        except Exception:
+        except Exception as exc:
+            if is_outage(exc):
+                raise
             log.exception("rescuing queue item %s failed; the others go on", row.id)
             return False
         return True
@@ -728,11 +740,11 @@ class DocumentQueueService:
             last = session.scalar(
                 select(QueueState.pruned_at).where(QueueState.id == QUEUE_STATE_ID)
             )
-            if last is not None and last > utcnow() - every:
+            if last is not None and last > self._now() - every:
                 return False  # without taking the write lock
         with self._write() as session:
             self._queue_state()
-            return session.execute(queries.take_pruner_turn(utcnow(), every)).rowcount == 1
+            return session.execute(queries.take_pruner_turn(self._now(), every)).rowcount == 1
 
     def prune_finished_items(self, older_than_days: float) -> int:
         """The pruner's work: finished items past the retention period go (documents stay)."""
@@ -742,7 +754,7 @@ class DocumentQueueService:
 
     def get_queue_stats(self) -> dict[str, Any]:
         with self._read() as session:
-            now = utcnow()
+            now = self._now()
             counts = dict(
                 session.execute(
                     select(QueueItem.status, func.count()).group_by(QueueItem.status)

@@ -23,6 +23,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..database import OUTAGES, Backoff, report_failure
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import Document, DocumentContent, QueueItem, db
 from ..processing import (
@@ -42,9 +43,12 @@ WATCH_SECONDS = 1.0
 # Bytes of documents read in one query.
 LOAD_GROUP_BYTES = 8 * 1024 * 1024
 
-# Pauses between the last tries to write a pass's outcomes before it gives up
-# (the leases then run out and the items are processed again).
-_FINAL_FLUSH_RETRIES = (0.2, 1.0, 3.0, 0)
+# A pass whose outcomes cannot be written (the database is away) keeps trying
+# while its leases hold, less this margin, so an outage shorter than a lease
+# costs no document a second run. A stopping pass gives up sooner: its leases
+# run out and its items are processed again, later but never lost.
+LEASE_MARGIN_SECONDS = 5.0
+STOPPING_WRITE_SECONDS = 10.0
 
 _worker_ids: dict[int, str] = {}
 
@@ -239,7 +243,10 @@ class OutcomeWriter:
     def __init__(self, app: Flask, items: list[QueueItem], stop: threading.Event | None) -> None:
         self.app = app
         self.claims: dict[int, Claim] = {item.id: item.claim for item in items}
-        self.beat_every = app.config["LEASE_SECONDS"] / 3
+        self.lease_seconds: float = app.config["LEASE_SECONDS"]
+        self.beat_every = self.lease_seconds / 3
+        # When the leases of the items still held run out, as far as this host knows.
+        self.leases_until = time.monotonic() + self.lease_seconds
         self.watch_every = min(app.config["POLL_INTERVAL"], WATCH_SECONDS)
         self.inbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.unwritten: list[Outcome] = []
@@ -289,11 +296,29 @@ class OutcomeWriter:
                 if now >= next_beat:
                     self._extend_leases(service)
                     next_beat = now + self.beat_every
-            self._release_unstarted(service)
-            for retry_in in _FINAL_FLUSH_RETRIES:
-                if self._flush(service):
-                    return
-                time.sleep(retry_in)
+            self._write_the_rest(service)
+
+    def _write_the_rest(self, service: DocumentQueueService) -> None:
+        """The pass is over: write its last outcomes and hand back what it never started."""
+        backoff = Backoff(first=0.2, cap=5.0)
+        deadline = self.leases_until - min(LEASE_MARGIN_SECONDS, self.lease_seconds / 3)
+        while True:
+            released = self._release_unstarted(service)
+            if self._flush(service) and released:
+                return
+            if self.stop.is_set():
+                deadline = min(deadline, time.monotonic() + STOPPING_WRITE_SECONDS)
+            pause = backoff.next_pause()
+            if time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)
+            self._extend_leases(service)
+        log.error(
+            "gave up writing %d outcomes and handing back %d items: the database stayed away;"
+            " they are processed again once their leases run out",
+            len(self.unwritten) + self.inbox.qsize(),
+            len(self.unstarted),
+        )
 
     def _flush(self, service: DocumentQueueService) -> bool:
         """Write what has arrived; False when the database refused (kept for next time)."""
@@ -303,25 +328,31 @@ class OutcomeWriter:
             return True
         try:
             service.record_outcomes(self.unwritten)
-        except Exception:
-            log.exception("writing %d outcomes failed; will retry", len(self.unwritten))
+        except Exception as exc:
+            report_failure(exc, "writing %d outcomes failed; will retry", len(self.unwritten))
             return False
+        OUTAGES.succeeded()
         for outcome in self.unwritten:
             self.claims.pop(outcome.item_id, None)
         self.unwritten = []
         return True
 
-    def _release_unstarted(self, service: DocumentQueueService) -> None:
+    def _release_unstarted(self, service: DocumentQueueService) -> bool:
+        """Hand back the claimed items not started; False when the database refused (kept)."""
         with self.lock:
             unstarted, self.unstarted = self.unstarted, []
         if not unstarted:
-            return
+            return True
         try:
             service.release_items(unstarted)
-        except Exception:  # their leases run out instead: later, but nothing is lost
-            log.exception("handing back %d unstarted items failed", len(unstarted))
+        except Exception as exc:
+            report_failure(exc, "handing back %d unstarted items failed", len(unstarted))
+            with self.lock:
+                self.unstarted = unstarted + self.unstarted
+            return False
         for item in unstarted:
             self.claims.pop(item.id, None)
+        return True
 
     def _watch_in_hand(self, service: DocumentQueueService) -> None:
         with self.lock:
@@ -331,15 +362,18 @@ class OutcomeWriter:
         item_id, cancel = in_hand
         try:
             lost = service.lost_claims({item_id: self.claims[item_id]})
-        except Exception:  # looked at again next time
-            log.exception("checking queue item %s failed", item_id)
+        except Exception as exc:  # looked at again next time
+            report_failure(exc, "checking queue item %s failed", item_id)
             return
         if lost:
             cancel.set()
             self.claims.pop(item_id, None)
 
     def _extend_leases(self, service: DocumentQueueService) -> None:
+        beat_at = time.monotonic()
         try:
             service.extend_leases(self.claims)
-        except Exception:  # a missed beat is retried; the lease has slack
-            log.exception("lease heartbeat failed")
+        except Exception as exc:  # a missed beat is retried; the lease has slack
+            report_failure(exc, "lease heartbeat failed")
+            return
+        self.leases_until = beat_at + self.lease_seconds

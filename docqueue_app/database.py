@@ -1,0 +1,201 @@
+"""The database as something that can go away, and how docqueue lives through it.
+
+An outage is any error that says the database cannot take the work right now
+(unreachable, restarting, read-only, full, locked past the busy timeout), as
+opposed to an error about the data itself. During one:
+
+- a request that needs the database answers 503 with ``Retry-After`` (JSON for
+  the API, a page for the web), and its transaction is rolled back whole;
+- the scheduler and the workers back off and try again on their own, and the
+  process logs one line when the outage begins and one when it ends, not a
+  traceback per tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.wrappers import Response
+
+from .models import db
+
+log = logging.getLogger(__name__)
+
+# What a 503 asks clients to wait: a restart of PostgreSQL or a freed disk takes
+# seconds, and clients retrying sooner only add load.
+RETRY_AFTER_SECONDS = 5
+
+# SQLSTATEs that are outages although psycopg files them under other classes.
+_READ_ONLY_TRANSACTION = "25006"  # a standby, or default_transaction_read_only
+_OUTAGE_SQLSTATES = frozenset({_READ_ONLY_TRANSACTION})
+
+# Health states of the database (/healthz, /readyz).
+OK, UNREACHABLE, READ_ONLY = "ok", "unreachable", "read_only"
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when ``error`` means the database cannot take work now, not that the data is bad."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return getattr(error.orig, "sqlstate", None) in _OUTAGE_SQLSTATES
+    return False
+
+
+def describe_outage(error: BaseException) -> str:
+    """A short reason for the log: the kind of outage and the driver's first line."""
+    message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return f"the database is {outage_kind(error)}: {message}"
+
+
+def outage_kind(error: BaseException) -> str:
+    """``read-only``, ``full``, ``busy`` or ``unreachable``."""
+    message = str(getattr(error, "orig", None) or error).lower()
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+    if "readonly" in message or "read-only" in message or sqlstate == _READ_ONLY_TRANSACTION:
+        return "read-only"
+    if "full" in message or sqlstate.startswith("53"):
+        return "full"
+    if "locked" in message or "busy" in message:
+        return "busy"
+    return "unreachable"
+
+
+class OutageLog:
+    """One warning when the database goes away and one line when it is back, per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        log.warning("database outage: %s; retrying with backoff", describe_outage(error))
+
+    def succeeded(self) -> None:
+        if self._since is None:  # the common case: no lock taken
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("database reachable again after %.1f s", time.monotonic() - since)
+
+
+OUTAGES = OutageLog()
+
+
+def report_failure(error: Exception, what: str, *args: Any) -> None:
+    """Log a failed database task: once per outage when the database is away, else in full."""
+    if is_outage(error):
+        OUTAGES.failed(error)
+    else:
+        log.error(what, *args, exc_info=error)
+
+
+class Backoff:
+    """Capped exponential pauses between tries during an outage; reset on success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next_pause(self) -> float:
+        pause = min(self.cap, self.first * 2**self.failures)
+        self.failures += 1
+        return pause
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def database_state() -> str:
+    """``ok``, ``unreachable`` or ``read_only``: what /healthz reports.
+
+    ``SELECT 1`` alone proves nothing on SQLite (it never reads the file), so a
+    table is read there and the file and its folder must be writable (SQLite
+    opens a write-protected file read-only without a word, and writes its
+    journal next to it).
+    """
+    try:
+        state = _probe(db.session.connection())
+    except SQLAlchemyError as error:
+        log.warning("health check: %s", describe_outage(error))
+        state = UNREACHABLE
+    finally:
+        _rollback_quietly()
+    return state
+
+
+def _probe(connection: Any) -> str:
+    if connection.dialect.name == "sqlite":
+        path = make_url(current_app.config["SQLALCHEMY_DATABASE_URI"]).database
+        if path and path != ":memory:":
+            if not os.path.exists(path):
+                return UNREACHABLE  # connecting would create an empty database
+            connection.execute(text("SELECT count(*) FROM queue_state"))
+            folder = os.path.dirname(os.path.abspath(path))
+            if not (os.access(path, os.W_OK) and os.access(folder, os.W_OK)):
+                return READ_ONLY
+            return OK
+        connection.execute(text("SELECT 1"))
+        return OK
+    read_only = connection.execute(text("SELECT current_setting('transaction_read_only')"))
+    return READ_ONLY if read_only.scalar() == "on" else OK
+
+
+def _rollback_quietly() -> None:
+    try:
+        db.session.rollback()
+    except SQLAlchemyError:
+        db.session.remove()  # the connection is gone: the next request gets a new one
+
+
+def answer_outage(error: Exception) -> Response:
+    """Any outage met by a request: roll back, and answer 503 in the blueprint's own format."""
+    if not is_outage(error):
+        raise error  # a genuine bug: Flask logs it and answers 500
+    _rollback_quietly()
+    _log_request_outage(error)
+    unavailable = ServiceUnavailable(
+        # The kind only: a driver's message can name hosts and paths.
+        description=f"The database is {outage_kind(error)}: nothing was changed; try again later.",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
+    return current_app.handle_http_exception(unavailable)
+
+
+_request_log = {"at": float("-inf")}
+_REQUEST_LOG_EVERY_SECONDS = 30.0
+
+
+def _log_request_outage(error: BaseException) -> None:
+    # Every request during an outage meets it; say so twice a minute, not per request.
+    now = time.monotonic()
+    if now - _request_log["at"] >= _REQUEST_LOG_EVERY_SECONDS:
+        _request_log["at"] = now
+        log.warning("answering 503: %s", describe_outage(error))
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(DBAPIError, answer_outage)
+    app.register_error_handler(PoolTimeoutError, answer_outage)
