@@ -11,8 +11,13 @@ One chain serves detection and every text format (see MEASUREMENTS.md):
 5. the least implausible decoding among the regions' usual code pages and
    charset-normalizer's best guess (alone, it reads French as cp1257 or cp775 and
    Polish as cp1252): each candidate's text is scored on its non-ASCII words, for
-   letters its best-fitting language would not use, odd symbols, controls, case
-   and script mixed inside words (``implausibility``).
+   letters its language would not use, odd symbols, symbols standing where a
+   letter must be, controls, case and script mixed inside words
+   (``implausibility``). The language is guessed from the function words of the
+   whole text, ASCII words included ("et", "sur": French, so "Paramčtres" is
+   implausible); without enough of them, the best-fitting language of the letters.
+   Code pages rarely met in documents (DOS, Baltic, and whatever else
+   charset-normalizer proposes: Mac, HP Roman-8...) start with a prior cost.
 
 Binary bytes (NULs outside UTF-16/32, mostly control characters, nothing
 charset-normalizer accepts) raise ``NotText``.
@@ -78,6 +83,13 @@ _SCORED_CHARS = 4000  # of words holding non-ASCII characters, per finalist
 _GLANCE_CHARS = 300  # the same, per candidate
 _FINALISTS = 3
 
+# Prior cost of code pages rarely met in today's documents: a short text with one
+# accented letter gives too little evidence to prefer them ("zur№ckschicken" as
+# cp866, "yar»n" as hp_roman8, "—качайте" as mac_cyrillic).
+_RARE_CODE_PAGES = {"cp866": 0.5, "cp1257": 0.5}
+_UNLISTED_CODE_PAGE = 1.0  # charset-normalizer's guess when not a candidate above
+_LISTED_CODECS = frozenset(codecs.lookup(encoding).name for encoding in _CANDIDATES)
+
 # Costs of implausibility (one unit: a letter the text's language would not use).
 _FOREIGN_LETTER = 1.0
 _COMMON_LETTER = 0.25  # a letter of the language outside its frequency list
@@ -106,6 +118,11 @@ _SCRIPT_LETTERS = tuple(
     )
 )
 _CLOSING_QUOTES = frozenset("\u2019\u201d\u00bb")
+# Punctuation that may stand between two letters of a word: apostrophes, Catalan's
+# middle dot, soft and non-breaking hyphens, dashes and the ellipsis; CJK and
+# full-width punctuation (from U+3000) too, as CJK text runs without spaces. Any
+# other symbol there stands where a letter must be ("zur№ckschicken", "D£UGIEJ").
+_WORD_JOINERS = frozenset("\u2019\u2018\u00b7\u00ad\u2010\u2011\u2013\u2014\u2026")
 _WORD_WITH_NON_ASCII = re.compile(r"(?<!\S)\S*[^\x00-\x7f]\S*")
 
 
@@ -180,6 +197,51 @@ _SIMPLIFIED_TO_TRADITIONAL = str.maketrans(
     "这个们来为国说时会对过发后里种现当没动还进样开从实经么学于着",
     "這個們來為國說時會對過發後裡種現當沒動還進樣開從實經麼學於著",
 )
+
+
+# Function words (lower case) by language, for guessing the language of a whole text:
+# frequent in any text, and mostly ASCII, so every candidate decoding shows them.
+_FUNCTION_WORDS = {
+    "English": "the and of to is in that for with you are this be on it was not have from",
+    "French": "le la les et des du une est pour sur vous dans que qui pas au aux ce avec ne "
+    "il nous je puis mais ou un",
+    "German": "der die das und nicht mit zur zum ist den dem ein eine sie ich wir auf für "
+    "von auch bitte sich bis an im es",
+    "Spanish": "el la los las y de que en un una por con para es no se del al su lo pero",
+    "Portuguese": "o a os as e de que em um uma para com não do da dos das no na é ao se",
+    "Italian": "il lo la e di che per con non un una è sono del della gli le",
+    "Dutch": "de het een en van is niet op te dat met voor zijn",
+    "Polish": "w i na nie się jest z do to że o przy od za jak ale dla po",
+    "Czech": "a je se na v z do to že o pro jak ale od za by jsem",
+    "Slovak": "a je sa na v z do to že o pre ako ale od za by som",
+    "Hungarian": "a az és hogy nem egy is meg van már de ha",
+    "Romanian": "și în de la cu nu pe un o este din care",
+    "Croatian": "i je u na se da za od ne su to",
+    "Turkish": "ve bir bu için ile da de çok ne olarak daha gibi",
+    "Swedish": "och att det som en är på för med inte av",
+    "Lithuanian": "ir į su kad iš yra ne bet tai už prie apie",
+    "Latvian": "un ir ar uz no par kas ka bet tas",
+    "Estonian": "ja on ei et see ka kui ta",
+    "Russian": "и в не на с что я он как по это к но из от за для а то",  # noqa: RUF001 (Cyrillic and Greek letters)
+    "Ukrainian": "і в не на з що я як по це до але та й від за для а",  # noqa: RUF001 (Cyrillic and Greek letters)
+    "Bulgarian": "и в не на с че за от се да по е а са",  # noqa: RUF001 (Cyrillic and Greek letters)
+    "Greek": "και το να η ο της τα του για με που στο από δεν είναι στην",  # noqa: RUF001 (Cyrillic and Greek letters)
+}
+
+
+def _languages_by_function_word() -> dict[str, tuple[str, ...]]:
+    languages: defaultdict[str, list[str]] = defaultdict(list)
+    for language, words in _FUNCTION_WORDS.items():
+        for word in words.split():
+            languages[word].append(language)
+    return {word: tuple(names) for word, names in languages.items()}
+
+
+_FUNCTION_WORD_LANGUAGES = _languages_by_function_word()
+_LANGUAGE_CHARS = 3000  # of the text, for the guess
+_LANGUAGE_EVIDENCE = 1.5  # function words (one shared by n languages counts 1/n)
+_LANGUAGE_SHARE = 0.5  # of the best language's evidence, for a close second
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 def _letter_cost_tables() -> defaultdict[str, dict[str, float]]:
@@ -308,10 +370,22 @@ def _guess_encoding(data: bytes, complete: bool) -> str:
         except (UnicodeDecodeError, LookupError):
             continue
         decodings.setdefault(text, encoding)
-    # A glance at every decoding, a long look at the few best; sorted() and min()
-    # keep the order of equal scores, so the earlier candidate wins a tie.
-    finalists = sorted(decodings, key=lambda text: implausibility(text, _GLANCE_CHARS))
-    best_text = min(finalists[:_FINALISTS], key=implausibility, default=None)
+
+    def prior(text: str) -> float:
+        encoding = decodings[text]
+        if codecs.lookup(encoding).name not in _LISTED_CODECS:
+            return _UNLISTED_CODE_PAGE
+        return _RARE_CODE_PAGES.get(encoding, 0.0)
+
+    # A glance at every decoding, a long look at the few best, each with its code
+    # page's prior; sorted() and min() keep the order of equal scores, so the
+    # earlier candidate wins a tie.
+    finalists = sorted(
+        decodings, key=lambda text: prior(text) + implausibility(text, _GLANCE_CHARS)
+    )
+    best_text = min(
+        finalists[:_FINALISTS], key=lambda text: prior(text) + implausibility(text), default=None
+    )
     return decodings[best_text] if best_text is not None else best.encoding
 
 
@@ -321,7 +395,10 @@ def implausibility(text: str, scored_chars: int = _SCORED_CHARS) -> float:
     Only words holding non-ASCII characters are scored, about the first
     ``scored_chars`` characters of them: odd symbols and controls, symbols inside
     words, a capital after a small letter, scripts mixed in a word, and letters
-    the best-fitting language would not use (``_FOREIGN_LETTER``) or rarely uses.
+    the text's language would not use (``_FOREIGN_LETTER``) or rarely uses. The
+    language is the one whose function words the text uses (``_guess_languages``),
+    else the best-fitting one for the letters of each script; upper and lower case
+    count alike.
     """
     words = []
     scored = 0
@@ -332,31 +409,64 @@ def implausibility(text: str, scored_chars: int = _SCORED_CHARS) -> float:
             break
     letters_by_script: defaultdict[str, Counter[str]] = defaultdict(Counter)
     odd_symbols = set()
+    in_word_symbols = set()  # symbols that may not stand between two letters
     cost = 0.0
     for char, count in Counter("".join(words)).items():
-        if char.isascii() or char in _PLAIN_PUNCTUATION:
+        if char.isascii():
+            continue
+        category = unicodedata.category(char)
+        if (
+            (category[0] in "PS" or category == "No")
+            and char not in _WORD_JOINERS
+            and char < "\u3000"
+        ):
+            in_word_symbols.add(char)
+        if char in _PLAIN_PUNCTUATION:
             continue
         if char.isalpha():
             lower = char.lower()
             letter = lower if len(lower) == 1 else char  # "İ".lower() is two characters
             letters_by_script[_script(char)][letter] += count
-        elif unicodedata.category(char)[0] == "C":  # C1 controls, unassigned, private use
+        elif category[0] == "C":  # C1 controls, unassigned, private use
             cost += _CONTROL * count
         else:
             cost += _ODD_SYMBOL * count
             odd_symbols.add(char)
     for word in words:
-        cost += _word_shape_cost(word, odd_symbols)
+        cost += _word_shape_cost(word, in_word_symbols)
+    text_languages = _guess_languages(text) if letters_by_script else None
     for script, letters in letters_by_script.items():
         counts = list(letters.values())
+        languages = _LANGUAGES_BY_SCRIPT[script]
+        if text_languages is not None:
+            languages = [language for language in languages if language in text_languages]
+            if not languages:  # Cyrillic "a" for "à" in a French text
+                cost += _FOREIGN_LETTER * sum(counts)
+                continue
         cost += min(
             sum(map(operator.mul, _letter_costs(tuple(letters), language), counts))
-            for language in _LANGUAGES_BY_SCRIPT[script]
+            for language in languages
         )
     return cost
 
 
-def _word_shape_cost(word: str, odd_symbols: set[str]) -> float:
+def _guess_languages(text: str) -> frozenset[str] | None:
+    """The languages whose function words the start of ``text`` uses most, if enough."""
+    words = Counter(_WORD.findall(text[:_LANGUAGE_CHARS].lower()))
+    evidence: Counter[str] = Counter()
+    for word in words.keys() & _FUNCTION_WORD_LANGUAGES.keys():
+        languages = _FUNCTION_WORD_LANGUAGES[word]
+        for language in languages:
+            evidence[language] += words[word] / len(languages)
+    best = max(evidence.values(), default=0.0)
+    if best < _LANGUAGE_EVIDENCE:
+        return None
+    return frozenset(
+        language for language, weight in evidence.items() if weight >= best * _LANGUAGE_SHARE
+    )
+
+
+def _word_shape_cost(word: str, in_word_symbols: set[str]) -> float:
     """Costs that depend on where a character stands in its word."""
     cost = 0.0
     if word[0] in _CLOSING_QUOTES and word[1:2].isalpha():
@@ -365,10 +475,10 @@ def _word_shape_cost(word: str, odd_symbols: set[str]) -> float:
         for previous, char in itertools.pairwise(word):
             if previous.islower() and char.isupper() and not (previous + char).isascii():
                 cost += _CASE_ANOMALY  # "пРИВЕТ", "dÓm"
-    if not odd_symbols.isdisjoint(word):
+    if not in_word_symbols.isdisjoint(word):
         for before, char, after in zip(word, word[1:], word[2:], strict=False):
-            if char in odd_symbols and before.isalpha() and after.isalpha():
-                cost += _SYMBOL_IN_WORD  # "mas³o", "c¶té"
+            if char in in_word_symbols and before.isalpha() and after.isalpha():
+                cost += _SYMBOL_IN_WORD  # "mas³o", "c¶té", "zur№ckschicken", "D£UGIEJ"
     if sum(1 for letters in _SCRIPT_LETTERS if letters.search(word)) > 1:
         cost += _MIXED_SCRIPTS
     return cost
