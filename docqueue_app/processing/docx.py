@@ -152,9 +152,11 @@ def _secondary_parts(names: list[str]) -> list[str]:
         match = _SECONDARY_PART.fullmatch(name)
         if match:
             kind = match.group(1) or match.group(3)
-            number = int(match.group(2) or 0)
-            found.append((_SECONDARY_ORDER[kind], number, name))
-    return [name for _, _, name in sorted(found)]
+            # Numeric order without int(): a part name may hold more digits than
+            # int() converts (ValueError past 4300), and ZIP names run to 64 KB.
+            digits = (match.group(2) or "").lstrip("0")
+            found.append((_SECONDARY_ORDER[kind], len(digits), digits, name))
+    return [name for *_, name in sorted(found)]
 
 
 def _part_texts(package: zipfile.ZipFile, parts: list[str]) -> Iterator[str]:

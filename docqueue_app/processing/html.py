@@ -29,9 +29,10 @@ _CELL_TAGS = frozenset(("td", "th"))
 _LINE_BREAK = "\n"
 _CELL_BREAK = "\t"
 _HTML_WHITESPACE = re.compile(r"[ \t\n\r\f]+")
-_BREAK_WITH_BLANKS = re.compile(r"[ \t]*\n[ \t\n]*")  # blank lines and indentation go
-_CELL_BREAK_WITH_SPACES = re.compile(r" *\t *")
-_SPACE_RUNS = re.compile(r" {2,}")
+# After text nodes are collapsed, blanks are single spaces, line and cell breaks.
+# Each run of them is matched once, from its start, and replaced whole (a regex
+# that can start inside a run, like "[ \t]*\n", rescans it from every position).
+_LAYOUT_BLANKS = re.compile(r"[ \t\n]{2,}")
 
 
 def extract_html(content: bytes) -> dict:
@@ -68,9 +69,16 @@ def _is_block(node: LexborNode | None) -> bool:
 
 
 def _tidy(text: str) -> str:
-    text = _BREAK_WITH_BLANKS.sub(_LINE_BREAK, text)
-    text = _CELL_BREAK_WITH_SPACES.sub(_CELL_BREAK, text)
-    return _SPACE_RUNS.sub(" ", text).strip()
+    return _LAYOUT_BLANKS.sub(_collapse_blanks, text).strip()
+
+
+def _collapse_blanks(run: re.Match[str]) -> str:
+    """One line break for a run holding one (blank lines and indentation go), else
+    its cell breaks (the spaces around cells go), else one space."""
+    blanks = run.group()
+    if _LINE_BREAK in blanks:
+        return _LINE_BREAK
+    return _CELL_BREAK * blanks.count(_CELL_BREAK) or " "
 
 
 def _title(tree: LexborHTMLParser) -> str | None:

@@ -8,8 +8,16 @@ import re
 from .encoding import DecodedText, NotText, decode_text, find_declared_charset
 from .errors import PermanentProcessingError
 
-_MARKDOWN_TITLE = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
 _MARKDOWN_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_BLANKS = " \t"  # what separates a heading's marks from its text (CommonMark)
+# The title is looked for with string methods, not a regex: any regex with two
+# adjacent quantified parts that can both take blanks (the opening marks, the
+# text, the closing sequence) backtracks quadratically on a long heading line.
+# A heading text longer than this is not a title (a paragraph marked by mistake,
+# or hostile), and a first heading beyond the first megabyte is not the
+# document's title either: the work and the title stay bounded.
+MAX_TITLE_CHARS = 500
+TITLE_SCAN_CHARS = 1024 * 1024
 
 
 def extract_plain_text(content: bytes) -> dict:
@@ -49,15 +57,34 @@ def decode_document(content: bytes, declared: str | None = None) -> DecodedText:
 
 def markdown_title(text: str) -> str | None:
     """The first level-1 ATX heading (``# Title``) outside code fences, if any."""
+    lines = text[:TITLE_SCAN_CHARS].splitlines()
+    if len(text) > TITLE_SCAN_CHARS:
+        lines.pop()  # cut short: not the whole line
     in_fence = False
-    for line in text.splitlines():
+    for line in lines:
         if _MARKDOWN_FENCE.match(line):
             in_fence = not in_fence
-            continue
-        match = None if in_fence else _MARKDOWN_TITLE.match(line)
-        if match:
-            return match.group(1).strip()
+        elif not in_fence:
+            title = _heading_text(line)
+            if title is not None and len(title) <= MAX_TITLE_CHARS:
+                return title
     return None
+
+
+def _heading_text(line: str) -> str | None:
+    """The text of a level-1 ATX heading line, without its closing ``#`` sequence.
+
+    None when ``line`` is not one: up to three spaces, ``#``, a blank, then at least
+    one more character (a blank too: the heading is then empty).
+    """
+    marks = line.lstrip(" ")
+    if len(line) - len(marks) > 3 or len(marks) < 3 or not marks.startswith(("# ", "#\t")):
+        return None
+    text = marks[1:].strip(_BLANKS)
+    before_closing = text.rstrip("#")
+    if before_closing.rstrip(_BLANKS) != before_closing:  # "#"s after a blank close it
+        text = before_closing.rstrip(_BLANKS)
+    return text.strip()
 
 
 def _result(decoded: DecodedText, title: str | None) -> dict:
