@@ -32,7 +32,13 @@ FALLBACK_FILENAME = "upload"
 _MAX_KEPT_EXTENSION_CHARS = 16
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
-MAX_PAGE_COUNT = 2**31 - 1  # what an INTEGER column holds on every back end
+# What an INTEGER column holds on every back end (PostgreSQL's are 32-bit, SQLite's
+# 64-bit): a larger id or count would fail in the database, so input is refused first.
+MAX_INTEGER = 2**31 - 1
+MAX_PAGE_COUNT = MAX_INTEGER
+# An id in a route: ``/<int(min=1, max=...):document_id>``. Past the database's
+# integers no row can exist, so the URL matches no route: a 404 whatever the back end.
+ID_CONVERTER = f"int(min=1, max={MAX_INTEGER})"
 MAX_PURGE_AGE_DAYS = 36500  # a century: older than any finished item can be
 
 
@@ -178,7 +184,10 @@ class PaginationQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    page = WholeNumber(load_default=1, validate=validate.Range(min=1))
+    # Decided: up to the largest INTEGER, a page past the end is an empty page (its
+    # OFFSET, (page - 1) * per_page, fits in 64 bits); a larger page number is a 422,
+    # not an OFFSET that overflows the 64-bit integers of either back end (a 500).
+    page = WholeNumber(load_default=1, validate=validate.Range(min=1, max=MAX_INTEGER))
     per_page = WholeNumber(
         load_default=DEFAULT_PER_PAGE, validate=validate.Range(min=1, max=MAX_PER_PAGE)
     )
@@ -212,7 +221,7 @@ class QueueItemListQuerySchema(FilteredListQuerySchema):
     filters = ("status", "document_id")
 
     status = status_filter(ItemStatus)
-    document_id = WholeNumber(load_default=None, validate=validate.Range(min=1))
+    document_id = WholeNumber(load_default=None, validate=validate.Range(min=1, max=MAX_INTEGER))
 
 
 class PurgeSchema(Schema):
@@ -344,7 +353,7 @@ class ProcessQueueResultSchema(Schema):
 
 class HealthSchema(Schema):
     status = fields.String(metadata={"enum": ["ok", "error"]})
-    database = fields.String(metadata={"enum": ["ok", "unreachable"]})
+    database = fields.String(metadata={"enum": ["ok", "unreachable", "read_only"]})
 
 
 class ReadinessSchema(HealthSchema):

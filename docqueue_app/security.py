@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
 from flask_wtf.csrf import CSRFProtect
@@ -13,6 +14,11 @@ csrf = CSRFProtect()
 
 ADMIN_USER = "admin"
 ADMIN_REALM = "docqueue admin"
+STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Sec-Fetch-Site values of a request started by another site's page ("same-site" is
+# a sibling subdomain: another site all the same for a login it did not ask for).
+_OTHER_SITES = frozenset({"cross-site", "same-site"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def init_app(app: Flask) -> None:
@@ -41,6 +47,39 @@ def require_cron_secret() -> None:
         raise Forbidden("The cron endpoint is disabled: DOCQUEUE_CRON_SECRET is not set.")
     if not _bearer_matches(secret):
         raise _unauthorized("A valid 'Authorization: Bearer <cron secret>' header is required.")
+
+
+def refuse_cross_site_writes() -> None:
+    """``before_request`` guard: a write that a browser sends for another site is 403.
+
+    Browsers resend a cached HTTP Basic login with every request to this host,
+    including one that another site's page starts: a form post, or a ``text/plain``
+    fetch that needs no CORS preflight (and the API reads JSON whatever the
+    Content-Type). Browsers say where such a request comes from, in
+    ``Sec-Fetch-Site`` and ``Origin``; curl and scripts send neither, and pass.
+    """
+    if request.method not in STATE_CHANGING_METHODS:
+        return
+    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    origin = request.headers.get("Origin")
+    if site in _OTHER_SITES or (origin is not None and not _is_own_origin(origin)):
+        raise Forbidden("Refused: this request was sent by a page of another site.")
+
+
+def _is_own_origin(origin: str) -> bool:
+    """Whether ``Origin`` is this request's own scheme, host and port."""
+    own = _origin_of(request.host_url)
+    return own is not None and _origin_of(origin) == own
+
+
+def _origin_of(url: str) -> tuple[str, str, int | None] | None:
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
 
 
 def require_admin() -> None:

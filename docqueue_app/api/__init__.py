@@ -9,6 +9,7 @@ from flask_smorest import Api, Blueprint
 
 from ..security import csrf
 from . import admin, cron, documents, health, queue
+from .blueprint import SECURITY_SCHEMES
 from .errors import JsonErrorApi
 
 API_EXTENSION = "docqueue_api"
@@ -24,6 +25,8 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
     api = JsonErrorApi(app)
     app.extensions[API_EXTENSION] = api
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
     for blueprint in BLUEPRINTS:
         register_api_blueprint(app, blueprint)
 

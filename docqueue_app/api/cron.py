@@ -5,11 +5,20 @@ from __future__ import annotations
 from ..queue import process_document_queue
 from ..schemas import ProcessQueueResultSchema
 from ..security import require_cron_secret
-from .blueprint import ApiBlueprint
+from .blueprint import CRON_SECRET, ApiBlueprint
 
 blp = ApiBlueprint(
-    "cron", __name__, url_prefix="/api/cron", description="Queue passes driven by a cron job."
+    "cron",
+    __name__,
+    url_prefix="/api/cron",
+    description="Queue passes driven by a cron job.",
+    security=CRON_SECRET,
+    guard_errors={
+        401: "Missing or wrong bearer secret",
+        403: "DOCQUEUE_CRON_SECRET is not set",
+    },
 )
+# No cross-site guard: the secret is a bearer token, which no browser sends by itself.
 blp.before_request(require_cron_secret)
 
 
@@ -17,7 +26,5 @@ blp.before_request(require_cron_secret)
 @blp.alt_response(
     200, schema=ProcessQueueResultSchema, description="Counts of this pass", success=True
 )
-@blp.alt_response(401, description="Missing or wrong bearer secret")
-@blp.alt_response(403, description="DOCQUEUE_CRON_SECRET is not set")
 def process_queue() -> dict[str, int]:
     return process_document_queue()

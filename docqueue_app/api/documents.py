@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 from flask import Response, request, send_file, url_for
+from flask.views import MethodView
 from werkzeug.exceptions import Conflict, NotFound
 
 from ..documents import (
@@ -18,6 +19,7 @@ from ..documents import (
 )
 from ..queue import DocumentNotFound, DocumentQueueService
 from ..schemas import (
+    ID_CONVERTER,
     DocumentListQuerySchema,
     DocumentPageSchema,
     DocumentSchema,
@@ -25,33 +27,44 @@ from ..schemas import (
     UploadFormSchema,
     UploadResultSchema,
 )
-from ..security import require_api_token
+from ..security import refuse_cross_site_writes, require_api_token
 from ..states import Operation
 from ..uploads import check_upload, store_upload
-from .blueprint import ApiBlueprint
+from .blueprint import API_TOKEN, ApiBlueprint
 
 blp = ApiBlueprint(
     "documents",
     __name__,
     url_prefix="/api/documents",
     description="Upload documents, follow their processing, read the results.",
+    security=API_TOKEN,
+    guard_errors={401: "DOCQUEUE_API_TOKEN is set and the bearer token is missing or wrong"},
 )
+# The bearer token is no credential a browser resends by itself, but while no token
+# is set, any page a user visits could upload, reprocess or delete through the user's
+# browser (on an intranet the attacker cannot reach): cross-site writes are refused
+# here too. Nothing legitimate is lost: without CORS, no other site's page could
+# use this API anyway.
+blp.before_request(refuse_cross_site_writes)
 blp.before_request(require_api_token)
+CROSS_SITE = "Sent by a page of another site"
+NO_SUCH_DOCUMENT = "No such document"
 
 
 @blp.route("", methods=["POST"])
 @blp.arguments(UploadFormSchema, location="form", content_type="multipart/form-data")
 @blp.response(202, UploadResultSchema, description="Stored and queued; Location names it.")
 @blp.alt_response(200, schema=UploadResultSchema, description="Same bytes as an existing document")
-@blp.alt_response(400, description="The file is missing or empty")
-@blp.alt_response(413, description="The file is over DOCQUEUE_MAX_UPLOAD_MB")
-@blp.alt_response(415, description="Not a supported type")
+@blp.error_response(400, "The file is missing or empty")
+@blp.error_response(403, CROSS_SITE)
+@blp.error_response(413, "The file is over DOCQUEUE_MAX_UPLOAD_MB")
+@blp.error_response(415, "Not a supported type")
 def upload_document(form: dict[str, Any]) -> tuple[DocumentView, int, dict[str, str]]:
     document, created = store_upload(check_upload(request.files.get("file")), form["priority"])
     view = document_view(document, duplicate=not created)
     if not created:
         return view, 200, {}
-    return view, 202, {"Location": url_for(".get_document", document_id=document.id)}
+    return view, 202, {"Location": url_for(".document", document_id=document.id)}
 
 
 @blp.route("", methods=["GET"])
@@ -61,18 +74,29 @@ def list_documents_page(query: dict[str, Any]) -> DocumentPage:
     return list_documents(query["status"], query["page"], query["per_page"])
 
 
-@blp.route("/<int:document_id>", methods=["GET"])
-@blp.response(200, DocumentSchema)
-@blp.alt_response(404, description="No such document")
-def get_document(document_id: int) -> DocumentView:
-    return document_view(find_document(document_id))
+# One rule for GET and DELETE: with a rule per method, werkzeug would answer an id
+# past the converter's max with 405 rather than 404.
+@blp.route(f"/<{ID_CONVERTER}:document_id>", endpoint="document")
+class DocumentResource(MethodView):
+    @blp.response(200, DocumentSchema)
+    @blp.error_response(404, NO_SUCH_DOCUMENT)
+    def get(self, document_id: int) -> DocumentView:
+        return document_view(find_document(document_id))
+
+    @blp.response(204, description="Deleted with its bytes and queue items")
+    @blp.error_response(403, CROSS_SITE)
+    @blp.error_response(404, NO_SUCH_DOCUMENT)
+    def delete(self, document_id: int) -> None:
+        if not DocumentQueueService().delete_document(document_id):
+            raise NotFound(f"Document {document_id} does not exist.")
 
 
-@blp.route("/<int:document_id>/text", methods=["GET"])
+@blp.route(f"/<{ID_CONVERTER}:document_id>/text", methods=["GET"])
 @blp.alt_response(
     200, content_type="text/plain", description="The latest extracted text", success=True
 )
-@blp.alt_response(409, description="No text has been extracted yet")
+@blp.error_response(404, NO_SUCH_DOCUMENT)
+@blp.error_response(409, "No text has been extracted yet")
 def get_document_text(document_id: int) -> Response:
     document = find_document(document_id)
     if document.text is None:
@@ -82,8 +106,9 @@ def get_document_text(document_id: int) -> Response:
     return Response(document.text, mimetype="text/plain")
 
 
-@blp.route("/<int:document_id>/file", methods=["GET"])
+@blp.route(f"/<{ID_CONVERTER}:document_id>/file", methods=["GET"])
 @blp.alt_response(200, description="The original bytes, as an attachment", success=True)
+@blp.error_response(404, NO_SUCH_DOCUMENT)
 def get_document_file(document_id: int) -> Response:
     document = find_document(document_id)
     response = send_file(
@@ -100,21 +125,15 @@ def get_document_file(document_id: int) -> Response:
     return response
 
 
-@blp.route("/<int:document_id>/reprocess", methods=["POST"])
+@blp.route(f"/<{ID_CONVERTER}:document_id>/reprocess", methods=["POST"])
 @blp.arguments(ReprocessSchema, location="json", required=False)
 @blp.response(202, DocumentSchema, description="Queued again; the document is pending.")
-@blp.alt_response(404, description="No such document")
+@blp.error_response(400, "The body is not JSON")
+@blp.error_response(403, CROSS_SITE)
+@blp.error_response(404, NO_SUCH_DOCUMENT)
 def reprocess_document(body: dict[str, Any], document_id: int) -> DocumentView:
     try:
         DocumentQueueService().enqueue(document_id, Operation.REPROCESS, body["priority"])
     except DocumentNotFound:
         raise NotFound(f"Document {document_id} does not exist.") from None
     return document_view(find_document(document_id))
-
-
-@blp.route("/<int:document_id>", methods=["DELETE"])
-@blp.response(204, description="Deleted with its bytes and queue items")
-@blp.alt_response(404, description="No such document")
-def delete_document(document_id: int) -> None:
-    if not DocumentQueueService().delete_document(document_id):
-        raise NotFound(f"Document {document_id} does not exist.")

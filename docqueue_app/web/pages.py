@@ -25,6 +25,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 from ..documents import document_view, find_document, list_documents, text_preview
 from ..models import Document
 from ..schemas import (
+    ID_CONVERTER,
     DocumentListQuerySchema,
     DocumentSchema,
     UploadFormSchema,
@@ -155,7 +156,7 @@ def document_list() -> str:
     )
 
 
-@blueprint.get("/documents/<int:document_id>")
+@blueprint.get(f"/documents/<{ID_CONVERTER}:document_id>")
 def document_detail(document_id: int) -> str:
     view = document_view(find_document(document_id))
     return render_template(
@@ -167,7 +168,7 @@ def document_detail(document_id: int) -> str:
     )
 
 
-@blueprint.get("/documents/<int:document_id>/status.json")
+@blueprint.get(f"/documents/<{ID_CONVERTER}:document_id>/status.json")
 def document_status(document_id: int) -> Response:
     """What the detail page polls; outside /api so it works whether or not API_TOKEN is set."""
     document = find_document(document_id)

@@ -47,8 +47,12 @@ def admin_app(make_app: Callable[..., Flask]) -> Iterator[Flask]:
 
 @pytest.fixture
 def admin(admin_app: Flask) -> FlaskClient:
+    return admin_client(admin_app)
+
+
+def admin_client(app: Flask) -> FlaskClient:
     """A client that sends the admin login with every request."""
-    client = admin_app.test_client()
+    client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = basic_auth()["Authorization"]
     return client
 

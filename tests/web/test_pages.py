@@ -240,3 +240,25 @@ def test_unknown_document_page_is_an_html_404(client: FlaskClient) -> None:
     assert response.status_code == 404
     assert response.mimetype == "text/html"
     assert "Document 999 does not exist." in response.text
+
+
+# -- numbers the database cannot hold ----------------------------------------------
+
+# Past PostgreSQL's INTEGER (2**31 - 1), past SQLite's (2**63 - 1), and far past both.
+NOT_AN_ID = [0, -1, 2**31, 2**63, 10**40]
+
+
+@pytest.mark.parametrize("path", ["/documents/{}", "/documents/{}/status.json"])
+def test_a_document_id_out_of_range_is_a_404(client: FlaskClient, path: str) -> None:
+    for number in NOT_AN_ID:
+        assert client.get(path.format(number)).status_code == 404
+
+
+def test_a_list_page_out_of_range_is_an_html_422(client: FlaskClient) -> None:
+    for field in ("page", "per_page"):
+        for number in NOT_AN_ID:
+            response = client.get(f"/documents?{field}={number}")
+
+            assert response.status_code == 422
+            assert response.mimetype == "text/html"
+            assert field in response.text
