@@ -112,11 +112,15 @@ def report_failure(error: Exception, what: str, *args: Any) -> None:
 
 
 class Backoff:
-    """Capped exponential pauses between tries during an outage; reset on success."""
+    """Capped exponential pauses between tries during an outage; reset on success.
 
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+    The cap is short: a try costs one connection attempt, and a longer wait only
+    delays the recovery after a restart that took seconds.
+    """
+
+    def __init__(self, first: float = 0.5, cap: float = 5.0) -> None:
         self.first = first
-        self.cap = cap
+        self.cap = max(cap, first)
         self.failures = 0
 
     def next_pause(self) -> float:

@@ -143,11 +143,9 @@ class DocumentQueueService:
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """A fresh transaction that holds the write lock from its first statement."""
-        session = self.session
-        if session.in_transaction():
-            session.commit()
-        session.connection(execution_options={SQLITE_WRITE_OPTION: True})
+        session = self._fresh_session()
         try:
+            session.connection(execution_options={SQLITE_WRITE_OPTION: True})
             yield session
             session.commit()
         except BaseException:
@@ -157,13 +155,29 @@ class DocumentQueueService:
     @contextmanager
     def _read(self) -> Iterator[Session]:
         """A fresh transaction, so reads see everything committed before the call."""
-        session = self.session
-        if session.in_transaction():
-            session.commit()
+        session = self._fresh_session()
         try:
             yield session
-        finally:
-            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+    def _fresh_session(self) -> Session:
+        """The session with no transaction open: one left by its caller is ended first.
+
+        A transaction whose connection was lost (a database restart) is rolled
+        back rather than committed, so the session reconnects instead of refusing
+        every later call.
+        """
+        session = self.session
+        transaction = session.get_transaction()
+        if transaction is not None:
+            if transaction.is_active:
+                session.commit()
+            else:
+                session.rollback()
+        return session
 
     def _now(self) -> datetime:
         """The database's clock, read inside the current transaction.

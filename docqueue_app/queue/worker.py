@@ -300,7 +300,7 @@ class OutcomeWriter:
 
     def _write_the_rest(self, service: DocumentQueueService) -> None:
         """The pass is over: write its last outcomes and hand back what it never started."""
-        backoff = Backoff(first=0.2, cap=5.0)
+        backoff = Backoff(first=0.2)
         deadline = self.leases_until - min(LEASE_MARGIN_SECONDS, self.lease_seconds / 3)
         while True:
             released = self._release_unstarted(service)

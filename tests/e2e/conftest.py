@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.pg_cluster import pg_cluster
 from tests.e2e.server import run_cli
+
+__all__ = ["pg_cluster"]  # a fixture: a PostgreSQL cluster the test can stop and start
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

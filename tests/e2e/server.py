@@ -1,7 +1,13 @@
-"""A real docqueue server (gunicorn) in a subprocess, and a tiny HTTP client for it."""
+"""A real docqueue server (gunicorn) in a subprocess, and a tiny HTTP client for it.
+
+Also a standalone worker (``docqueue queue worker``) in a subprocess, and the
+helpers the end-to-end tests share: waiting, reading the queue straight from
+the database, and finding a gunicorn master's worker processes.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -12,11 +18,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: Any  # an email.message.Message: case-insensitive ``.get()``
+    body: Any
+
+
+def admin_headers(password: str) -> dict[str, str]:
+    """HTTP Basic as ``admin``, for the queue management API."""
+    return {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
 
 
 def free_port() -> int:
@@ -88,22 +106,46 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, Any]:
+    def worker_pids(self) -> set[int]:
+        """The gunicorn worker processes: the master's children."""
+        assert self.process is not None
+        return child_pids(self.process.pid)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        timeout: float = 30,
+    ) -> Reply:
+        """One request; its status, headers and (JSON-decoded) body. Errors of the
+        connection itself (refused, reset, timed out) are raised as OSError."""
         req = urllib.request.Request(self.url + path, data=body, method=method)
         for name, value in (headers or {}).items():
             req.add_header(name, value)
         try:
-            with urllib.request.urlopen(req, timeout=30) as response:
-                return response.status, _decode(response.read(), response.headers)
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return Reply(
+                    response.status, response.headers, _decode(response.read(), response.headers)
+                )
         except urllib.error.HTTPError as error:
-            return error.code, _decode(error.read(), error.headers)
+            return Reply(error.code, error.headers, _decode(error.read(), error.headers))
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, Any]:
+        reply = self.send(method, path, body, headers)
+        return reply.status, reply.body
 
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)
 
     def upload(self, filename: str, data: bytes) -> tuple[int, Any]:
+        reply = self.upload_reply(filename, data)
+        return reply.status, reply.body
+
+    def upload_reply(self, filename: str, data: bytes, timeout: float = 30) -> Reply:
         boundary = uuid.uuid4().hex
         body = (
             (
@@ -113,11 +155,12 @@ class Server:
             + data
             + f"\r\n--{boundary}--\r\n".encode()
         )
-        return self.request(
+        return self.send(
             "POST",
             "/api/documents",
             body,
             {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            timeout,
         )
 
 
@@ -137,3 +180,69 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+def start_worker(env: dict[str, str], log_path: Path, *options: str) -> subprocess.Popen:
+    """A standalone worker (``docqueue queue worker``) as an operator would start one.
+
+    The checkout is on its PYTHONPATH, so DOCQUEUE_PROCESSOR can name test processors.
+    """
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [str(BIN / "docqueue"), "queue", "worker", *options],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def stop_worker(worker: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM, as systemd would; its exit code (SIGKILL after ``timeout``, then -9)."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            return worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return worker.wait(timeout=10)
+
+
+def child_pids(parent: int) -> set[int]:
+    """The processes whose parent is ``parent``, from /proc."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == parent:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def document_statuses(server: Server) -> list[str]:
+    status, body = server.get("/api/documents?per_page=100")
+    assert status == 200, body
+    return [document["status"] for document in body["items"]]
+
+
+def queue_items(database_url: str) -> list[tuple[str, int]]:
+    """(status, attempts) of every queue item, read straight from the database."""
+    from docqueue_app import create_app
+    from docqueue_app.models import QueueItem, db
+
+    app = create_app({"DATABASE_URL": database_url, "SECRET_KEY": "t", "SCHEDULER_ENABLED": False})
+    with app.app_context():
+        rows = db.session.execute(
+            db.select(QueueItem.status, QueueItem.attempts).order_by(QueueItem.id)
+        ).all()
+        db.engine.dispose()
+    return [tuple(row) for row in rows]

@@ -7,61 +7,14 @@ counted, instead of waiting a lease (300 s) and losing an attempt.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-from tests.e2e.server import Server
+from tests.e2e.processors import HOLD_ENV
+from tests.e2e.server import Server, admin_headers, document_statuses, queue_items, wait_for
 
-# The processor below marks each document it starts with a file in this folder
-# and returns once a "release" file appears there, so the test sees the
-# document in hand and decides when it ends instead of racing a sleep.
-HOLD_ENV = "DOCQUEUE_TEST_HOLD_DIR"
-RELEASE_WAIT_SECONDS = 120
 BATCH = 5
-ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:stop-test").decode()}
-
-
-def held_until_released(content: bytes, filename: str, content_type: str) -> dict:
-    """A slow processor: it says it started, then works until the test releases it."""
-    hold = Path(os.environ[HOLD_ENV])
-    (hold / f"started-{filename}").touch()
-    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
-    while not (hold / "release").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the test never released the document")
-        time.sleep(0.02)
-    return {"text": content.decode(), "title": None, "page_count": None, "metadata": {}}
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def document_statuses(server: Server) -> list[str]:
-    status, body = server.get("/api/documents?per_page=100")
-    assert status == 200, body
-    return [document["status"] for document in body["items"]]
-
-
-def queue_items(database_url: str) -> list[tuple[str, int]]:
-    """(status, attempts) of every queue item, read straight from the database."""
-    from docqueue_app import create_app
-    from docqueue_app.models import QueueItem, db
-
-    app = create_app({"DATABASE_URL": database_url, "SECRET_KEY": "t", "SCHEDULER_ENABLED": False})
-    with app.app_context():
-        rows = db.session.execute(
-            db.select(QueueItem.status, QueueItem.attempts).order_by(QueueItem.id)
-        ).all()
-        db.engine.dispose()
-    return [tuple(row) for row in rows]
+ADMIN = admin_headers("stop-test")
 
 
 def test_sigterm_mid_batch_finishes_the_document_in_hand_and_hands_back_the_rest(
@@ -74,7 +27,7 @@ def test_sigterm_mid_batch_finishes_the_document_in_hand_and_hands_back_the_rest
     env = {
         **server_env,
         HOLD_ENV: str(hold),
-        "DOCQUEUE_PROCESSOR": "tests.e2e.test_graceful_stop:held_until_released",
+        "DOCQUEUE_PROCESSOR": "tests.e2e.processors:held_until_released",
         "DOCQUEUE_BATCH_SIZE": str(BATCH),
         "DOCQUEUE_ADMIN_PASSWORD": "stop-test",
     }

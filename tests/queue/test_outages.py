@@ -15,13 +15,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from docqueue_app import create_app
 from docqueue_app.database import OUTAGES
 from docqueue_app.models import db
 from docqueue_app.queue.scheduler import QueueScheduler
+from docqueue_app.queue.service import DocumentQueueService, Outcome
 from tests.conftest import BASE_CONFIG
 from tests.e2e.server import BIN, ROOT
 from tests.helpers import SHORT_BUSY_TIMEOUT, hold_write_lock, upload, wait_until
@@ -111,7 +116,9 @@ def test_a_standalone_worker_rides_out_an_outage_with_one_line_of_log(
             stderr=subprocess.STDOUT,
         )
         try:
-            time.sleep(3)  # claims fail: the lock outlasts the busy timeout
+            # Claims fail (the lock outlasts the busy timeout) until it is released.
+            wait_until(lambda: OUTAGE_BEGINS in log_path.read_text(), timeout=60)
+            time.sleep(1)  # several more failed tries, still one line
             assert worker.poll() is None, log_path.read_text()
             release()
             wait_until(lambda: document_status(app, document_id) == "completed", timeout=30)
@@ -126,3 +133,31 @@ def test_a_standalone_worker_rides_out_an_outage_with_one_line_of_log(
     assert output.count(OUTAGE_BEGINS) == 1, output
     assert output.count(OUTAGE_ENDS) == 1, output
     assert "Traceback" not in output, output
+
+
+def test_a_service_whose_connection_was_dropped_mid_transaction_recovers(
+    postgresql_clean: str,
+) -> None:
+    """PostgreSQL restarted (or a failover) under a session: the next call reconnects.
+
+    The bookkeeping thread of a pass keeps one session for the whole pass; a
+    connection dropped in the middle of its transaction must not leave that
+    session refusing every later call ("Can't reconnect until invalid
+    transaction is rolled back"), or the pass never ends.
+    """
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
+    upload(app.test_client())
+    with app.app_context(), Session(db.engine) as session:
+        service = DocumentQueueService(session)
+        [item] = service.claim_due_items(1, "worker")
+        claims = {item.id: item.claim}
+        session.execute(text("SELECT 1"))  # a transaction open when the server drops it
+        backend = session.scalar(text("SELECT pg_backend_pid()"))
+        with psycopg.connect(postgresql_clean, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+        with pytest.raises(OperationalError):
+            service.lost_claims(claims)
+        assert service.lost_claims(claims) == set()
+        assert service.record_outcomes([Outcome.of(item)]) == 1
+        db.engine.dispose()
