@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from docqueue_app.processing import extract, run_processor
-from docqueue_app.processing.html import _tidy
+from docqueue_app.processing.html import MAX_TREE_DEPTH, _tidy, estimated_tree_depth
 from docqueue_app.processing.text import MAX_TITLE_CHARS, TITLE_SCAN_CHARS, markdown_title
 
 from .test_extractors import DOCX, make_docx, paragraph, word_part
@@ -153,3 +153,88 @@ def test_html_whitespace_tidying_matches_the_former_regexes(characters: list[str
     text = "".join(characters)
 
     assert _tidy(text) == former_tidy(text)
+
+
+# --- deep nesting: Lexbor scans its stack of open elements for each tag -------------
+
+# Lexbor ran past TIME_CAP_SECONDS on each input ("p distinct b" made it fail
+# with "Can't parse HTML"); the pre-scan sends them to a linear fallback.
+
+
+def nested(opening: str, kb: int = 800) -> bytes:
+    """``opening`` repeated to about ``kb`` KB, the word "deep" inside, then "after"
+    (in a paragraph of its own). ``{i}`` in ``opening`` counts the repetitions."""
+    count = kb * KB // len(opening.format(i=0))
+    openings = "".join(opening.format(i=i) for i in range(count))
+    return f"{openings}deep<p>after".encode()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # A block start tag scans the stack of open elements.
+        pytest.param(nested("<div>"), id="div"),
+        pytest.param(nested("<ul><li>"), id="ul li"),
+        pytest.param(nested("<dl>"), id="dl"),
+        pytest.param(nested("<pre>"), id="pre"),
+        pytest.param(nested("<div/>"), id="self-closing div"),
+        # Formatting elements reopened in each block (the active formatting list).
+        pytest.param(nested('<b id="{i}">'), id="distinct b"),
+        pytest.param(nested('<p><b id="{i}">x ', kb=400), id="p distinct b"),
+    ],
+)
+def test_deeply_nested_html_is_extracted_in_time(content: bytes) -> None:
+    words = extract_isolated(content, "hostile.html", HTML)["text"].split()
+
+    assert words[-2:] == ["deep", "after"]
+    assert set(words[:-2]) <= {"x"}
+
+
+def test_deeply_nested_html_keeps_its_title_and_layout() -> None:
+    content = (
+        b"<html><head><title>The &amp; title</title><style>p {}</style></head><body>"
+        + b"<div>" * 2000
+        + b"<h1>Head</h1><p>One <b>W</b>ord</p><script>x()</script><table><tr><td>a<td>b"
+        + b"</table>&lt;end&gt;"
+    )
+
+    result = extract(content, "deep.html", HTML)
+
+    assert result["title"] == "The & title"
+    assert result["text"] == "Head\nOne Word\na\tb\n<end>"
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        pytest.param("<div>" * 600, id="div"),
+        pytest.param("<p><span>" * 600, id="span in unclosed p"),
+        pytest.param('<b id="{i}">' * 600, id="b"),
+        pytest.param("<div><b></div>x" * 600, id="b reopened"),
+        pytest.param("<svg><script>" + "<div>" * 600, id="markup in an SVG script"),
+        pytest.param("<table><caption><div>" * 300, id="caption div"),
+        pytest.param("<b><div></b>" * 600, id="misnested b"),
+        pytest.param("<span></x>" * 600, id="unmatched end tags"),
+        pytest.param("<svg><div/></svg>" * 600, id="div out of SVG"),
+    ],
+)
+def test_nesting_past_the_limit_is_estimated(markup: str) -> None:
+    assert estimated_tree_depth(markup) > MAX_TREE_DEPTH
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        pytest.param("<div>x</div>" * 2000, id="closed divs"),
+        pytest.param("<ul>" + "<li>x" * 2000 + "</ul>", id="unclosed items"),
+        pytest.param("<p>x" * 2000, id="unclosed paragraphs"),
+        pytest.param("<table>" + "<tr><td>x<td>y" * 2000 + "</table>", id="unclosed cells"),
+        pytest.param("<div><span>x</div>" * 2000, id="unclosed spans"),
+        pytest.param("<a href=x>y" * 2000, id="unclosed links"),
+        pytest.param("<svg>" + "<path/>" * 2000 + "</svg>", id="self-closing SVG"),
+        pytest.param("<script>" + "'<div>'" * 2000 + "</script>", id="tags in a script"),
+        pytest.param("<!--" + "<div>" * 2000 + "-->", id="tags in a comment"),
+    ],
+)
+def test_ordinary_markup_is_within_the_limit(markup: str) -> None:
+    assert estimated_tree_depth(markup) < 10
