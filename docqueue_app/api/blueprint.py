@@ -32,6 +32,10 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "description": "DOCQUEUE_CRON_SECRET.",
     },
 }
+DATABASE_UNAVAILABLE = (
+    "The database is unreachable, read-only, full or busy; nothing was changed. "
+    "Retry-After says when to try again."
+)
 
 
 class JsonBodyParser(FlaskParser):
@@ -67,7 +71,8 @@ class ApiBlueprint(flask_smorest.Blueprint):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.security = security
-        self.guard_errors = dict(guard_errors or {})
+        # Every operation reads or writes the database (SPEC §4: 503 when it is away).
+        self.guard_errors = {**dict(guard_errors or {}), 503: DATABASE_UNAVAILABLE}
         self._prepare_doc_cbks.append(self._prepare_guard_doc)
 
     def error_response(self, status_code: int, description: str) -> Callable:
