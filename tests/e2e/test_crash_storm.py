@@ -26,6 +26,7 @@ sets the size (``make stress`` runs 2,000).
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import os
 import random
@@ -60,6 +61,8 @@ KILL_UNTIL_LEFT = 0.03
 PHASE_TIMEOUT_SECONDS = 60 + DOCUMENTS * 0.2
 PASSWORD = "storm"
 ADMIN = admin_headers(PASSWORD)
+# A gunicorn worker killed mid-request: the connection fails, or the answer stops short.
+BROKEN_BY_A_KILL = (OSError, http.client.HTTPException)
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Storm:
         for _ in range(5):
             try:
                 return call(*args, **kwargs)
-            except OSError:  # the gunicorn worker serving it was killed
+            except BROKEN_BY_A_KILL:  # the gunicorn worker serving it was killed
                 self.connection_errors += 1
                 time.sleep(0.2)
         return call(*args, **kwargs)
@@ -272,7 +275,7 @@ def work_left(server: Server) -> int:
     """Items pending or in progress (all of them while the answer is broken by a kill)."""
     try:
         status, stats = server.get("/api/queue/stats")
-    except OSError:  # the gunicorn worker answering was killed
+    except BROKEN_BY_A_KILL:  # the gunicorn worker answering was killed
         return DOCUMENTS
     return stats["pending"] + stats["in_progress"] if status == 200 else DOCUMENTS
 
