@@ -45,6 +45,7 @@ stress: install
 bench: install
 	$(BIN)/python bench/isolation_overhead.py
 	$(BIN)/python -m bench.queue_throughput
+	$(BIN)/python -m bench.admin_dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

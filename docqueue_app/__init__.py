@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from flask_migrate import Migrate
 
-from . import api, cli, database, metrics, web
+from . import admin, api, cli, database, metrics, web
 from .config import load_config
 from .models import db
 from .queue import read_queue_stats, scheduler
@@ -29,6 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     database.init_app(app)
     api.init_app(app)
     web.init_app(app)
+    admin.init_app(app)
     metrics.init_app(app, read_queue_stats)
     scheduler.init_app(app)
     cli.init_app(app)

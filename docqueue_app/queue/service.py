@@ -795,6 +795,34 @@ class DocumentQueueService:
         if ids:
             self.session.execute(queries.sync_documents(ids, now))
 
+    # -- bulk admin actions -----------------------------------------------------
+
+    def retry_items(self, item_ids: Iterable[int]) -> int:
+        """Retry each item in a transaction of its own; returns how many were retried.
+
+        Items whose state changed since they were chosen (no longer failed or
+        cancelled, superseded, deleted) are skipped.
+        """
+        return self._each_item(self.retry_item, item_ids)
+
+    def cancel_items(self, item_ids: Iterable[int]) -> int:
+        """Cancel each item in a transaction of its own; returns how many were cancelled.
+
+        Items that finished or vanished since they were chosen are skipped.
+        """
+        return self._each_item(self.cancel_item, item_ids)
+
+    def _each_item(self, action: Any, item_ids: Iterable[int]) -> int:
+        """Run ``action(item_id)`` (retry_item or cancel_item) on each item; count successes."""
+        changed = 0
+        for item_id in item_ids:
+            try:
+                action(item_id)
+            except (InvalidTransition, LookupError):
+                continue  # changed since it was chosen
+            changed += 1
+        return changed
+
 
 def _id_of(item: QueueItem) -> int:
     """The item's id without a database round trip (the row may be gone already)."""
