@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select
 from werkzeug.exceptions import NotFound
 
-from .models import Document, DocumentContent, QueueItem, db, latest_items
+from .models import Document, DocumentContent, QueueAttempt, QueueItem, db, latest_items
 
 
 class DocumentView:
@@ -69,11 +69,19 @@ def document_view(document: Document, duplicate: bool = False) -> DocumentView:
     return DocumentView(document, items.get(document.id), duplicate)
 
 
-def list_documents(status: str | None, page: int, per_page: int) -> DocumentPage:
-    """One page of documents, newest first, optionally of one status."""
+def list_documents(
+    status: str | None, page: int, per_page: int, filename_contains: str | None = None
+) -> DocumentPage:
+    """One page of documents, newest first, optionally of one status.
+
+    ``filename_contains`` keeps the documents whose file name holds it, ignoring
+    case; ``%`` and ``_`` in it are matched as themselves.
+    """
     query = select(Document).order_by(Document.created_at.desc(), Document.id.desc())
     if status is not None:
         query = query.where(Document.status == status)
+    if filename_contains:
+        query = query.where(Document.filename.icontains(filename_contains, autoescape=True))
     documents, total = fetch_page(query, page, per_page)
     items = latest_items(db.session, [document.id for document in documents])
     views = [DocumentView(document, items.get(document.id)) for document in documents]
@@ -85,6 +93,17 @@ def text_preview(document_id: int, max_chars: int) -> str | None:
     return db.session.scalar(
         select(func.substr(Document.text, 1, max_chars)).where(Document.id == document_id)
     )
+
+
+def document_attempts(document_id: int) -> list[QueueAttempt]:
+    """Every attempt at any of the document's queue items, oldest first."""
+    query = (
+        select(QueueAttempt)
+        .join(QueueItem, QueueItem.id == QueueAttempt.queue_item_id)
+        .where(QueueItem.document_id == document_id)
+        .order_by(QueueAttempt.started_at, QueueAttempt.id)
+    )
+    return list(db.session.scalars(query))
 
 
 def original_bytes(document_id: int) -> bytes:

@@ -8,7 +8,7 @@ from flask import Flask
 from flask_smorest import Api, Blueprint
 
 from ..security import csrf
-from . import admin, cron, documents, health, queue
+from . import admin, cron, docs, documents, health, queue
 from .blueprint import SECURITY_SCHEMES
 from .errors import JsonErrorApi
 
@@ -17,7 +17,7 @@ BLUEPRINTS = (documents.blp, queue.blp, admin.blp, cron.blp, health.blp)
 
 
 def init_app(app: Flask) -> None:
-    """Serve the API and its OpenAPI document at /api/openapi.json."""
+    """Serve the API, its OpenAPI document at /api/openapi.json and its docs at /api/docs."""
     app.config.setdefault("API_TITLE", "docqueue")
     app.config.setdefault("API_VERSION", _package_version())
     app.config.setdefault("OPENAPI_VERSION", "3.0.3")
@@ -29,6 +29,7 @@ def init_app(app: Flask) -> None:
         api.spec.components.security_scheme(name, scheme)
     for blueprint in BLUEPRINTS:
         register_api_blueprint(app, blueprint)
+    app.register_blueprint(docs.blueprint)
 
 
 def register_api_blueprint(app: Flask, blueprint: Blueprint) -> None:

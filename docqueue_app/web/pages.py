@@ -1,7 +1,10 @@
 """Pages for people: upload documents, list them, follow one until it is processed.
 
 Uploads go through the same checks as the API (``uploads.py``); a rejected
-upload re-renders the form with the reason and the matching status code.
+upload re-renders the form with the reason and the matching status code. With
+JavaScript, the upload page sends each file to the API itself (``upload.js``);
+this form is what works without it. Reprocess and delete are forms too (CSRF
+tokens checked by Flask-WTF), and write through ``DocumentQueueService``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ from flask import (
 )
 from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound, UnprocessableEntity
 
-from ..documents import document_view, find_document, list_documents, text_preview
+from ..documents import (
+    document_attempts,
+    document_view,
+    find_document,
+    list_documents,
+    text_preview,
+)
 from ..models import Document
+from ..queue import DocumentNotFound, DocumentQueueService
 from ..schemas import (
     ID_CONVERTER,
     DocumentListQuerySchema,
@@ -31,7 +41,7 @@ from ..schemas import (
     UploadFormSchema,
     describe_validation_errors,
 )
-from ..states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, DocumentStatus
+from ..states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, DocumentStatus, Operation
 from ..uploads import CheckedUpload, check_upload, store_upload
 
 blueprint = Blueprint("web", __name__)
@@ -45,6 +55,28 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; frame-ancestors 'none'"
 )
 _STATUS_FIELDS = ("id", "status", "error", "updated_at")
+# The list's file name search; longer is cut (a file name has at most 255 characters).
+SEARCH_MAX_CHARS = 255
+# Metadata the processors find (processing/pdf.py, docx.py, text.py, html.py), in the
+# order and with the labels the detail page shows them; any other key follows.
+METADATA_LABELS = {
+    "author": "Author",
+    "subject": "Subject",
+    "description": "Description",
+    "keywords": "Keywords",
+    "category": "Category",
+    "language": "Language",
+    "creator": "Created with",
+    "producer": "Produced by",
+    "creation_date": "Created",
+    "modification_date": "Modified",
+    "last_modified_by": "Last modified by",
+    "encoding": "Encoding",
+    "pdf_version": "PDF version",
+    "pages_extracted": "Pages extracted",
+    "unreadable_pages": "Unreadable pages",
+    "text_truncated": "Text truncated",
+}
 
 
 @blueprint.after_request
@@ -146,11 +178,13 @@ def _render_upload_form(error: str | None = None) -> str:
 @blueprint.get("/documents")
 def document_list() -> str:
     query = load_or_422(DocumentListQuerySchema(), request.args)
-    page = list_documents(query["status"], query["page"], query["per_page"])
+    search = request.args.get("q", "").strip()[:SEARCH_MAX_CHARS]
+    page = list_documents(query["status"], query["page"], query["per_page"], search or None)
     return render_template(
         "web/documents.html",
         page=page,
         status=query["status"],
+        search=search,
         statuses=[status.value for status in DocumentStatus],
         page_count=max(1, -(-page.total // page.per_page)),
     )
@@ -165,7 +199,58 @@ def document_detail(document_id: int) -> str:
         live=view.status in LIVE_STATUSES,
         preview=text_preview(document_id, PREVIEW_CHARS),
         preview_chars=PREVIEW_CHARS,
+        metadata=describe_metadata(view.extracted_metadata),
+        attempts=document_attempts(document_id),
     )
+
+
+def describe_metadata(metadata: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The processor's metadata as (label, value) rows: known keys first, empty ones left out."""
+    if not metadata:
+        return []
+    known = [key for key in METADATA_LABELS if key in metadata]
+    others = sorted(key for key in metadata if key not in METADATA_LABELS)
+    rows = []
+    for key in known + others:
+        value = metadata[key]
+        if value is None or value == "" or value == []:
+            continue
+        label = METADATA_LABELS.get(key, key.replace("_", " ").capitalize())
+        rows.append((label, _metadata_value(value)))
+    return rows
+
+
+def _metadata_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(part) for part in value)
+    return str(value)
+
+
+@blueprint.post(f"/documents/<{ID_CONVERTER}:document_id>/reprocess")
+def reprocess_document(document_id: int) -> Response:
+    try:
+        DocumentQueueService().enqueue(document_id, Operation.REPROCESS, DEFAULT_PRIORITY)
+    except DocumentNotFound:
+        raise NotFound(f"Document {document_id} does not exist.") from None
+    flash("Queued for processing again.")
+    return redirect(url_for(".document_detail", document_id=document_id), 303)
+
+
+@blueprint.get(f"/documents/<{ID_CONVERTER}:document_id>/delete")
+def confirm_delete(document_id: int) -> str:
+    """Deleting asks first, on a page of its own: no script needed to confirm."""
+    return render_template("web/delete.html", document=find_document(document_id))
+
+
+@blueprint.post(f"/documents/<{ID_CONVERTER}:document_id>/delete")
+def delete_document(document_id: int) -> Response:
+    filename = find_document(document_id).filename
+    if not DocumentQueueService().delete_document(document_id):
+        raise NotFound(f"Document {document_id} does not exist.")
+    flash(f"Deleted {filename}.")
+    return redirect(url_for(".document_list"), 303)
 
 
 @blueprint.get(f"/documents/<{ID_CONVERTER}:document_id>/status.json")

@@ -262,3 +262,131 @@ def test_a_list_page_out_of_range_is_an_html_422(client: FlaskClient) -> None:
             assert response.status_code == 422
             assert response.mimetype == "text/html"
             assert field in response.text
+
+
+# -- search, reprocess, delete, failures -------------------------------------------
+
+
+def test_list_searches_file_names_ignoring_case(client: FlaskClient) -> None:
+    upload(client, b"first", "Quarterly-Report.txt")
+    upload(client, b"second", "notes.md")
+    upload(client, b"third", "100%_done.txt")
+
+    found = client.get("/documents?q=REPORT").text
+    percent = client.get("/documents?q=%25_").text
+    nothing = client.get("/documents?q=absent&status=completed").text
+
+    assert "Quarterly-Report.txt" in found and "notes.md" not in found
+    assert 'value="REPORT"' in found
+    assert "100%_done.txt" in percent and "Quarterly-Report.txt" not in percent
+    assert "No documents whose name contains" in nothing
+
+
+def test_search_keeps_the_query_in_the_pagination_links(client: FlaskClient) -> None:
+    for number in range(3):
+        upload(client, f"report {number}".encode(), f"report-{number}.txt")
+    upload(client, b"other", "other.txt")
+
+    page = client.get("/documents?q=report&per_page=2").text
+
+    assert "(3 documents)" in page
+    assert "q=report" in re.search(r'rel="next" href="([^"]+)"', page).group(1)
+
+
+def test_reprocess_form_queues_the_document_again(make_app) -> None:
+    app = make_app(WTF_CSRF_ENABLED=True)
+    client = app.test_client()
+    document_id = upload(client, b"process me twice", "twice.txt").get_json()["id"]
+    run_queue(app)
+    page = client.get(f"/documents/{document_id}").text
+    token = csrf_token_of(page)
+
+    forged = client.post(f"/documents/{document_id}/reprocess")
+    response = client.post(f"/documents/{document_id}/reprocess", data={"csrf_token": token})
+
+    assert forged.status_code == 400
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/documents/{document_id}"
+    after = client.get(response.headers["Location"]).text
+    assert "Queued for processing again." in after
+    item = client.get(f"/api/documents/{document_id}").get_json()["queue_item"]
+    assert item["operation"] == "reprocess" and item["status"] == "pending"
+
+
+def test_delete_asks_first_then_deletes_with_the_form(make_app) -> None:
+    client = make_app(WTF_CSRF_ENABLED=True).test_client()
+    document_id = upload(client, b"delete me", HOSTILE_NAME).get_json()["id"]
+
+    confirm = client.get(f"/documents/{document_id}/delete")
+    forged = client.post(f"/documents/{document_id}/delete")
+
+    assert confirm.status_code == 200
+    assert "Delete &lt;img src=x onerror=alert(1)&gt;.txt?" in confirm.text
+    assert "<img src=x" not in confirm.text
+    assert f'action="/documents/{document_id}/delete"' in confirm.text
+    assert forged.status_code == 400
+    assert document_count(client) == 1
+
+    token = csrf_token_of(confirm.text)
+    response = client.post(f"/documents/{document_id}/delete", data={"csrf_token": token})
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/documents"
+    assert "Deleted &lt;img src=x onerror=alert(1)&gt;.txt." in client.get("/documents").text
+    assert document_count(client) == 0
+    assert client.get(f"/documents/{document_id}").status_code == 404
+    assert (
+        client.post(f"/documents/{document_id}/delete", data={"csrf_token": token}).status_code
+        == 404
+    )
+
+
+def test_document_page_offers_reprocess_and_delete(client: FlaskClient) -> None:
+    document_id = upload(client, b"actions", "actions.txt").get_json()["id"]
+
+    page = client.get(f"/documents/{document_id}").text
+
+    assert f'action="/documents/{document_id}/reprocess"' in page
+    assert f'href="/documents/{document_id}/delete"' in page
+
+
+def test_a_failed_document_shows_its_error_and_attempts(app: Flask, client: FlaskClient) -> None:
+    document_id = upload(client, b'{"broken": <script>', "broken.json").get_json()["id"]
+    run_queue(app)
+
+    page = client.get(f"/documents/{document_id}").text
+
+    assert client.get(f"/api/documents/{document_id}").get_json()["status"] == "failed"
+    assert '<p class="error" data-field="error">' in page
+    assert "<h2>Attempts</h2>" in page
+    rows = re.findall(r"<tr>\s*<td>(\d+)</td>", page)
+    assert rows == ["1"]
+    assert "status-failed" in page
+    assert re.search(r"<script(?![^>]*\bsrc=)", page) is None
+
+
+def test_a_completed_document_shows_its_metadata(app: Flask, client: FlaskClient) -> None:
+    document_id = upload(client, "Grüße aus Köln".encode("latin-1"), "latin.txt").get_json()["id"]
+    run_queue(app)
+
+    page = client.get(f"/documents/{document_id}").text
+
+    assert "<h2>Metadata</h2>" in page
+    assert "<dt>Encoding</dt>" in page
+    assert "<h2>Attempts</h2>" not in page
+
+
+def test_api_docs_is_html_whose_scripts_are_all_local(client: FlaskClient) -> None:
+    response = client.get("/api/docs")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "script-src" not in response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert re.search(r"<script(?![^>]*\bsrc=)", response.text) is None
+    sources = re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', response.text)
+    assert sources and all(source.startswith("/") for source in sources)
+    assert 'data-spec-url="/api/openapi.json"' in response.text
+    for source in sources:
+        assert client.get(source).status_code == 200, source
+    assert client.get("/api/docs/assets/index.html").status_code == 404
