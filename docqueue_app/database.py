@@ -171,7 +171,22 @@ def _rollback_quietly() -> None:
     try:
         db.session.rollback()
     except SQLAlchemyError:
-        db.session.remove()  # the connection is gone: the next request gets a new one
+        close_session_quietly()  # the connection is gone: the next request gets a new one
+
+
+def close_session_quietly(_error: BaseException | None = None) -> None:
+    """End the scoped session even when the server dropped its connection under it.
+
+    A teardown: closing a session rolls back its transaction, and on a connection
+    the database dropped (a restart) that rollback raises, which would turn a
+    request that was already answered (an upload committed: 202) into a 500.
+    SQLAlchemy has invalidated that connection by then; the next use gets a new one.
+    """
+    try:
+        db.session.remove()
+    except SQLAlchemyError as error:
+        log.warning("closing a session: %s", describe_outage(error))
+        db.session.registry.clear()
 
 
 def answer_outage(error: Exception) -> Response:
@@ -201,5 +216,7 @@ def _log_request_outage(error: BaseException) -> None:
 
 
 def init_app(app: Flask) -> None:
+    """Call after ``db.init_app``: teardowns run in reverse order, so this one goes first."""
+    app.teardown_appcontext(close_session_quietly)
     app.register_error_handler(DBAPIError, answer_outage)
     app.register_error_handler(PoolTimeoutError, answer_outage)

@@ -312,3 +312,30 @@ def test_postgresql_connections_cannot_hang(postgresql_clean: str) -> None:
     assert parameters["keepalives"] == "1"
     assert int(parameters["tcp_user_timeout"]) > 0
     assert statement_timeout == "1min"
+
+
+def test_a_connection_dropped_after_the_answer_does_not_turn_it_into_an_error(
+    postgresql_clean: str,
+) -> None:
+    """PostgreSQL restarts just after a view ran: the request's answer stands.
+
+    Closing the request's session rolls back its transaction; on a connection the
+    server dropped that rollback raises, and an upload already committed (202)
+    used to reach its client as a 500.
+    """
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
+
+    def answered_then_dropped() -> str:
+        backend = db.session.scalar(text("SELECT pg_backend_pid()"))  # a transaction is open
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+        return "answered"
+
+    app.add_url_rule("/answered-then-dropped", view_func=answered_then_dropped)
+    client = app.test_client()
+
+    response = client.get("/answered-then-dropped")
+
+    assert (response.status_code, response.text) == (200, "answered")
+    assert client.get("/api/documents").status_code == 200  # a new connection
+    close_connections(app)
