@@ -17,17 +17,19 @@ import logging
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.wrappers import Response
 
-from .models import db
+from .models import db, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,19 @@ def outage_kind(error: BaseException) -> str:
     if "locked" in message or "busy" in message:
         return "busy"
     return "unreachable"
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock, read inside the session's current transaction.
+
+    Leases, due times and rescues are all judged by it, so a host whose own
+    clock is off can neither rescue another host's live lease nor run an item
+    early. PostgreSQL's ``now()`` is the transaction's start; SQLite serves one
+    host, whose clock is the database's (no query needed).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    return session.scalar(select(func.now())).astimezone(UTC)
 
 
 class OutageLog:

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask_smorest.fields import Upload
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates,
+)
 
 from .states import (
     DEFAULT_PRIORITY,
@@ -224,14 +233,40 @@ class QueueItemListQuerySchema(FilteredListQuerySchema):
     document_id = WholeNumber(load_default=None, validate=validate.Range(min=1, max=MAX_INTEGER))
 
 
+class AdminItemFilterSchema(QueueItemListQuerySchema):
+    """The admin console's item filter (query string or bulk-action form)."""
+
+    filters = ("status", "document_id", "filename", "error")
+
+    filename = fields.String(load_default=None)
+    error = fields.String(load_default=None)
+
+    @post_load
+    def blank_text_means_any(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        for key in ("filename", "error"):
+            data[key] = (data[key] or "").strip() or None
+        return data
+
+
+def purge_age_field(**kwargs: Any) -> fields.Float:
+    """Days since an item finished; capped so the cutoff date stays a date."""
+    return fields.Float(
+        required=True, validate=validate.Range(min=0, max=MAX_PURGE_AGE_DAYS), **kwargs
+    )
+
+
+class AdminPurgeSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    days = purge_age_field()
+
+
 class PurgeSchema(Schema):
     """What to purge: finished items of these statuses, finished over N days ago."""
 
-    older_than_days = fields.Float(
-        required=True,
-        # Capped so the cutoff date stays a date (a million days would overflow).
-        validate=validate.Range(min=0, max=MAX_PURGE_AGE_DAYS),
-        metadata={"description": "finished at least this many days ago (0: any time)"},
+    older_than_days = purge_age_field(
+        metadata={"description": "finished at least this many days ago (0: any time)"}
     )
     statuses = fields.List(
         fields.String(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from flask_migrate import upgrade
 
 from docqueue_app import create_app
 from docqueue_app.models import db
+from tests.helpers import close_connections
 
 PG_ADMIN_URL = os.environ.get(
     "DOCQUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -103,9 +105,9 @@ def postgresql_clean(postgres_url: str) -> str:
     return postgres_url
 
 
-@pytest.fixture
-def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
-    """Build an app on this test's database; keyword arguments override the config."""
+@contextmanager
+def app_factory(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Build apps on ``database_url`` (keyword arguments override the config); closed after."""
     apps: list[Flask] = []
 
     def factory(**overrides: Any) -> Flask:
@@ -115,9 +117,14 @@ def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
 
     yield factory
     for app in apps:
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        close_connections(app)
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Build an app on this test's database; keyword arguments override the config."""
+    with app_factory(database_url) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -41,6 +41,13 @@ def backend_name(app: Flask) -> str:
         return db.engine.dialect.name
 
 
+def close_connections(app: Flask) -> None:
+    """Close the app's sessions and pooled connections (the next use opens new ones)."""
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
 def execute_sql(app: Flask, sql: str, **params: Any) -> None:
     """Change rows behind the service's back (to simulate time passing, crashes...)."""
     # Datetimes go through the model's column type, so SQLite stores them as it does.

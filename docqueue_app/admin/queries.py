@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, literal, select, text
 
-from ..models import Document, QueueItem, db, utcnow
+from ..database import database_now as queue_clock
+from ..models import Document, QueueItem, db
 from ..queue import queries as queue_queries
 from ..states import FINISHED_STATUSES, ItemStatus
 
@@ -60,10 +61,8 @@ def capped_count(query: Select) -> Count:
 
 
 def database_now() -> datetime:
-    """The database's clock (PostgreSQL), as the queue judges due times by it."""
-    if _is_postgresql():
-        return db.session.scalar(select(func.now())).astimezone(UTC)
-    return utcnow()
+    """The database's clock, as the queue judges due times by it."""
+    return queue_clock(db.session)
 
 
 def _is_postgresql() -> bool:
@@ -246,19 +245,18 @@ class ItemPage:
 
 def list_items(item_filter: ItemFilter, page: int, per_page: int) -> ItemPage:
     """One page of matching items, newest first, and their count (capped)."""
-    matching = select(QueueItem.id).where(*item_filter.conditions())
+    offset = (page - 1) * per_page
     rows = db.session.execute(
         select(QueueItem, Document.filename)
         .outerjoin(Document, Document.id == QueueItem.document_id)
         .where(*item_filter.conditions())
         .order_by(QueueItem.id.desc())
         .limit(per_page + 1)
-        .offset((page - 1) * per_page)
+        .offset(offset)
     ).all()
     has_next = len(rows) > per_page
-    offset = (page - 1) * per_page
     if has_next or (not rows and page > 1):
-        total = capped_count(matching)
+        total = capped_count(select(QueueItem.id).where(*item_filter.conditions()))
     else:  # the last page: what came before it and what is on it is everything
         total = Count(offset + len(rows))
     return ItemPage(
@@ -299,9 +297,5 @@ def actionable_ids(
 
 def count_purgeable(older_than_days: float, now: datetime) -> Count:
     """How many items a purge would delete: finished, older, not a document's latest."""
-    query = select(QueueItem.id).where(
-        QueueItem.status.in_([status.value for status in FINISHED_STATUSES]),
-        QueueItem.finished_at < now - timedelta(days=older_than_days),
-        ~queue_queries.is_latest_of_its_document(),
-    )
-    return capped_count(query)
+    cutoff = now - timedelta(days=older_than_days)
+    return capped_count(queue_queries.finished_before(cutoff, FINISHED_STATUSES, COUNT_CAP))

@@ -12,15 +12,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
+from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from ..models import Document, db
 from ..queue import DocumentQueueService, InvalidTransition
 from ..queue_items import find_queue_item
-from ..schemas import ID_CONVERTER, MAX_INTEGER, MAX_PURGE_AGE_DAYS
+from ..schemas import (
+    ID_CONVERTER,
+    AdminItemFilterSchema,
+    AdminPurgeSchema,
+    describe_validation_errors,
+)
 from ..security import refuse_cross_site_writes, require_admin
 from ..states import ItemStatus
-from ..web.pages import add_page_security_headers
+from ..web.pages import add_page_security_headers, render_error_page
 from . import queries
 from .queries import CANCELLABLE, RETRYABLE, ItemFilter
 
@@ -28,24 +34,17 @@ blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 blueprint.before_request(refuse_cross_site_writes)
 blueprint.before_request(require_admin)
 blueprint.after_request(add_page_security_headers)
+blueprint.register_error_handler(HTTPException, render_error_page)
 
 PER_PAGE = 50
-MAX_PAGE = 100_000
 # A bulk action changes at most this many items (newest first); run it again for more.
 BULK_LIMIT = 1_000
 DEFAULT_PURGE_DAYS = 30
-# name in the URL: (statuses it applies to, verb for the page, service method name)
+# name in the URL: (statuses it applies to, verb for the page, service method, done)
 BULK_ACTIONS = {
-    "retry": (RETRYABLE, "Retry", "retry_items", "Retried"),
-    "cancel": (CANCELLABLE, "Cancel", "cancel_items", "Cancelled"),
+    "retry": (RETRYABLE, "Retry", DocumentQueueService.retry_items, "Retried"),
+    "cancel": (CANCELLABLE, "Cancel", DocumentQueueService.cancel_items, "Cancelled"),
 }
-
-
-@blueprint.errorhandler(HTTPException)
-def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, str]]]:
-    # Keep WWW-Authenticate (401) and Allow (405); the body is a page.
-    headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
-    return render_template("web/error.html", error=error), error.code or 500, headers
 
 
 @blueprint.app_template_filter("age")
@@ -69,8 +68,9 @@ def format_age(seconds: float | None) -> str:
 
 @blueprint.get("/")
 def dashboard() -> str:
-    item_filter = _filter_from(request.args)
-    page = queries.list_items(item_filter, _page_number(), PER_PAGE)
+    query = _load(AdminItemFilterSchema(), request.args)
+    item_filter = _item_filter(query)
+    page = queries.list_items(item_filter, query["page"], PER_PAGE)
     return render_template(
         "admin/dashboard.html",
         stats=_stats(),
@@ -168,7 +168,7 @@ def run_bulk(action: str) -> Response:
     statuses, _, method, done = _bulk_action(action)
     item_filter = _filter_from(request.form)
     ids = queries.actionable_ids(item_filter, statuses, BULK_LIMIT)
-    changed = getattr(DocumentQueueService(), method)(ids)
+    changed = method(DocumentQueueService(), ids)
     flash(f"{done} {_items(changed)}.")
     skipped = len(ids) - changed
     if skipped:
@@ -209,13 +209,7 @@ def purge() -> Response:
 
 
 def _purge_days(values: Any) -> float:
-    try:
-        days = float(values.get("days", ""))
-    except ValueError:
-        raise BadRequest("The age in days must be a number.") from None
-    if not 0 <= days <= MAX_PURGE_AGE_DAYS:
-        raise BadRequest(f"The age in days must be between 0 and {MAX_PURGE_AGE_DAYS}.")
-    return days
+    return _load(AdminPurgeSchema(), values)["days"]
 
 
 # -- the queue's switch ---------------------------------------------------------
@@ -240,27 +234,19 @@ def resume() -> Response:
 
 def _filter_from(values: Any) -> ItemFilter:
     """The item filter of a query string or form; a value that cannot be one is 400."""
-    status = values.get("status") or None
-    if status is not None and status not in {s.value for s in ItemStatus}:
-        raise BadRequest(f"Unknown status {status!r}.")
-    document_id = values.get("document_id", "").strip() or None
-    if document_id is not None:
-        if not document_id.isdigit() or not 1 <= int(document_id) <= MAX_INTEGER:
-            raise BadRequest("The document id must be a whole number.")
-        document_id = int(document_id)
-    return ItemFilter(
-        status=status,
-        document_id=document_id,
-        filename=values.get("filename", "").strip() or None,
-        error=values.get("error", "").strip() or None,
-    )
+    return _item_filter(_load(AdminItemFilterSchema(), values))
 
 
-def _page_number() -> int:
-    page = request.args.get("page", "1")
-    if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE:
-        raise BadRequest(f"The page must be a whole number from 1 to {MAX_PAGE}.")
-    return int(page)
+def _item_filter(loaded: dict[str, Any]) -> ItemFilter:
+    return ItemFilter(loaded["status"], loaded["document_id"], loaded["filename"], loaded["error"])
+
+
+def _load(schema: Schema, values: Any) -> dict[str, Any]:
+    # A console link or form the admin edited by hand: 400, as for a bad form post.
+    try:
+        return schema.load(values)
+    except ValidationError as error:
+        raise BadRequest(describe_validation_errors(error.messages)) from None
 
 
 def _safe_next(target: str | None) -> str:

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -40,7 +40,7 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..database import is_outage
+from ..database import database_now, is_outage
 from ..models import (
     QUEUE_STATE_ID,
     SQLITE_WRITE_OPTION,
@@ -49,7 +49,6 @@ from ..models import (
     QueueItem,
     QueueState,
     db,
-    utcnow,
 )
 from ..schemas import describe_validation_errors, load_processor_result
 from ..states import (
@@ -136,7 +135,6 @@ class DocumentQueueService:
         self.max_attempts: int = config["MAX_ATTEMPTS"]
         self.lease = timedelta(seconds=config["LEASE_SECONDS"])
         self.policy = RetryPolicy(config["RETRY_BASE_SECONDS"], config["RETRY_MAX_SECONDS"])
-        self._sqlite = self.session.get_bind().dialect.name == "sqlite"
 
     # -- transactions -----------------------------------------------------------
 
@@ -180,16 +178,7 @@ class DocumentQueueService:
         return session
 
     def _now(self) -> datetime:
-        """The database's clock, read inside the current transaction.
-
-        Leases, due times and rescues are all judged by it, so a host whose own
-        clock is off can neither rescue another host's live lease nor run an item
-        early. PostgreSQL's ``now()`` is the transaction's start; SQLite serves
-        one host, whose clock is the database's.
-        """
-        if self._sqlite:
-            return utcnow()
-        return self.session.scalar(select(func.now())).astimezone(UTC)
+        return database_now(self.session)
 
     def _exists(self, query: Any) -> bool:
         return self.session.execute(query.limit(1)).first() is not None
@@ -638,14 +627,7 @@ class DocumentQueueService:
                 .where(QueueItem.status == ItemStatus.FAILED, queries.is_latest_of_its_document())
                 .order_by(QueueItem.id)
             ).all()
-        retried = 0
-        for item_id in failed_ids:
-            try:
-                self.retry_item(item_id)
-            except (InvalidTransition, LookupError):
-                continue  # changed since we looked
-            retried += 1
-        return retried
+        return self.retry_items(failed_ids)
 
     def purge_items(
         self, older_than_days: float, statuses: Iterable[str] = FINISHED_STATUSES

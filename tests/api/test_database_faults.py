@@ -27,8 +27,8 @@ from docqueue_app import create_app
 from docqueue_app.database import RETRY_AFTER_SECONDS
 from docqueue_app.models import db
 from tests.api import assert_json_error, run_queue
-from tests.conftest import BASE_CONFIG, PG_ADMIN_URL, TABLES
-from tests.helpers import SHORT_BUSY_TIMEOUT, hold_write_lock, upload
+from tests.conftest import BASE_CONFIG, PG_ADMIN_URL, TABLES, app_factory
+from tests.helpers import SHORT_BUSY_TIMEOUT, close_connections, hold_write_lock, upload
 
 UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/nope"
 
@@ -69,24 +69,8 @@ def sqlite_path(tmp_path: Path, sqlite_template: Path) -> Path:
 
 @pytest.fixture
 def sqlite_app(sqlite_path: Path) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def factory(**overrides: Any) -> Flask:
-        app = create_app({**BASE_CONFIG, "DATABASE_URL": f"sqlite:///{sqlite_path}", **overrides})
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
-
-
-def close_connections(app: Flask) -> None:
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    with app_factory(f"sqlite:///{sqlite_path}") as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -45,13 +45,14 @@ def run_isolated(
     *,
     timeout_seconds: float = 60,
     cancel: threading.Event | None = None,
+    isolation: str = "subprocess",
 ) -> dict:
     return run_processor(
         content,
         "document",
         content_type,
         processor=processor,
-        isolation="subprocess",
+        isolation=isolation,
         memory_mb=MEMORY_MB,
         timeout_seconds=timeout_seconds,
         cancel=cancel,
@@ -554,15 +555,11 @@ def test_a_document_cancelled_before_it_starts_never_runs(tmp_path: Path, isolat
     cancel.set()
 
     with pytest.raises(ProcessingCancelled):
-        run_processor(
+        run_isolated(
+            f"{SAMPLES}:report_pid_then_wait_for_release",
             str(pid_file).encode(),
-            "d",
-            "text/plain",
-            processor=f"{SAMPLES}:report_pid_then_wait_for_release",
-            isolation=isolation,
-            memory_mb=MEMORY_MB,
-            timeout_seconds=60,
             cancel=cancel,
+            isolation=isolation,
         )
 
     assert not pid_file.exists()
@@ -580,15 +577,11 @@ def test_without_isolation_a_cancelled_documents_result_is_dropped(tmp_path: Pat
     helper = threading.Thread(target=cancel_then_release, daemon=True)
     helper.start()
     with pytest.raises(ProcessingCancelled):
-        run_processor(
+        run_isolated(
+            f"{SAMPLES}:report_pid_then_wait_for_release",
             str(pid_file).encode(),
-            "d",
-            "text/plain",
-            processor=f"{SAMPLES}:report_pid_then_wait_for_release",
-            isolation="none",
-            memory_mb=MEMORY_MB,
-            timeout_seconds=60,
             cancel=cancel,
+            isolation="none",
         )
     helper.join(PATIENCE_SECONDS)
 

@@ -14,12 +14,11 @@ from datetime import timedelta
 import pytest
 from flask import Flask
 
-from docqueue_app import create_app
+from docqueue_app import create_app, database
 from docqueue_app.models import QueueItem, db, utcnow
-from docqueue_app.queue import service as service_module
 from docqueue_app.queue.service import DocumentQueueService
 from tests.conftest import BASE_CONFIG
-from tests.helpers import execute_sql, upload
+from tests.helpers import close_connections, execute_sql, upload
 
 HOUR = timedelta(hours=1)
 
@@ -28,13 +27,11 @@ HOUR = timedelta(hours=1)
 def app(postgresql_clean: str) -> Iterator[Flask]:
     app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
     yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    close_connections(app)
 
 
 def host_clock_off_by(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
-    monkeypatch.setattr(service_module, "utcnow", lambda: utcnow() + offset)
+    monkeypatch.setattr(database, "utcnow", lambda: utcnow() + offset)
 
 
 def the_item(app: Flask) -> QueueItem:

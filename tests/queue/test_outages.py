@@ -29,7 +29,13 @@ from docqueue_app.queue.scheduler import QueueScheduler
 from docqueue_app.queue.service import DocumentQueueService, Outcome
 from tests.conftest import BASE_CONFIG
 from tests.e2e.server import BIN, ROOT
-from tests.helpers import SHORT_BUSY_TIMEOUT, hold_write_lock, upload, wait_until
+from tests.helpers import (
+    SHORT_BUSY_TIMEOUT,
+    close_connections,
+    hold_write_lock,
+    upload,
+    wait_until,
+)
 
 OUTAGE_BEGINS = "database outage"
 OUTAGE_ENDS = "database reachable again"
@@ -58,9 +64,7 @@ def locked_app(sqlite_path: Path, no_outage_in_progress: None) -> Iterator[Flask
         }
     )
     yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    close_connections(app)
 
 
 def document_status(app: Flask, document_id: int) -> str:
@@ -125,9 +129,7 @@ def test_a_standalone_worker_rides_out_an_outage_with_one_line_of_log(
         finally:
             worker.terminate()
             assert worker.wait(timeout=30) == 0
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    close_connections(app)
 
     output = log_path.read_text()
     assert output.count(OUTAGE_BEGINS) == 1, output
