@@ -1,31 +1,37 @@
-"""docqueue: upload documents, process them through a durable database-backed queue."""
+"""docqueue: upload documents, process them through a durable database-backed queue.
+
+Importing the package is cheap: ``create_app`` imports the app's parts when it
+runs, so a process that needs only ``docqueue_app.processing`` (a fork server,
+another program's worker) does not load the web app. Flask stays imported here:
+multiprocessing runs the ``flask`` launcher again in each child it starts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
-from flask_migrate import Migrate
 
-from . import admin, api, cli, database, metrics, web
-from .config import load_config
-from .models import db
-from .queue import read_queue_stats, scheduler
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
 
 # Next to the package, so `docqueue db upgrade` finds them from any folder.
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
-migrate = Migrate()
-
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory; ``config`` overrides the environment (keys without prefix)."""
+    from . import admin, api, cli, database, metrics, web
+    from .config import load_config
+    from .models import db
+    from .queue import read_queue_stats, scheduler
+
     app = Flask(__name__)
     load_config(app, config)
     db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    DeferredMigrate(app, db).init_app()
     database.init_app(app)
     api.init_app(app)
     web.init_app(app)
@@ -34,3 +40,47 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     scheduler.init_app(app)
     cli.init_app(app)
     return app
+
+
+class DeferredMigrate:
+    """Flask-Migrate, set up on first use.
+
+    Importing Flask-Migrate imports Alembic, the largest import of the app, which
+    only the ``db`` commands and ``flask_migrate.upgrade()`` and its siblings
+    need. Until then this object stands in ``app.extensions["migrate"]`` (where
+    those functions and ``migrations/env.py`` look) and a stand-in ``db`` command
+    in the CLI; the first attribute read or ``db`` command sets Flask-Migrate up,
+    which puts its own objects in both places.
+    """
+
+    def __init__(self, app: Flask, db: SQLAlchemy) -> None:
+        self._app = app
+        self._db = db
+        self._extension: Any = None
+
+    def init_app(self) -> None:
+        from .cli import DeferredCommand
+
+        self._app.extensions["migrate"] = self
+        self._app.cli.add_command(
+            DeferredCommand("db", load=self.db_command, help="Perform database migrations.")
+        )
+
+    def set_up(self) -> Any:
+        """Flask-Migrate's state of the app (its ``_MigrateConfig``), set up once."""
+        if self._extension is None:
+            from flask_migrate import Migrate
+
+            Migrate(self._app, self._db, directory=MIGRATIONS_DIR, render_as_batch=True)
+            self._extension = self._app.extensions["migrate"]
+        return self._extension
+
+    def db_command(self) -> Any:
+        from flask_migrate.cli import db
+
+        self.set_up()
+        return db
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names this object lacks: Flask-Migrate's own attributes.
+        return getattr(self.set_up(), name)

@@ -1,6 +1,10 @@
 """Command line: ``flask --app docqueue_app <command>`` or ``docqueue <command>``.
 
 Commands print their result as one line of JSON on stdout; logs go to stderr.
+
+The queue is imported by the commands that use it, not by this module: the
+``docqueue`` launcher imports this module, and multiprocessing runs the launcher
+again in each child process it starts (the processing sandboxes).
 """
 
 from __future__ import annotations
@@ -8,14 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup
-
-from .queue import DocumentQueueService, process_document_queue
-from .queue.runner import run_worker
 
 queue_cli = AppGroup("queue", help="Work and inspect the document queue.")
 
@@ -28,6 +30,8 @@ def echo_json(payload: Any) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Items to claim (default BATCH_SIZE).")
 def process_command(limit: int | None) -> None:
     """Run one pass over the queue and print its counts."""
+    from .queue import process_document_queue
+
     echo_json(process_document_queue(limit))
 
 
@@ -37,6 +41,8 @@ def process_command(limit: int | None) -> None:
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), help="Default: POLL_INTERVAL.")
 def worker_command(concurrency: int, batch_size: int | None, poll_interval: float | None) -> None:
     """Process the queue until SIGTERM, which finishes the documents in hand."""
+    from .queue.runner import run_worker
+
     config = current_app.config
     run_worker(
         concurrency,
@@ -48,12 +54,16 @@ def worker_command(concurrency: int, batch_size: int | None, poll_interval: floa
 @queue_cli.command("stats")
 def stats_command() -> None:
     """Print the queue's counts per status."""
+    from .queue import DocumentQueueService
+
     echo_json(DocumentQueueService().get_queue_stats())
 
 
 @queue_cli.command("retry-failed")
 def retry_failed_command() -> None:
     """Put every failed item back in the queue."""
+    from .queue import DocumentQueueService
+
     echo_json({"retried": DocumentQueueService().retry_failed_items()})
 
 
@@ -68,6 +78,8 @@ def retry_failed_command() -> None:
 )
 def purge_command(older_than_days: float, statuses: tuple[str, ...]) -> None:
     """Delete finished queue items older than N days (documents are kept)."""
+    from .queue import DocumentQueueService
+
     service = DocumentQueueService()
     if statuses:
         deleted = service.purge_items(older_than_days, statuses)
@@ -78,6 +90,29 @@ def purge_command(older_than_days: float, statuses: tuple[str, ...]) -> None:
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(queue_cli)
+
+
+class DeferredCommand(click.Command):
+    """Stands for a command whose module is costly to import, until it is run.
+
+    ``load`` returns the real command; it is called when this one is run or
+    asked for its help, so ``flask --help`` and every other command go without
+    the import.
+    """
+
+    def __init__(self, name: str, load: Callable[[], click.Command], help: str) -> None:
+        super().__init__(name, help=help)
+        self.load = load
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        # The context belongs to the real command, so click runs that one.
+        return self.load().make_context(info_name, args, parent=parent, **extra)
 
 
 def _create_app() -> Flask:

@@ -9,7 +9,6 @@ from pathlib import PurePosixPath
 from .docx import MAIN_PART as DOCX_MAIN_PART
 from .docx import MAX_ENTRIES as MAX_ZIP_ENTRIES
 from .docx import OLE2_SIGNATURE, declared_zip_entry_count
-from .encoding import NotText, decode_text, find_declared_charset
 from .errors import UnsupportedContentType
 
 PDF = "application/pdf"
@@ -82,6 +81,10 @@ def _classify_zip(content: bytes, suffix: str) -> str:
 
 
 def _classify_text(content: bytes, suffix: str) -> str:
+    # Imported here: the web app and the worker import this module at start, and
+    # the encoding tables are worth building only once a text comes.
+    from .encoding import NotText, decode_text, find_declared_charset
+
     sample = content[:_TEXT_SAMPLE_BYTES]
     try:
         decoded = decode_text(

@@ -17,10 +17,14 @@ import re
 import struct
 import zipfile
 from collections.abc import Iterator
-
-from lxml import etree
+from typing import TYPE_CHECKING
 
 from .errors import PermanentProcessingError
+
+# lxml is imported by the functions that parse: detection imports this module for
+# its ZIP checks, and an upload or a worker that meets no DOCX never needs lxml.
+if TYPE_CHECKING:
+    from lxml import etree
 
 MAX_ENTRIES = 1000
 MAX_TOTAL_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
@@ -171,6 +175,8 @@ def _part_texts(package: zipfile.ZipFile, parts: list[str]) -> Iterator[str]:
 
 def _paragraphs(package: zipfile.ZipFile, part: str) -> Iterator[str]:
     """The text of each paragraph of ``part`` (table cells included), in document order."""
+    from lxml import etree
+
     open_paragraphs: list[list[str]] = []
     hidden_depth = 0
     try:
@@ -204,6 +210,8 @@ def _run_text(element: etree._Element) -> str:
 
 
 def _safe_iterparse(stream) -> etree.iterparse:
+    from lxml import etree
+
     # No entity expansion, DTD or network access: a DOCX needs none of them.
     return etree.iterparse(
         stream,
@@ -218,6 +226,8 @@ def _safe_iterparse(stream) -> etree.iterparse:
 
 def _core_properties(package: zipfile.ZipFile, names: list[str]) -> tuple[str | None, dict]:
     """The title and the other core properties (author, dates...) from docProps/core.xml."""
+    from lxml import etree
+
     if CORE_PROPERTIES_PART not in names:
         return None, {}
     title = None
@@ -239,6 +249,8 @@ def _core_properties(package: zipfile.ZipFile, names: list[str]) -> tuple[str | 
 
 
 def _safe_iterparse_all(stream) -> etree.iterparse:
+    from lxml import etree
+
     return etree.iterparse(
         stream, resolve_entities=False, load_dtd=False, no_network=True, huge_tree=False
     )

@@ -34,8 +34,9 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from charset_normalizer import from_bytes
-from charset_normalizer.constant import FREQUENCIES
+# charset-normalizer is imported by the two functions that use it, when a text
+# is neither declared nor UTF-8: most documents, and a worker's start, never
+# need it.
 
 _BOM_ENCODINGS = (
     # UTF-32 first: its little-endian BOM starts with the UTF-16 one.
@@ -244,9 +245,12 @@ _LANGUAGE_SHARE = 0.5  # of the best language's evidence, for a close second
 _WORD = re.compile(r"[^\W\d_]+")
 
 
+@functools.cache
 def _letter_cost_tables() -> defaultdict[str, dict[str, float]]:
     """Per language, the cost of each of its letters: from 0 for the most frequent
     (charset-normalizer's frequency lists) to ``_COMMON_LETTER`` for the rarest."""
+    from charset_normalizer.constant import FREQUENCIES
+
     lists = {language: "".join(letters) for language, letters in FREQUENCIES.items()}
     lists["Japanese"] = lists["Japanese"] + lists["Japanese——"] + lists["Japanese—"]
     lists["Traditional Chinese"] = lists["Chinese"].translate(_SIMPLIFIED_TO_TRADITIONAL)
@@ -258,8 +262,6 @@ def _letter_cost_tables() -> defaultdict[str, dict[str, float]]:
             tables[language][letter] = _COMMON_LETTER * rank / len(letters)
     return tables
 
-
-_LETTER_COSTS = _letter_cost_tables()
 
 # How much of a document the UTF-16 and control-character checks look at.
 _SNIFF_BYTES = 4096
@@ -358,6 +360,8 @@ def _utf16_without_bom(data: bytes) -> str | None:
 
 
 def _guess_encoding(data: bytes, complete: bool) -> str:
+    from charset_normalizer import from_bytes
+
     sample = data[:_DETECTION_BYTES]
     sample_complete = complete and len(sample) == len(data)
     best = from_bytes(sample).best()
@@ -500,7 +504,7 @@ def _script(letter: str) -> str:
 
 
 def _letter_costs(letters: tuple[str, ...], language: str) -> list[float]:
-    costs = _LETTER_COSTS[language]
+    costs = _letter_cost_tables()[language]
     if language in _COMMON_CJK:
         return [_cjk_letter_cost(letter, language) for letter in letters]
     return list(map(costs.get, letters, itertools.repeat(_FOREIGN_LETTER)))
@@ -508,7 +512,7 @@ def _letter_costs(letters: tuple[str, ...], language: str) -> list[float]:
 
 @functools.lru_cache(maxsize=8192)
 def _cjk_letter_cost(letter: str, language: str) -> float:
-    rank = _LETTER_COSTS[language].get(letter)
+    rank = _letter_cost_tables()[language].get(letter)
     if rank is not None:
         return rank
     codec, lead_bytes = _COMMON_CJK[language]

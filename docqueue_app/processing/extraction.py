@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 
 from . import detection
-from .docx import extract_docx
 from .errors import UnsupportedContentType
-from .html import extract_html
-from .pdf import extract_pdf
-from .text import extract_csv, extract_json, extract_markdown, extract_plain_text
 
 MAX_TEXT_CHARS = 20_000_000
 
-_EXTRACTORS: dict[str, Callable[[bytes], dict]] = {
-    detection.PDF: extract_pdf,
-    detection.DOCX: extract_docx,
-    detection.HTML: extract_html,
-    detection.PLAIN_TEXT: extract_plain_text,
-    detection.MARKDOWN: extract_markdown,
-    detection.CSV: extract_csv,
-    detection.JSON: extract_json,
+# Content type -> (module, function) of its extractor. A module is imported with
+# the first document of its type, so a process loads only the parsers it uses.
+_EXTRACTORS: dict[str, tuple[str, str]] = {
+    detection.PDF: ("pdf", "extract_pdf"),
+    detection.DOCX: ("docx", "extract_docx"),
+    detection.HTML: ("html", "extract_html"),
+    detection.PLAIN_TEXT: ("text", "extract_plain_text"),
+    detection.MARKDOWN: ("text", "extract_markdown"),
+    detection.CSV: ("text", "extract_csv"),
+    detection.JSON: ("text", "extract_json"),
 }
 
 
@@ -34,10 +33,15 @@ def extract(content: bytes, filename: str, content_type: str | None = None) -> d
     """
     if content_type is None:
         content_type = detection.detect_content_type(content, filename)
-    extractor = _EXTRACTORS.get(content_type)
-    if extractor is None:
-        raise UnsupportedContentType(f"no extractor for content type {content_type!r}")
-    return _tidy(extractor(content))
+    return _tidy(_extractor_for(content_type)(content))
+
+
+def _extractor_for(content_type: str) -> Callable[[bytes], dict]:
+    try:
+        module_name, function_name = _EXTRACTORS[content_type]
+    except KeyError:
+        raise UnsupportedContentType(f"no extractor for content type {content_type!r}") from None
+    return getattr(import_module(f"{__package__}.{module_name}"), function_name)
 
 
 def _tidy(result: dict) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
+import resource
 import signal
 import time
 
@@ -21,6 +23,11 @@ def echo_text(content: bytes, filename: str, content_type: str) -> dict:
         "page_count": None,
         "metadata": {"content_type": content_type},
     }
+
+
+def report_pid(content: bytes, filename: str, content_type: str) -> dict:
+    """Succeeds: the text is the pid of the process that ran it."""
+    return {"text": str(os.getpid()), "title": None, "page_count": None, "metadata": {}}
 
 
 def exit_abruptly(content: bytes, filename: str, content_type: str) -> dict:
@@ -97,3 +104,26 @@ def write_to_stderr(content: bytes, filename: str, content_type: str) -> dict:
     """Writes the content to stderr (fd 2) and succeeds."""
     os.write(2, content)
     return {"text": "written", "title": None, "page_count": None, "metadata": {}}
+
+
+def grow_close_to_the_cap(content: bytes, filename: str, content_type: str) -> dict:
+    """Takes its address space to 93 % of its RLIMIT_AS, gives it back, and succeeds.
+
+    Only the process's address-space high-water mark (VmPeak) stays near the cap.
+    The text is its pid.
+    """
+    cap, _ = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        in_use = int(re.search(r"VmSize:\s*(\d+) kB", status.read()).group(1)) * 1024
+    block = bytearray(int(cap * 0.93) - in_use)  # zero pages: address space, not memory
+    del block
+    return report_pid(content, filename, content_type)
+
+
+def crash_after_a_moment(content: bytes, filename: str, content_type: str) -> dict:
+    """Crashes with SIGSEGV after 0.3 s, far below any memory cap.
+
+    Long enough for the parent to sample the process's address space first.
+    """
+    time.sleep(0.3)
+    return read_null_pointer(content, filename, content_type)

@@ -1,4 +1,4 @@
-"""run_processor: a fresh child per document under memory and time caps, and its outcomes."""
+"""run_processor: documents in sandbox child processes under memory and time caps, and outcomes."""
 
 from __future__ import annotations
 
@@ -405,6 +405,8 @@ def test_a_stop_signal_to_the_process_group_spares_the_child_and_the_fork_server
 
     assert json.loads(output) == ["released", "released"]
     assert worker.returncode == 0
+    # The sandbox itself outlived the signal and served the next document.
+    assert first.read_text() == second.read_text()
 
 
 @pytest.mark.parametrize(
