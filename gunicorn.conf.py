@@ -1,8 +1,10 @@
 """gunicorn settings for docqueue: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Every worker runs the queue scheduler; atomic claims keep them from processing
-one item twice. A stopping worker (SIGTERM, a restart, a reload) finishes the
-document in hand and hands its other claimed items back before it exits.
+One worker of the host runs the queue scheduler (DOCQUEUE_CONCURRENCY documents
+at once); the others stand by and the first to notice its death takes over, so
+adding workers adds request capacity, not polling. A stopping worker (SIGTERM,
+a restart, a reload) finishes the documents in hand and hands its other claimed
+items back before it exits.
 Override anything on the command line or with GUNICORN_CMD_ARGS.
 """
 
@@ -36,7 +38,7 @@ def on_starting(server):
 def post_worker_init(worker):
     from docqueue_app.queue.scheduler import get_scheduler
 
-    get_scheduler(worker.wsgi).start()
+    get_scheduler(worker.wsgi).start()  # runs it, or stands by for the host's lock
 
 
 def worker_exit(server, worker):

@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "SCHEDULER_ENABLED": True,
     "POLL_INTERVAL": 1.0,
     "BATCH_SIZE": 10,
+    # Documents processed at once by the in-app scheduler of a host (one
+    # gunicorn worker per host runs it; `queue worker --concurrency` is per process).
+    "CONCURRENCY": 2,
     "MAX_ATTEMPTS": 5,
     "RETRY_BASE_SECONDS": 10.0,
     "RETRY_MAX_SECONDS": 3600.0,
@@ -48,7 +51,7 @@ _FLOAT_KEYS = (
     "MAX_UPLOAD_MB",
     "PROCESS_TIMEOUT_SECONDS",
 )
-_INT_KEYS = ("BATCH_SIZE", "MAX_ATTEMPTS", "PROCESS_MEMORY_MB", "RETENTION_DAYS")
+_INT_KEYS = ("BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS", "PROCESS_MEMORY_MB", "RETENTION_DAYS")
 _BOOL_KEYS = ("SCHEDULER_ENABLED",)
 _ISOLATION_MODES = ("subprocess", "none")
 
@@ -147,7 +150,7 @@ def _validate(config: Mapping[str, Any]) -> None:
             f"DOCQUEUE_PROCESS_ISOLATION must be one of {_ISOLATION_MODES}, "
             f"not {config['PROCESS_ISOLATION']!r}"
         )
-    for key in ("POLL_INTERVAL", "LEASE_SECONDS", "BATCH_SIZE", "MAX_ATTEMPTS"):
+    for key in ("POLL_INTERVAL", "LEASE_SECONDS", "BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS"):
         if config[key] <= 0:
             raise ValueError(f"DOCQUEUE_{key} must be positive")
 

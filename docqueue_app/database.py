@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import ColumnElement, func, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.wrappers import Response
 
-from .models import db, utcnow
+from .models import UTCDateTime, db, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,17 @@ def database_now(session: Session) -> datetime:
     if session.get_bind().dialect.name == "sqlite":
         return utcnow()
     return session.scalar(select(func.now())).astimezone(UTC)
+
+
+def database_clock(dialect_name: str) -> ColumnElement[datetime]:
+    """``database_now`` as an expression to put in a statement: no round trip of its own.
+
+    PostgreSQL's ``now()`` (the transaction's start), or this host's clock on
+    SQLite, bound as a parameter.
+    """
+    if dialect_name == "sqlite":
+        return literal(utcnow(), UTCDateTime)
+    return func.now(type_=UTCDateTime)
 
 
 class OutageLog:

@@ -123,6 +123,13 @@ class QueueItem(db.Model):
             sqlite_where=_IN_PROGRESS,
             postgresql_where=_IN_PROGRESS,
         ),
+        # "Is anything due?": the earliest pending run_at, whatever the backlog.
+        Index(
+            "ix_queue_items_due",
+            "run_at",
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
         Index("ix_queue_items_document_status", "document_id", "status"),
         Index("ix_queue_items_status_finished", "status", "finished_at"),
     )

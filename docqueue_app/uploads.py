@@ -1,37 +1,31 @@
 """Accepting an upload: the checks and the storing shared by the API and the web form.
 
-An upload is checked whole (present, not empty, within the size limit, of a
-supported type) before anything is stored, and then stored in one transaction
-by ``DocumentQueueService.submit_document``. Rejections are raised as HTTP
-errors (400, 413, 415) whose description is the message shown to the user.
+Every file of an upload is checked whole (present, not empty, within the size
+limit, of a supported type) before anything is stored, and then all are stored
+in one transaction by ``DocumentQueueService.submit``. Rejections are raised as
+HTTP errors (400, 413, 415) whose description is the message shown to the user.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from flask import current_app
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from .config import upload_limit_bytes
+from .documents import DocumentView, document_view
 from .metrics import record_upload
-from .models import Document
 from .processing import UnsupportedContentType, detect_content_type
 from .queue import DocumentQueueService
+from .queue.submissions import NewDocument, Submission
 from .schemas import clean_filename
 
 SUPPORTED_TYPES_LABEL = "PDF, DOCX, HTML, text, Markdown, CSV, JSON"
 
 
-@dataclass(frozen=True)
-class CheckedUpload:
-    filename: str
-    content: bytes
-    content_type: str
-
-
-def check_upload(storage: FileStorage | None) -> CheckedUpload:
+def check_upload(storage: FileStorage | None, priority: int) -> NewDocument:
     """Read and vet one uploaded file; raises 400, 413 or 415 with a message for the user."""
     if storage is None:
         raise BadRequest("The multipart field 'file' is missing.")
@@ -46,16 +40,25 @@ def check_upload(storage: FileStorage | None) -> CheckedUpload:
             f"{filename} is {exc or 'of an unknown kind'}; "
             f"it is not a supported type ({SUPPORTED_TYPES_LABEL})."
         ) from None
-    return CheckedUpload(filename, content, content_type)
+    return NewDocument(filename, content, content_type, priority)
 
 
-def store_upload(upload: CheckedUpload, priority: int) -> tuple[Document, bool]:
-    """Store a checked upload and queue it; ``(document, created)`` as the service returns."""
-    document, created = DocumentQueueService().submit_document(
-        upload.filename, upload.content, upload.content_type, priority
-    )
-    record_upload(duplicate=not created)
-    return document, created
+def store_uploads(uploads: Sequence[NewDocument]) -> list[Submission]:
+    """Store checked uploads and queue them, all in one transaction."""
+    submissions = DocumentQueueService().submit(uploads)
+    for submission in submissions:
+        record_upload(duplicate=not submission.created)
+    return submissions
+
+
+def upload_view(submission: Submission) -> DocumentView:
+    """What an upload answers: a new document with the item just queued, or the existing one.
+
+    A new document is shown as it was written, without reading it back.
+    """
+    if submission.created:
+        return DocumentView(submission.document, submission.item)
+    return document_view(submission.document, duplicate=True)
 
 
 def _read_within_limit(storage: FileStorage, filename: str) -> bytes:

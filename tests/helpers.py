@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, event, text
 from werkzeug.test import TestResponse
 
 from docqueue_app.models import UTCDateTime, db
@@ -56,6 +56,23 @@ def execute_sql(app: Flask, sql: str, **params: Any) -> None:
     ]
     with app.app_context(), db.engine.begin() as conn:
         conn.execute(text(sql).bindparams(*stamps), params)
+
+
+@contextmanager
+def statements_sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement (and its parameters) the app sends while in the block."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -29,7 +29,7 @@ from ..schemas import (
 )
 from ..security import refuse_cross_site_writes, require_api_token
 from ..states import Operation
-from ..uploads import check_upload, store_upload
+from ..uploads import check_upload, store_uploads, upload_view
 from .blueprint import API_TOKEN, ApiBlueprint
 
 blp = ApiBlueprint(
@@ -52,7 +52,8 @@ NO_SUCH_DOCUMENT = "No such document"
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadFormSchema, location="form", content_type="multipart/form-data")
+# An instance, not the class: webargs would build a schema for every request.
+@blp.arguments(UploadFormSchema(), location="form", content_type="multipart/form-data")
 @blp.response(202, UploadResultSchema, description="Stored and queued; Location names it.")
 @blp.alt_response(200, schema=UploadResultSchema, description="Same bytes as an existing document")
 @blp.error_response(400, "The file is missing or empty")
@@ -60,11 +61,11 @@ NO_SUCH_DOCUMENT = "No such document"
 @blp.error_response(413, "The file is over DOCQUEUE_MAX_UPLOAD_MB")
 @blp.error_response(415, "Not a supported type")
 def upload_document(form: dict[str, Any]) -> tuple[DocumentView, int, dict[str, str]]:
-    document, created = store_upload(check_upload(request.files.get("file")), form["priority"])
-    view = document_view(document, duplicate=not created)
-    if not created:
+    [submission] = store_uploads([check_upload(request.files.get("file"), form["priority"])])
+    view = upload_view(submission)
+    if not submission.created:
         return view, 200, {}
-    return view, 202, {"Location": url_for(".document", document_id=document.id)}
+    return view, 202, {"Location": url_for(".document", document_id=view.id)}
 
 
 @blp.route("", methods=["GET"])

@@ -13,56 +13,167 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Delete,
+    Integer,
     Select,
+    TextualSelect,
     Update,
     and_,
+    bindparam,
     case,
     delete,
     exists,
+    func,
     literal,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
 from sqlalchemy.orm import aliased
 
-from ..models import QUEUE_STATE_ID, Document, QueueAttempt, QueueItem, QueueState
-from ..states import DOCUMENT_STATUS_OF_ITEM, ItemStatus
+from ..models import (
+    QUEUE_STATE_ID,
+    Document,
+    QueueAttempt,
+    QueueItem,
+    QueueState,
+    UTCDateTime,
+    utcnow,
+)
+from ..states import DOCUMENT_STATUS_OF_ITEM, MAX_PRIORITY, MIN_PRIORITY, ItemStatus
 from .retry import Decision
 
 # -- which items ----------------------------------------------------------------
 
 
-def due_items(now: datetime) -> Select:
-    """Ids of claimable items in claim order, walking ``ix_queue_items_claim``.
+def due_items(now: datetime | ColumnElement[datetime]) -> Select:
+    """Ids of claimable items, in no particular order: to claim one chosen item by its id.
 
     Claimable: pending, due, and no other item of its document in progress (two
-    items of one document never run at once). The status is written into the
-    SQL, not bound, because a partial index only serves a query whose WHERE
-    visibly implies the index's; SQLite is told the index by name, as without
-    statistics it would sort instead.
+    items of one document never run at once). Batches are chosen by
+    ``claimable_batch``, and "is anything due?" asked by ``poll``.
     """
     busy = aliased(QueueItem)
     document_busy = exists().where(
         busy.document_id == QueueItem.document_id,
         busy.status == ItemStatus.IN_PROGRESS,
     )
-    return (
-        select(QueueItem.id)
-        .with_hint(QueueItem, "INDEXED BY ix_queue_items_claim", "sqlite")
-        .where(
-            QueueItem.status == literal(ItemStatus.PENDING.value, literal_execute=True),
-            QueueItem.run_at <= now,
-            ~document_busy,
-        )
-        .order_by(QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
+    return select(QueueItem.id).where(
+        QueueItem.status == literal(ItemStatus.PENDING.value, literal_execute=True),
+        QueueItem.run_at <= now,
+        ~document_busy,
     )
 
 
-def expired_leases(now: datetime) -> Select:
+# Pending item q is due and no other item of its document is in progress. The
+# statuses are written in the SQL, not bound: a partial index only serves a
+# query whose WHERE visibly implies the index's.
+_DUE = """q.status = 'pending' AND q.run_at <= {now}
+      AND NOT EXISTS (
+        SELECT 1 FROM queue_items AS busy
+        WHERE busy.document_id = q.document_id AND busy.status = 'in_progress')"""
+
+
+def _claimable_of_priority(priority: object, index_hint: str = "", locking: str = "") -> str:
+    """One priority's claimable items, oldest first, as SQL.
+
+    A range scan of ix_queue_items_claim (priority = p, run_at <= now): O(log n
+    + k) however many items of that priority are not yet due. The ORDER BY is
+    the index's own, so that PostgreSQL sees it needs no sort.
+    """
+    return f"""
+    SELECT q.id FROM queue_items AS q {index_hint}
+    WHERE q.priority = {priority} AND {_DUE.format(now=":now")}
+    ORDER BY q.priority DESC, q.run_at, q.id LIMIT :limit {locking}"""
+
+
+def _postgresql_claimable(locking: str) -> str:
+    """The priorities walked from the highest, stopping once ``limit`` rows are found."""
+    return f"""
+    SELECT due.id FROM generate_series({MAX_PRIORITY}, {MIN_PRIORITY}, -1) AS p
+    CROSS JOIN LATERAL ({_claimable_of_priority("p", locking=locking)}) AS due
+    LIMIT :limit"""
+
+
+def _sqlite_claimable() -> str:
+    """The same walk on SQLite: one UNION ALL arm per priority, run in order.
+
+    Each arm names its index (SQLAlchemy's SQLite compiler drops table hints,
+    hence SQL text): without statistics SQLite would rather sort the backlog.
+    """
+    hint = "INDEXED BY ix_queue_items_claim"
+    arms = [
+        f"SELECT id FROM ({_claimable_of_priority(priority, index_hint=hint)})"
+        for priority in range(MAX_PRIORITY, MIN_PRIORITY - 1, -1)
+    ]
+    return "SELECT id FROM (" + "\n    UNION ALL ".join(arms) + ")\nLIMIT :limit"
+
+
+_SQLITE_CLAIMABLE = _sqlite_claimable()
+_POSTGRESQL_CLAIMABLE = {
+    True: _postgresql_claimable("FOR UPDATE OF q SKIP LOCKED"),
+    False: _postgresql_claimable(""),
+}
+
+
+def _poll(now: str, due_hint: str = "", lease_hint: str = "") -> str:
+    return f"""
+    SELECT {now} AS now,
+      (SELECT paused FROM queue_state WHERE id = {QUEUE_STATE_ID}) AS paused,
+      EXISTS (SELECT 1 FROM queue_items AS q {lease_hint}
+              WHERE q.status = 'in_progress' AND q.lease_expires_at <= {now}) AS lost,
+      EXISTS (SELECT 1 FROM queue_items AS q {due_hint} WHERE {_DUE.format(now=now)}) AS due"""
+
+
+_POLL_SQL = {
+    # SQLite: this host's clock, and the indexes named (without statistics it
+    # would read every pending row through the status index instead).
+    "sqlite": _poll(":now", "INDEXED BY ix_queue_items_due", "INDEXED BY ix_queue_items_lease"),
+    "postgresql": _poll("now()"),
+}
+
+
+def poll(dialect: str) -> TextualSelect:
+    """The look before a claim, in one statement: now, paused, any lease expired, any due.
+
+    The time is the database's (PostgreSQL's now(), or SQLite's host clock);
+    each question is answered from an index range in O(log n).
+    """
+    statement = text(_POLL_SQL[dialect])
+    if dialect == "sqlite":
+        statement = statement.bindparams(bindparam("now", utcnow(), type_=UTCDateTime))
+    return statement.columns(now=UTCDateTime, paused=Boolean, lost=Boolean, due=Boolean)
+
+
+def claimable_batch(dialect: str, now: datetime, limit: int, lock: bool = True) -> TextualSelect:
+    """Ids of up to ``limit`` claimable items: the highest priorities, oldest first.
+
+    The result's rows are in no guaranteed order; which rows they are is.
+    ``lock`` (PostgreSQL) skips rows another transaction is claiming and locks
+    those returned, so concurrent claims never take the same item.
+    """
+    # SQLite needs no row locks: BEGIN IMMEDIATE already keeps claims apart.
+    sql = _SQLITE_CLAIMABLE if dialect == "sqlite" else _POSTGRESQL_CLAIMABLE[lock]
+    return (
+        text(sql)
+        .bindparams(bindparam("now", now, type_=UTCDateTime), bindparam("limit", limit))
+        .columns(id=Integer)
+    )
+
+
+CLAIM_ORDER = (QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
+
+
+def in_claim_order(items: Iterable[QueueItem]) -> list[QueueItem]:
+    """Items as they are claimed: highest priority first, then oldest, then first queued."""
+    return sorted(items, key=lambda item: (-item.priority, item.run_at, item.id))
+
+
+def expired_leases(now: datetime | ColumnElement[datetime]) -> Select:
     """Ids of items whose worker stopped extending its lease: dead, hung or cut off."""
     return select(QueueItem.id).where(
         QueueItem.status == ItemStatus.IN_PROGRESS, QueueItem.lease_expires_at <= now
@@ -126,8 +237,8 @@ def finished_before(cutoff: datetime, statuses: Iterable[ItemStatus], limit: int
 def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
     """The one claim statement: the given due items become in progress under ``worker``.
 
-    ``ids`` is a locking subquery of ``due_items`` (a batch, or one chosen
-    item); a claim counts an attempt and starts a lease.
+    ``ids`` is a locking query of claimable ids (``claimable_batch``, or one
+    chosen item of ``due_items``); a claim counts an attempt and starts a lease.
     """
     return (
         update(QueueItem)
@@ -143,8 +254,9 @@ def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
             started_at=now,
             finished_at=None,
         )
-        .returning(QueueItem.id, QueueItem.attempts, QueueItem.document_id)
-        .execution_options(synchronize_session=False)
+        # The claimed items themselves, as they are now: no second query to load them.
+        .returning(QueueItem)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
 
 
@@ -301,31 +413,50 @@ def delete_items(ids: Any) -> tuple[Delete, Delete]:
 # -- documents follow their latest item -----------------------------------------
 
 
-def sync_documents(document_ids: list[int], now: datetime) -> Update:
+def document_results(now: Any) -> Update:
+    """Extraction results written on their documents, an executemany of column values.
+
+    Each parameter set holds ``document_id`` and the values of the documents
+    columns to set (``text``, ``title``, ``metadata``...); the documents follow
+    their latest items in the same statement (``sync_documents``).
+    """
+    documents = Document.__table__
+    return (
+        update(documents)
+        .where(documents.c.id == bindparam("document_id"))
+        .values(processed_at=now, **_following_latest_item(now))
+    )
+
+
+def sync_documents(document_ids: list[int], now: Any) -> Update:
     """Set each document's status and error from its latest queue item."""
+    return (
+        update(Document)
+        .where(Document.id.in_(document_ids))
+        .values(**_following_latest_item(now))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _following_latest_item(now: Any) -> dict[str, Any]:
+    """A document's status and error as its latest queue item says (values of an UPDATE)."""
+    # max(), not ORDER BY id DESC LIMIT 1: read from the document's index entries, no sort.
     latest = (
-        select(QueueItem.id)
+        select(func.max(QueueItem.id))
         .where(QueueItem.document_id == Document.id)
-        .order_by(QueueItem.id.desc())
-        .limit(1)
         .correlate(Document)
         .scalar_subquery()
     )
     latest_status = select(QueueItem.status).where(QueueItem.id == latest).scalar_subquery()
     latest_error = select(QueueItem.last_error).where(QueueItem.id == latest).scalar_subquery()
-    return (
-        update(Document)
-        .where(Document.id.in_(document_ids))
-        .values(
-            status=case(
-                *[(latest_status == item, doc) for item, doc in DOCUMENT_STATUS_OF_ITEM.items()],
-                else_=Document.status,
-            ),
-            error=case((latest_status == ItemStatus.FAILED, latest_error), else_=None),
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    return {
+        "status": case(
+            *[(latest_status == item, doc) for item, doc in DOCUMENT_STATUS_OF_ITEM.items()],
+            else_=Document.status,
+        ),
+        "error": case((latest_status == ItemStatus.FAILED, latest_error), else_=None),
+        "updated_at": now,
+    }
 
 
 # -- the queue's switches -------------------------------------------------------

@@ -1,4 +1,9 @@
-"""The standalone worker (``docqueue queue worker``): threads that poll and process.
+"""The standalone worker (``docqueue queue worker``): threads that claim and process.
+
+Each thread runs passes back to back while they find work; idle, the threads
+sleep on the process's ``WakeSignal``: a commit that makes work due wakes one
+at once (``notify``), and one of them polls every POLL_INTERVAL as the fallback,
+so an idle worker asks the database once per interval whatever its concurrency.
 
 SIGTERM or SIGINT sets a stop flag: each thread finishes the document in hand,
 hands its claimed but unstarted items back, and the command exits 0.
@@ -9,12 +14,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, current_app
 
 from ..database import OUTAGES, Backoff, report_failure
+from ..models import db
 from .maintenance import run_maintenance
+from .notify import WakeSignal, listen_for_work
 from .worker import process_document_queue
 
 log = logging.getLogger(__name__)
@@ -24,11 +32,13 @@ def run_worker(concurrency: int, batch_size: int, poll_interval: float) -> None:
     """Work the queue until SIGTERM/SIGINT; call inside an app context."""
     app = current_app._get_current_object()
     stop = threading.Event()
-    _stop_on_signals(stop)
+    wakes = WakeSignal()
+    _stop_on_signals(stop, wakes)
+    listener = listen_for_work(db.engine.url, wakes.wake)
     threads = [
         threading.Thread(
             target=_work_loop,
-            args=(app, batch_size, poll_interval, stop, index == 0),
+            args=(app, batch_size, poll_interval, stop, wakes),
             name=f"docqueue-worker-{index}",
         )
         for index in range(concurrency)
@@ -38,35 +48,60 @@ def run_worker(concurrency: int, batch_size: int, poll_interval: float) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    listener.close()
     log.info("worker stopped")
 
 
+def work_until_idle(
+    run_pass: Callable[[], int], wakes: WakeSignal, batch_size: int, stop: threading.Event
+) -> int:
+    """Run passes while they find work; returns the wake generation the idle pass began with.
+
+    ``run_pass`` processes one batch and returns how many documents it processed.
+    A full batch means more may be due, so it wakes another loop to help. A
+    wake that came during an empty pass runs one more: its work may have been
+    committed after the pass looked.
+    """
+    while True:
+        seen = wakes.generation
+        processed = run_pass()
+        if processed >= batch_size:
+            wakes.wake()
+        if stop.is_set() or (not processed and wakes.generation == seen):
+            return seen
+
+
 def _work_loop(
-    app: Flask, batch_size: int, poll_interval: float, stop: threading.Event, maintains: bool
+    app: Flask, batch_size: int, poll_interval: float, stop: threading.Event, wakes: WakeSignal
 ) -> None:
     backoff = Backoff(first=poll_interval)
-    while not stop.is_set():
+
+    def run_pass() -> int:
         with app.app_context():
             try:
-                if maintains:
-                    run_maintenance()
+                run_maintenance()
                 result = process_document_queue(batch_size, stop=stop)
             except Exception as exc:  # a database outage or hiccup must not end the worker
                 report_failure(exc, "worker pass failed")
                 stop.wait(backoff.next_pause())
-                continue
+                return 0
         OUTAGES.succeeded()
         backoff.reset()
         if result["processed"]:
             log.info("processed %s", result)
-        else:
-            stop.wait(poll_interval)
+        return result["processed"]
+
+    while not stop.is_set():
+        seen = work_until_idle(run_pass, wakes, batch_size, stop)
+        if not stop.is_set():
+            wakes.sleep(seen, poll_interval)
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event, wakes: WakeSignal) -> None:
     def request_stop(signum: int, _frame: Any) -> None:
         log.info("%s received: finishing documents in hand", signal.Signals(signum).name)
         stop.set()
+        wakes.wake(everyone=True)  # sleeping threads see the stop and end
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from flask import Flask, current_app
-from sqlalchemy import select
+from sqlalchemy import case, null, select
 from sqlalchemy.orm import Session
 
 from ..database import OUTAGES, Backoff, report_failure
@@ -162,33 +162,42 @@ def load_documents(
 ) -> Iterator[tuple[QueueItem, LoadedDocument | None]]:
     """Each item with its document's bytes (None when the document is gone).
 
-    Bytes are read for several documents at once, up to LOAD_GROUP_BYTES a read,
-    each read in a short transaction of its own: a run of small documents costs
-    one query, and a large one is never held in memory long before its turn.
+    One query reads every document's size, and the bytes of those small enough
+    that all of them together stay under LOAD_GROUP_BYTES: a run of small
+    documents costs that one query. Larger documents are then read in groups of
+    up to LOAD_GROUP_BYTES, each read in a short transaction of its own, so a
+    large one is never held in memory long before its turn.
     """
-    sizes = dict(
-        session.execute(
-            select(Document.id, Document.size).where(
-                Document.id.in_({item.document_id for item in items})
-            )
-        ).all()
-    )
-    session.commit()
+    small = LOAD_GROUP_BYTES // max(len(items), 1)
+    documents = _read_documents(session, [item.document_id for item in items], small)
+    sizes = {document_id: size for document_id, (size, _) in documents.items()}
     for group in _groups_by_size(items, sizes):
-        rows = session.execute(
-            select(
-                DocumentContent.document_id,
-                DocumentContent.data,
-                Document.filename,
-                Document.content_type,
-            )
-            .join(Document, Document.id == DocumentContent.document_id)
-            .where(DocumentContent.document_id.in_([item.document_id for item in group]))
-        ).all()
-        session.commit()
-        loaded = {row.document_id: LoadedDocument(*row[1:]) for row in rows}
+        unread = [item.document_id for item in group if _unread(documents, item.document_id)]
+        if unread:
+            documents.update(_read_documents(session, unread))
         for item in group:
-            yield item, loaded.get(item.document_id)
+            _, loaded = documents.pop(item.document_id, (0, None))
+            yield item, loaded
+
+
+def _unread(documents: dict[int, tuple[int, LoadedDocument | None]], document_id: int) -> bool:
+    return document_id in documents and documents[document_id][1] is None
+
+
+def _read_documents(
+    session: Session, document_ids: list[int], up_to_size: int | None = None
+) -> dict[int, tuple[int, LoadedDocument | None]]:
+    """document id -> (size, its bytes and names); bytes only up to ``up_to_size``, if given."""
+    data = DocumentContent.data
+    if up_to_size is not None:
+        data = case((Document.size <= up_to_size, DocumentContent.data), else_=null())
+    rows = session.execute(
+        select(Document.id, Document.size, data, Document.filename, Document.content_type)
+        .join(DocumentContent, DocumentContent.document_id == Document.id)
+        .where(Document.id.in_(set(document_ids)))
+    ).all()
+    session.commit()
+    return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
 
 def _groups_by_size(items: list[QueueItem], sizes: dict[int, int]) -> Iterator[list[QueueItem]]:

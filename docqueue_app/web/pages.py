@@ -32,8 +32,8 @@ from ..documents import (
     list_documents,
     text_preview,
 )
-from ..models import Document
 from ..queue import DocumentNotFound, DocumentQueueService
+from ..queue.submissions import NewDocument, Submission
 from ..schemas import (
     ID_CONVERTER,
     DocumentListQuerySchema,
@@ -42,7 +42,7 @@ from ..schemas import (
     describe_validation_errors,
 )
 from ..states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, DocumentStatus, Operation
-from ..uploads import CheckedUpload, check_upload, store_upload
+from ..uploads import check_upload, store_uploads
 
 blueprint = Blueprint("web", __name__)
 
@@ -139,28 +139,28 @@ def upload_form() -> str:
 @blueprint.post("/")
 def upload_files() -> Response:
     form = load_or_422(UploadFormSchema(), request.form)
-    uploads = _checked_uploads()
-    stored = [store_upload(upload, form["priority"]) for upload in uploads]
+    stored = store_uploads(_checked_uploads(form["priority"]))
     _flash_duplicates(stored)
     if len(stored) == 1:
-        document, _ = stored[0]
-        return redirect(url_for(".document_detail", document_id=document.id), 303)
+        document_id = stored[0].document.id
+        return redirect(url_for(".document_detail", document_id=document_id), 303)
     return redirect(url_for(".document_list"), 303)
 
 
-def _checked_uploads() -> list[CheckedUpload]:
+def _checked_uploads(priority: int) -> list[NewDocument]:
     """Every chosen file, all checked before any is stored."""
     # A file input left empty still sends a part, with no filename and no bytes.
     files = [storage for storage in request.files.getlist("file") if storage.filename]
     if not files:
         raise BadRequest("Choose at least one file to upload.")
-    return [check_upload(storage) for storage in files]
+    return [check_upload(storage, priority) for storage in files]
 
 
-def _flash_duplicates(stored: list[tuple[Document, bool]]) -> None:
-    for document, created in stored:
-        if not created:
-            flash(f"{document.filename} was uploaded before; this is the existing document.")
+def _flash_duplicates(stored: list[Submission]) -> None:
+    for submission in stored:
+        if not submission.created:
+            filename = submission.document.filename
+            flash(f"{filename} was uploaded before; this is the existing document.")
 
 
 def _render_upload_form(error: str | None = None) -> str:

@@ -114,6 +114,7 @@ def test_a_server_killed_mid_document_has_it_reclaimed_after_the_lease(server_en
         "DOCQUEUE_PROCESSOR": "tests.e2e.processors:sleep_briefly",
         "DOCQUEUE_LEASE_SECONDS": "2",
         "DOCQUEUE_BATCH_SIZE": "1",
+        "DOCQUEUE_CONCURRENCY": "1",  # one document in hand when the server is killed
     }
     first = Server(env, workers=1, log_path=tmp_path / "1.log").start()
     try:

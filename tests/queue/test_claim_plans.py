@@ -1,0 +1,170 @@
+"""Claims stay O(log n): a backlog of items not yet due costs an idle poll or a claim nothing.
+
+Every statement a poll and a claim send is captured as sent and EXPLAINed
+(EXPLAIN QUERY PLAN on SQLite, EXPLAIN on PostgreSQL after ANALYZE): each reads
+queue_items through an index range, never a scan of the table nor a sort of it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from docqueue_app.models import QueueItem, db, utcnow
+from docqueue_app.queue import DocumentQueueService
+from docqueue_app.states import MAX_PRIORITY, MIN_PRIORITY
+from tests.helpers import backend_name, execute_sql, statements_sent
+
+PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
+BACKLOG = 20_000  # enough for PostgreSQL's planner to prefer an index to a scan
+
+
+def add_items(app: Flask, count: int, due_in: timedelta, first: int = 1) -> None:
+    """``count`` documents, each with one pending item of priority n % 11, due in ``due_in``.
+
+    Inserted with two INSERT ... SELECT over a recursive counter, as fast as
+    the database can write them.
+    """
+    counter = (
+        "WITH RECURSIVE n(i) AS (SELECT CAST(:first AS INTEGER)"
+        " UNION ALL SELECT i + 1 FROM n WHERE i < :last)"
+    )
+    execute_sql(
+        app,
+        f"{counter} INSERT INTO documents"
+        " (filename, content_type, size, sha256, status, created_at, updated_at)"
+        " SELECT 'backlog-' || i, 'text/plain', 1, 'backlog-' || i, 'pending', :now, :now FROM n",
+        first=first,
+        last=first + count - 1,
+        now=utcnow(),
+    )
+    execute_sql(
+        app,
+        "INSERT INTO queue_items (document_id, operation, status, priority, attempts,"
+        " max_attempts, run_at, created_at)"
+        f" SELECT d.id, 'process', 'pending', d.id % {len(PRIORITIES)}, 0, 3, :run_at, :now"
+        " FROM documents AS d LEFT JOIN queue_items AS q ON q.document_id = d.id"
+        " WHERE q.id IS NULL",
+        run_at=utcnow() + due_in,
+        now=utcnow(),
+    )
+    if backend_name(app) == "postgresql":
+        execute_sql(app, "ANALYZE")
+
+
+def plan_of(app: Flask, statement: str, parameters: Any) -> str:
+    """The database's plan for a statement exactly as the app sent it (not run)."""
+    explain = "EXPLAIN QUERY PLAN " if backend_name(app) == "sqlite" else "EXPLAIN "
+    with app.app_context():
+        connection = db.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(explain + statement, parameters)
+            rows = cursor.fetchall()
+        finally:
+            connection.close()
+    return "\n".join(str(row[-1]) for row in rows)
+
+
+def table_scans(plan: str) -> list[str]:
+    """The lines of a plan that read a whole table or sort many rows."""
+    whole_table = (
+        "Seq Scan on queue_items",
+        "Seq Scan on documents",
+        "Seq Scan on queue_attempts",
+        "USE TEMP B-TREE",
+    )
+    bad = [line for line in plan.splitlines() if any(word in line for word in whole_table)]
+    # PostgreSQL: a Sort reads all its input first. (An Incremental Sort of rows
+    # an index returns in run_at order only orders the ties of one run_at.)
+    bad += [line for line in plan.splitlines() if re.match(r"\s*(->\s*)?Sort\s+\(", line)]
+    # SQLite: "SCAN t" reads every row of table t (a "SEARCH" reads a range of an
+    # index; "SCAN (subquery-n)" reads the few rows a subquery produced).
+    bad += [line for line in plan.splitlines() if re.match(r"\s*SCAN (?!\(|CONSTANT ROW)", line)]
+    # An index searched by status alone reads every pending row (PostgreSQL may
+    # rightly search it for the few in_progress ones: one batch per worker).
+    bad += [line for line in plan.splitlines() if re.search(r"\(status=\?\)$", line)]
+    bad += [line for line in plan.splitlines() if "Index Cond: ((status)::text = 'pending'" in line]
+    return bad
+
+
+def plans_of(app: Flask, action: Callable[[], Any]) -> list[str]:
+    """The plans of the statements ``action`` sends that read queue tables."""
+    with statements_sent(app) as sent:
+        action()
+    queue_statements = [
+        (statement, parameters)
+        for statement, parameters in sent
+        if "queue_items" in statement or "documents" in statement
+    ]
+    assert queue_statements, "the action sent no statement to the queue tables"
+    return [plan_of(app, statement, parameters) for statement, parameters in queue_statements]
+
+
+def in_service(app: Flask, call: Callable[[DocumentQueueService], Any]) -> Callable[[], Any]:
+    def action() -> Any:
+        with app.app_context():
+            return call(DocumentQueueService())
+
+    return action
+
+
+def test_an_idle_poll_over_a_backlog_reads_only_index_ranges(app: Flask) -> None:
+    add_items(app, BACKLOG, due_in=timedelta(days=1))
+
+    claim = in_service(app, lambda service: service.claim_due_items(10, "w"))
+    plans = plans_of(app, claim)
+
+    assert claim() == []
+    for plan in plans:
+        assert table_scans(plan) == [], plan
+
+
+def test_a_claim_over_a_backlog_reads_only_index_ranges(app: Flask) -> None:
+    add_items(app, BACKLOG, due_in=timedelta(days=1))
+    add_items(app, 30, due_in=-timedelta(minutes=1), first=BACKLOG + 1)
+
+    plans = plans_of(app, in_service(app, lambda service: service.claim_due_items(10, "w")))
+
+    assert len(plans) >= 3  # the look, the claim and what follows it
+    for plan in plans:
+        assert table_scans(plan) == [], plan
+
+
+def test_due_items_among_thousands_not_yet_due_are_claimed_highest_priority_first(
+    app: Flask,
+) -> None:
+    add_items(app, 5_000, due_in=timedelta(hours=1))
+    add_items(app, 22, due_in=-timedelta(minutes=5), first=5_001)  # two due of each priority
+
+    def claim(count: int) -> list[int]:
+        with app.app_context():
+            items = DocumentQueueService().claim_due_items(count, "w")
+            return [item.priority for item in items]
+
+    first, second, rest = claim(3), claim(5), claim(100)
+
+    assert first == [10, 10, 9]
+    assert second == [9, 8, 8, 7, 7]
+    assert rest == [p for p in reversed(PRIORITIES) if p < 7 for _ in range(2)]
+    assert claim(100) == []
+    with app.app_context():
+        pending = db.session.scalar(db.select(db.func.count()).where(QueueItem.status == "pending"))
+    assert pending == 5_000
+
+
+@pytest.mark.parametrize("limit", [1, 7])
+def test_listing_due_items_follows_claim_order_over_a_backlog(app: Flask, limit: int) -> None:
+    add_items(app, 2_000, due_in=timedelta(hours=1))
+    add_items(app, 11, due_in=-timedelta(minutes=5), first=2_001)  # one due of each priority
+
+    with app.app_context():
+        listed = DocumentQueueService().get_pending_items(limit)
+        priorities = [item.priority for item in listed]
+
+    assert priorities == list(reversed(PRIORITIES))[:limit]
