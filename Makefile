@@ -42,10 +42,21 @@ stress: install
 	DOCQUEUE_STRESS_MINUTES=$(STRESS_MINUTES) $(BIN)/python -m pytest tests/queue/test_state_machine.py -s -q -p no:cacheprovider -k test_queue_state_machine
 	DOCQUEUE_STORM_DOCUMENTS=$(STORM_DOCUMENTS) $(BIN)/python -m pytest tests/e2e/test_crash_storm.py -s -q -p no:cacheprovider
 
-bench: install
+# Every target of issue 14 in one run, on PostgreSQL (127.0.0.1:5432) and SQLite, in
+# about ten minutes: one table of ratios against the raw database loops and the peers,
+# written with a chart to bench-results/ (bench.json, bench.png). BENCH_ARGS passes
+# options (`make bench BENCH_ARGS="--jobs 2000 --only drain,pickup"`; see --help).
+# The peers (pgqueuer, huey, procrastinate) and matplotlib come with the bench extra.
+BENCH_INSTALLED := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_INSTALLED)
+
+bench: $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.perf $(BENCH_ARGS)
 	$(BIN)/python bench/isolation_overhead.py
-	$(BIN)/python -m bench.queue_throughput
-	$(BIN)/python -m bench.admin_dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_BENCH_DATABASE = "docqueue_bench"
+# One database per run, so benches run side by side never drop each other's.
+PG_BENCH_DATABASE = f"docqueue_bench_{os.getpid()}"
 
 
 def noop(content: bytes, filename: str, content_type: str) -> dict:
@@ -66,6 +68,13 @@ def fresh_database(kind: str, folder: Path) -> str:
     with app.app_context():
         upgrade()
     return url
+
+
+def drop_database() -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DATABASE}" WITH (FORCE)')
 
 
 def enqueue(url: str, jobs: int, pdf: bytes | None) -> float:
@@ -107,22 +116,110 @@ def process(url: str, workers: int, batch: int, jobs: int, processing: dict) -> 
     return jobs / (time.perf_counter() - started)
 
 
+def add_backlog(url: str, count: int, due_in_seconds: float, first: int = 1) -> None:
+    """``count`` documents, each with a pending item of priority n % 11, due in so many seconds.
+
+    Two INSERT ... SELECT over a recursive counter: a million rows in seconds.
+    """
+    from datetime import timedelta
+
+    from sqlalchemy import bindparam, text
+
+    from docqueue_app.models import UTCDateTime, db, utcnow
+
+    counter = (
+        "WITH RECURSIVE n(i) AS (SELECT CAST(:first AS INTEGER)"
+        " UNION ALL SELECT i + 1 FROM n WHERE i < :last)"
+    )
+    stamps = [bindparam("now", type_=UTCDateTime), bindparam("run_at", type_=UTCDateTime)]
+    documents = (
+        f"{counter} INSERT INTO documents"
+        " (filename, content_type, size, sha256, status, created_at, updated_at)"
+        " SELECT 'backlog-' || i, 'text/plain', 1, 'backlog-' || i, 'pending', :now, :now FROM n"
+    )
+    items = (
+        "INSERT INTO queue_items (document_id, operation, status, priority, attempts,"
+        " max_attempts, run_at, created_at)"
+        " SELECT d.id, 'process', 'pending', d.id % 11, 0, 3, :run_at, :now"
+        " FROM documents AS d WHERE d.id >= :first"
+    )
+    now = utcnow()
+    params = {"first": first, "last": first + count - 1, "now": now}
+    params["run_at"] = now + timedelta(seconds=due_in_seconds)
+    app = make_app(url)
+    with app.app_context(), db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")  # a million rows take a while
+        conn.execute(text(documents).bindparams(*stamps[:1]), params)
+        conn.execute(text(items).bindparams(*stamps), params)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE")
+
+
+def median_ms(action, repeat: int) -> float:
+    import statistics
+
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def claim_costs(kind: str, backlog: int) -> None:
+    """The idle poll, choosing 10 due items and claiming 10, over ``backlog`` items not yet due.
+
+    Median milliseconds; a claim includes its commit, so the disk's sync time.
+    """
+    from docqueue_app.queue import DocumentQueueService
+
+    with tempfile.TemporaryDirectory() as folder:
+        url = fresh_database(kind, Path(folder))
+        add_backlog(url, backlog, due_in_seconds=86400)
+        app = make_app(url)
+        with app.app_context():
+            service = DocumentQueueService()
+            idle = median_ms(lambda: service.claim_due_items(10, "bench"), 30)
+            add_backlog(url, 300, due_in_seconds=-60, first=backlog + 1)
+            # Choosing without claiming: the claim's query without its commit (a disk sync).
+            choose = median_ms(lambda: service.get_pending_items(10), 15)
+            claim = median_ms(lambda: service.claim_due_items(10, "bench"), 15)
+        if kind == "postgresql":
+            drop_database()
+    print(
+        f"{kind:10} backlog {backlog:>9,} not yet due:  idle poll {idle:7.2f} ms"
+        f"   choose 10 due {choose:7.2f} ms   claim 10 {claim:7.2f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch", "--batch-size", type=int, default=100)
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--pdf", type=Path, help="process this PDF for real, isolated")
+    parser.add_argument(
+        "--backlog",
+        help="instead: idle poll and claim cost over these backlogs, e.g. 1000,100000,1000000",
+    )
     args = parser.parse_args()
+    kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    if args.backlog:
+        for kind in kinds:
+            for backlog in args.backlog.split(","):
+                claim_costs(kind, int(backlog))
+        return
     pdf = args.pdf.read_bytes() if args.pdf else None
     processing = REAL if pdf else NO_OP
-    kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     for kind in kinds:
         with tempfile.TemporaryDirectory() as folder:
             url = fresh_database(kind, Path(folder))
             enqueued = enqueue(url, args.jobs, pdf)
             processed = process(url, args.workers, args.batch, args.jobs, processing)
+            if kind == "postgresql":
+                drop_database()
         print(
             f"{kind:10} enqueue {enqueued:8.0f} jobs/s   "
             f"process {processed:8.0f} jobs/s "

@@ -1,0 +1,57 @@
+"""`make bench` works: the harness runs every target at a tiny size on each back end.
+
+A smoke test of bench/perf, not a benchmark: nothing here looks at speed. It checks
+that every target of issue 14 gets a measured row (peers may be missing where the
+bench extra is not installed: their rows then say so), and that the table, the JSON
+file and the chart are written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.perf.harness import run
+from bench.perf.targets import TARGETS, Settings
+
+TINY = {
+    "rounds": 1,
+    "jobs": 300,  # steady state needs completions after the first claim of 100
+    "production_documents": 6,
+    "enqueue_documents": 10,
+    "http_uploads": 16,
+    "pickup_samples": 3,
+    "backlog_sizes": [100, 1_000],
+    "rss_documents": (10, 60),
+}
+TARGET_NUMBERS = {"1", "2", "3", "4", "5", "6", "7"}
+PEERS = ("pgqueuer", "huey", "procrastinate")
+
+
+def _peer_missing(note: str) -> bool:
+    return any(f"{peer} is not installed" in note for peer in PEERS)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_bench_measures_every_target_at_a_tiny_size(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    if backend == "postgresql":
+        request.getfixturevalue("postgres_url")  # skips (or fails under CI) without a server
+
+    rows = run(Settings(backends=[backend], **TINY), list(TARGETS), tmp_path)
+
+    unmeasured = [(row.target, row.note) for row in rows if row.measured is None]
+    assert [entry for entry in unmeasured if not _peer_missing(entry[1])] == []
+    assert {row.target.split()[0] for row in rows} == TARGET_NUMBERS
+    assert all(row.met is not None for row in rows if row.measured is not None)
+    printed = capsys.readouterr().out
+    assert "| target | back end | measured | reference | ratio | goal | result |" in printed
+    assert all(row.target in printed for row in rows)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["target"] for row in saved["rows"]] == [row.target for row in rows]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "bench.png").stat().st_size > 0
