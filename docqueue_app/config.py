@@ -123,7 +123,8 @@ def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
         }
-    return {"pool_pre_ping": True, "connect_args": POSTGRESQL_CONNECT_ARGS}
+    # No pool_pre_ping: database.py pings only connections that sat idle.
+    return {"connect_args": POSTGRESQL_CONNECT_ARGS}
 
 
 def _coerce_types(config: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, text
 
 from docqueue_app import create_app
-from docqueue_app.database import RETRY_AFTER_SECONDS
+from docqueue_app.database import PING_AFTER_IDLE_SECONDS, RETRY_AFTER_SECONDS
 from docqueue_app.models import db
 from tests.api import assert_json_error, run_queue
 from tests.conftest import BASE_CONFIG, PG_ADMIN_URL, TABLES, app_factory
@@ -322,4 +323,27 @@ def test_a_connection_dropped_after_the_answer_does_not_turn_it_into_an_error(
 
     assert (response.status_code, response.text) == (200, "answered")
     assert client.get("/api/documents").status_code == 200  # a new connection
+    close_connections(app)
+
+
+def test_pooled_connections_the_server_dropped_while_idle_are_replaced_before_use(
+    postgresql_clean: str,
+) -> None:
+    """A restart (or a proxy's idle timeout) kills the pool's idle connections: the next
+    request still succeeds, on a new connection, instead of answering 503."""
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
+    client = app.test_client()
+    assert upload(client, b"before", "before.txt").status_code == 202
+    database = postgresql_clean.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
+        ).fetchall()
+    assert killed
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)  # idle long enough to be pinged
+
+    assert upload(client, b"after", "after.txt").status_code == 202
+    assert client.get("/api/documents").status_code == 200
     close_connections(app)
