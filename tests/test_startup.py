@@ -18,8 +18,16 @@ from flask import Flask
 from docqueue_app.queue import DocumentQueueService
 
 # Document parsers (PDFium, lxml, selectolax, python-docx, charset-normalizer),
-# and Alembic, which only the `db` commands need.
-HEAVY_MODULES = ("pypdfium2", "lxml", "selectolax", "docx", "charset_normalizer", "alembic")
+# Alembic, which only the `db` commands need, and APScheduler, which only a server runs.
+HEAVY_MODULES = (
+    "pypdfium2",
+    "lxml",
+    "selectolax",
+    "docx",
+    "charset_normalizer",
+    "alembic",
+    "apscheduler",
+)
 
 RUN_COMMAND = """
 import json, sys
