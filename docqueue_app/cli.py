@@ -36,16 +36,20 @@ def process_command(limit: int | None) -> None:
 
 
 @queue_cli.command("worker")
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="Documents at once. Default: CONCURRENCY."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: BATCH_SIZE.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), help="Default: POLL_INTERVAL.")
-def worker_command(concurrency: int, batch_size: int | None, poll_interval: float | None) -> None:
+def worker_command(
+    concurrency: int | None, batch_size: int | None, poll_interval: float | None
+) -> None:
     """Process the queue until SIGTERM, which finishes the documents in hand."""
     from .queue.runner import run_worker
 
     config = current_app.config
     run_worker(
-        concurrency,
+        concurrency or config["CONCURRENCY"],
         batch_size or config["BATCH_SIZE"],
         poll_interval or config["POLL_INTERVAL"],
     )
