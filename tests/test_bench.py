@@ -19,8 +19,8 @@ from bench.perf.targets import TARGETS, Settings
 
 TINY = {
     "rounds": 1,
-    "jobs": 300,  # steady state needs completions after the first claim of 100
-    "production_documents": 6,
+    "jobs": 1000,  # enough that even the raw loop is seen between its first and last claim
+    "production_documents": 30,  # several outcome commits, so a first completion is seen
     "enqueue_documents": 10,
     "http_uploads": 16,
     "pickup_samples": 3,

@@ -153,6 +153,16 @@ def run_to_completion(processes: list[subprocess.Popen], timeout: float = 180) -
     _check_running(processes)
 
 
+def reference_rate(
+    kind: str, args: Sequence[object], workers: int, done: Callable[[], int], total: int
+) -> float:
+    """Steady-state rate of ``workers`` reference workers that exit when nothing is left."""
+    with running([start_reference_worker(kind, *args) for _ in range(workers)]) as processes:
+        rate = steady_rate(done, total, processes)
+        run_to_completion(processes)
+    return rate
+
+
 @contextmanager
 def running(processes: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
     """Stop the processes (SIGTERM, then SIGKILL) however the block ends."""

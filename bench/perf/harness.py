@@ -25,8 +25,10 @@ def run(settings: Settings, only: list[str], out: Path) -> list[Row]:
         for name in only:
             for kind in settings.backends:
                 print(f"measuring {name} on {kind} ...", flush=True)
+                target_started = time.perf_counter()
                 measured = TARGETS[name](bench, kind)
                 print(table(measured, header=False), flush=True)
+                print(f"({time.perf_counter() - target_started:.0f} s)", flush=True)
                 rows += measured
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)

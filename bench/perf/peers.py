@@ -13,7 +13,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from .common import NotMeasured, run_to_completion, running, start_reference_worker, steady_rate
+from .common import NotMeasured, reference_rate, running, start_reference_worker, steady_rate
 from .databases import Database
 
 PGQUEUER_BATCH = 10  # as measured in MEASUREMENTS.md
@@ -63,21 +63,15 @@ def pgqueuer_drain(database: Database, jobs: int, workers: int = 2) -> float:
     _require("pgqueuer")
     _require("asyncpg")
     asyncio.run(_pgqueuer_fill(database.url, jobs))
-    with (
-        closing(database.connect()) as probe,
-        running(
-            [
-                start_reference_worker("pgqueuer", database.url, PGQUEUER_BATCH)
-                for _ in range(workers)
-            ]
-        ) as processes,
-    ):
+    with closing(database.connect()) as probe:
         # pgqueuer deletes a job from its queue table when the job is done.
-        rate = steady_rate(
-            lambda: jobs - probe.execute(_PGQUEUER_LEFT).fetchone()[0], jobs, processes
+        return reference_rate(
+            "pgqueuer",
+            (database.url, PGQUEUER_BATCH),
+            workers,
+            lambda: jobs - probe.execute(_PGQUEUER_LEFT).fetchone()[0],
+            jobs,
         )
-        run_to_completion(processes)
-    return rate
 
 
 def make_huey(path: str):  # -> tuple[SqliteHuey, TaskWrapper]

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from .common import run_to_completion, running, start_reference_worker, steady_rate
+from .common import reference_rate
 from .databases import Database
 
 _TABLE = "CREATE TABLE raw_jobs (id integer PRIMARY KEY, status text NOT NULL, payload text)"
@@ -72,15 +72,14 @@ def drain(database: Database, jobs: int, batch: int, workers: int = 2) -> float:
         connection.execute(_INDEX)
         connection.execute(_FILL[database.kind] % jobs)
     where = database.url if database.kind == "postgresql" else database.sqlite_path
-    with (
-        closing(database.connect()) as probe,
-        running(
-            [start_reference_worker(f"raw-{database.kind}", where, batch) for _ in range(workers)]
-        ) as processes,
-    ):
-        rate = steady_rate(lambda: probe.execute(_DONE).fetchone()[0], jobs, processes)
-        run_to_completion(processes)
-    return rate
+    with closing(database.connect()) as probe:
+        return reference_rate(
+            f"raw-{database.kind}",
+            (where, batch),
+            workers,
+            lambda: probe.execute(_DONE).fetchone()[0],
+            jobs,
+        )
 
 
 _INSERTS = (
