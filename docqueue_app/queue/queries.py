@@ -428,8 +428,16 @@ def document_results(now: Any) -> Update:
     )
 
 
-def sync_documents(document_ids: list[int], now: Any) -> Update:
-    """Set each document's status and error from its latest queue item."""
+def sync_documents(document_ids: list[int], now: Any) -> tuple[Update, dict[str, Any]]:
+    """Set each document's status and error from its latest queue item: a statement and
+    its parameters."""
+    if isinstance(now, datetime):
+        # Built once: building this statement costs more Python than running it.
+        return _SYNC_DOCUMENTS, {"document_ids": document_ids, "now": now}
+    return _sync_documents(bindparam("document_ids", document_ids, expanding=True), now), {}
+
+
+def _sync_documents(document_ids: Any, now: Any) -> Update:
     return (
         update(Document)
         .where(Document.id.in_(document_ids))
@@ -457,6 +465,11 @@ def _following_latest_item(now: Any) -> dict[str, Any]:
         "error": case((latest_status == ItemStatus.FAILED, latest_error), else_=None),
         "updated_at": now,
     }
+
+
+_SYNC_DOCUMENTS = _sync_documents(
+    bindparam("document_ids", expanding=True), bindparam("now", type_=UTCDateTime)
+)
 
 
 # -- the queue's switches -------------------------------------------------------

@@ -420,10 +420,13 @@ class DocumentQueueService:
         with self._write():
             now = now or self._now()
             batch = queries.claimable_batch(self._dialect(), now, limit)
-            items = self._claim(batch, worker_id, now)
-        for item in items:
-            item.claim = Claim(worker_id, item.attempts)
-        return queries.in_claim_order(items)
+            items = queries.in_claim_order(self._claim(batch, worker_id, now))
+            # Read before the commit: a session that expires on commit would
+            # otherwise reload every item, one SELECT each.
+            claims = [Claim(worker_id, item.attempts) for item in items]
+        for item, claim in zip(items, claims, strict=True):
+            item.claim = claim
+        return items
 
     def _claim(self, ids: Any, worker: str, now: datetime) -> list[QueueItem]:
         """Run the claim statement and record the attempts it opened; the claimed items."""
@@ -840,7 +843,7 @@ class DocumentQueueService:
     def _sync_documents(self, document_ids: Iterable[int], now: Any) -> None:
         ids = sorted(set(document_ids))
         if ids:
-            self.session.execute(queries.sync_documents(ids, now))
+            self.session.execute(*queries.sync_documents(ids, now))
 
     # -- bulk admin actions -----------------------------------------------------
 
