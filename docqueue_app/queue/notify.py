@@ -33,6 +33,7 @@ sleep, so the idle cost of a process does not grow with its threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -170,6 +171,9 @@ def _send_to_listeners(folder: str) -> None:
 # -- paths of a database on this host -----------------------------------------------
 
 
+# Cached: announce_due_work runs after every upload's commit, and these paths
+# (a realpath, a hash) never change for a given URL.
+@functools.lru_cache(maxsize=16)
 def sqlite_file(url: URL) -> str | None:
     """The SQLite database file of ``url``, resolved; None for memory or PostgreSQL."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
@@ -196,6 +200,7 @@ def host_path(url: URL, suffix: str, max_length: int | None = None) -> str:
     return os.path.join(tempfile.gettempdir(), f"docqueue-{digest}{suffix}")
 
 
+@functools.lru_cache(maxsize=16)
 def socket_folder(url: URL) -> str:
     # Room for "/<pid>-<8 hex>.sock" after the folder.
     return host_path(url, ".wake", _SOCKET_PATH_MAX - 30)
