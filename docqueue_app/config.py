@@ -37,11 +37,17 @@ DEFAULTS: dict[str, Any] = {
     "PROCESS_MEMORY_MB": 1024,
     "PROCESS_TIMEOUT_SECONDS": 300.0,
     "RETENTION_DAYS": 30,
+    "OCR": "auto",
+    "WEBHOOK_URL": None,
+    "WEBHOOK_SECRET": None,
+    "WEBHOOK_MAX_ATTEMPTS": 8,
+    "WEBHOOK_TIMEOUT_SECONDS": 10.0,
+    "WEBHOOK_ALLOW_PRIVATE": False,
 }
 
 # Secrets are compared byte for byte, so they must never be parsed as JSON
 # (a token such as ``123`` or ``true`` would otherwise change type).
-SECRET_KEYS = ("CRON_SECRET", "ADMIN_PASSWORD", "API_TOKEN")
+SECRET_KEYS = ("CRON_SECRET", "ADMIN_PASSWORD", "API_TOKEN", "WEBHOOK_SECRET")
 
 _FLOAT_KEYS = (
     "POLL_INTERVAL",
@@ -50,10 +56,19 @@ _FLOAT_KEYS = (
     "LEASE_SECONDS",
     "MAX_UPLOAD_MB",
     "PROCESS_TIMEOUT_SECONDS",
+    "WEBHOOK_TIMEOUT_SECONDS",
 )
-_INT_KEYS = ("BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS", "PROCESS_MEMORY_MB", "RETENTION_DAYS")
-_BOOL_KEYS = ("SCHEDULER_ENABLED",)
+_INT_KEYS = (
+    "BATCH_SIZE",
+    "CONCURRENCY",
+    "MAX_ATTEMPTS",
+    "PROCESS_MEMORY_MB",
+    "RETENTION_DAYS",
+    "WEBHOOK_MAX_ATTEMPTS",
+)
+_BOOL_KEYS = ("SCHEDULER_ENABLED", "WEBHOOK_ALLOW_PRIVATE")
 _ISOLATION_MODES = ("subprocess", "none")
+_OCR_MODES = ("auto", "off")
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 # PostgreSQL connections must fail rather than hang: a connect timeout (an
@@ -134,9 +149,10 @@ def _coerce_types(config: dict[str, Any]) -> None:
         config[key] = int(config[key])
     for key in _BOOL_KEYS:
         config[key] = _as_bool(config[key])
-    for key in SECRET_KEYS:
+    for key in (*SECRET_KEYS, "WEBHOOK_URL"):
         if config.get(key) is not None:
             config[key] = str(config[key]) or None
+    config["OCR"] = str(config["OCR"]).strip().lower()
 
 
 def _as_bool(value: Any) -> bool:
@@ -151,7 +167,10 @@ def _validate(config: Mapping[str, Any]) -> None:
             f"DOCQUEUE_PROCESS_ISOLATION must be one of {_ISOLATION_MODES}, "
             f"not {config['PROCESS_ISOLATION']!r}"
         )
-    for key in ("POLL_INTERVAL", "LEASE_SECONDS", "BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS"):
+    if config["OCR"] not in _OCR_MODES:
+        raise ValueError(f"DOCQUEUE_OCR must be one of {_OCR_MODES}, not {config['OCR']!r}")
+    positive = ("POLL_INTERVAL", "LEASE_SECONDS", "BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS")
+    for key in (*positive, "WEBHOOK_MAX_ATTEMPTS", "WEBHOOK_TIMEOUT_SECONDS"):
         if config[key] <= 0:
             raise ValueError(f"DOCQUEUE_{key} must be positive")
 

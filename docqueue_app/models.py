@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
-from .states import DocumentStatus, ItemStatus
+from .states import DeliveryStatus, DocumentStatus, ItemStatus
 
 
 class Base(DeclarativeBase):
@@ -86,6 +86,8 @@ class Document(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Receives this document's webhook events (SPEC §8), besides DOCQUEUE_WEBHOOK_URL.
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"<Document {self.id} {self.filename!r} {self.status}>"
@@ -205,6 +207,55 @@ class QueueState(db.Model):
 
 
 QUEUE_STATE_ID = 1
+
+_DELIVERY_PENDING = text("status = 'pending'")
+
+
+class WebhookDelivery(db.Model):
+    """One event for one destination (SPEC §8), sent until a 2xx answer or out of attempts.
+
+    Written in the transaction of the outcome that causes it, with its body
+    frozen then: every attempt sends the same bytes under the same
+    ``delivery_id``. A sender holds a delivery while ``locked_until`` is in the
+    future, so two processes do not send it at once; a sender that died is
+    replaced once that lease runs out.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # "Which deliveries are due?" walks only the pending ones.
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            sqlite_where=_DELIVERY_PENDING,
+            postgresql_where=_DELIVERY_PENDING,
+        ),
+        Index("ix_webhook_deliveries_document", "document_id", "id"),
+        Index("ix_webhook_deliveries_status", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The id a receiver sees (body "id", X-Docqueue-Delivery): a UUID, unique across installs.
+    delivery_id: Mapped[str] = mapped_column(String(36), unique=True)
+    # Kept when the document is deleted: its event is still owed to the receiver.
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id", ondelete="SET NULL"))
+    event: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    # The exact JSON body, frozen when the outcome was recorded.
+    payload: Mapped[str] = mapped_column(Text, deferred=True)
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_by: Mapped[str | None] = mapped_column(String(255))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<WebhookDelivery {self.delivery_id} {self.event} {self.status}>"
 
 
 def latest_items(session: Any, document_ids: list[int]) -> dict[int, QueueItem]:

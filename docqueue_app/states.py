@@ -44,6 +44,22 @@ class AttemptOutcome(enum.StrEnum):
     CANCELLED = "cancelled"  # an admin cancelled the item while it ran
 
 
+class DeliveryStatus(enum.StrEnum):
+    """A webhook delivery (SPEC §8): sent until a 2xx answer, or out of attempts."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookEvent(enum.StrEnum):
+    """A document's terminal events: each ends a queue item (a retry ends nothing)."""
+
+    COMPLETED = "document.completed"
+    FAILED = "document.failed"
+    CANCELLED = "document.cancelled"
+
+
 # Items that will not change again unless an admin retries them.
 FINISHED_STATUSES = (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.CANCELLED)
 

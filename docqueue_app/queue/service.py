@@ -278,6 +278,7 @@ class DocumentQueueService:
             size=len(file.content),
             sha256=digest,
             status=DocumentStatus.PENDING,
+            callback_url=file.callback_url,
             created_at=now,
             updated_at=now,
         )

@@ -40,6 +40,7 @@ class NewDocument:
     content: bytes
     content_type: str
     priority: int = DEFAULT_PRIORITY
+    callback_url: str | None = None  # checked already (webhooks.destinations)
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,15 @@ _POSTGRESQL_STORE = text(
         FROM unnest(
             CAST(:filenames AS varchar[]), CAST(:content_types AS varchar[]),
             CAST(:sizes AS integer[]), CAST(:digests AS varchar[]),
-            CAST(:priorities AS integer[]), CAST(:contents AS bytea[])
+            CAST(:priorities AS integer[]), CAST(:contents AS bytea[]),
+            CAST(:callback_urls AS text[])
         ) WITH ORDINALITY
-            AS incoming (filename, content_type, size, sha256, priority, data, position)
+            AS incoming
+                (filename, content_type, size, sha256, priority, data, callback_url, position)
     ), new_documents AS (
-        INSERT INTO documents (filename, content_type, size, sha256, status, created_at, updated_at)
-        SELECT filename, content_type, size, sha256, :document_status, now(), now()
+        INSERT INTO documents
+            (filename, content_type, size, sha256, status, callback_url, created_at, updated_at)
+        SELECT filename, content_type, size, sha256, :document_status, callback_url, now(), now()
         FROM incoming
         ORDER BY position
         ON CONFLICT (sha256) DO NOTHING
@@ -105,8 +109,9 @@ _POSTGRESQL_STORE = text(
 # One row at a time on SQLite: each statement is a call into the library, not a
 # round trip, and plain SQL skips SQLAlchemy's compiling (a third of the cost).
 _SQLITE_DOCUMENT = (
-    "INSERT INTO documents (filename, content_type, size, sha256, status, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING RETURNING id"
+    "INSERT INTO documents"
+    " (filename, content_type, size, sha256, status, callback_url, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING RETURNING id"
 )
 _SQLITE_CONTENT = "INSERT INTO document_contents (document_id, data) VALUES (?, ?)"
 _SQLITE_ITEM = (
@@ -143,6 +148,7 @@ def _store_on_postgresql(
             "digests": list(files),
             "priorities": [file.priority for file in files.values()],
             "contents": [file.content for file in files.values()],
+            "callback_urls": [file.callback_url for file in files.values()],
             "document_status": _DOCUMENT_PENDING,
             "item_status": _ITEM_PENDING,
             "operation": _PROCESS,
@@ -164,7 +170,16 @@ def _store_on_sqlite(
         size = len(file.content)
         document_id = connection.exec_driver_sql(
             _SQLITE_DOCUMENT,
-            (file.filename, file.content_type, size, digest, _DOCUMENT_PENDING, stamp, stamp),
+            (
+                file.filename,
+                file.content_type,
+                size,
+                digest,
+                _DOCUMENT_PENDING,
+                file.callback_url,
+                stamp,
+                stamp,
+            ),
         ).scalar()
         if document_id is None:
             continue  # stored before

@@ -1,0 +1,1 @@
+"""Webhooks (SPEC §8): a document's terminal events, delivered from the database."""

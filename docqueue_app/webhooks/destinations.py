@@ -1,0 +1,112 @@
+"""Where a webhook may be sent: the SSRF guard of SPEC §8.
+
+A destination is an ``http`` or ``https`` URL whose host resolves only to public
+addresses. The guard resolves the name once and hands back the address it
+checked, and the sender connects to exactly that address: a second lookup,
+which a DNS rebinding attack could answer differently, never happens.
+``DOCQUEUE_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address check (receivers on
+loopback or the local network), not the URL check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+_SCHEMES = {"http": 80, "https": 443}
+MAX_URL_LENGTH = 2048
+
+
+class RefusedDestination(ValueError):
+    """The URL is not one a webhook may be sent to; the message says why."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A checked URL: where to connect (``address``) and what to ask for there."""
+
+    url: str
+    scheme: str
+    host: str  # as written: the Host header and the name TLS verifies
+    port: int
+    target: str  # path and query
+    address: str  # the resolved address that was checked
+
+
+def check_destination(url: str, allow_private: bool = False) -> Destination:
+    """The destination of ``url``, resolved and checked; raises RefusedDestination."""
+    scheme, host, port, target = _parse(url)
+    addresses = _resolve(host, port)
+    if not addresses:
+        if allow_private:
+            raise RefusedDestination(f"{host} does not resolve")
+        raise RefusedDestination(f"{host} does not resolve to a public address")
+    if not allow_private:
+        for address in addresses:
+            kind = non_public_kind(address)
+            if kind is not None:
+                named = host if host == address else f"{host} resolves to {address}, which"
+                raise RefusedDestination(f"{named} is a {kind} address")
+    return Destination(url, scheme, host, port, target, addresses[0])
+
+
+def check_url_shape(url: str) -> None:
+    """Refuse what is not an absolute http(s) URL with a host, without resolving it."""
+    _parse(url)
+
+
+def non_public_kind(address: str) -> str | None:
+    """What kind of non-public address this is ("loopback", "private"...), None when public.
+
+    An IPv4 address written as IPv6 (``::ffff:127.0.0.1``) is judged as the
+    IPv4 address it names.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if not ip.is_global:
+        return "non-public"
+    return None
+
+
+def _parse(url: str) -> tuple[str, str, int, str]:
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise RefusedDestination(
+            f"must be an http or https URL of at most {MAX_URL_LENGTH} characters"
+        )
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise RefusedDestination("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise RefusedDestination(f"is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise RefusedDestination("must be an http or https URL")
+    if not parts.hostname:
+        raise RefusedDestination("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise RefusedDestination("must not carry a user name or password")
+    target = parts.path or "/"
+    if parts.query:
+        target = f"{target}?{parts.query}"
+    return scheme, parts.hostname, port or _SCHEMES[scheme], target
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """Every address the name resolves to (an address literal resolves to itself)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        if sockaddr[0] not in addresses:
+            addresses.append(sockaddr[0])
+    return addresses
