@@ -28,7 +28,14 @@ PG_ADMIN_URL = os.environ.get(
 )
 # One database per test run, so concurrent runs (developers, CI) never share rows.
 PG_TEST_DATABASE = f"docqueue_test_{os.getpid()}"
-TABLES = ("queue_attempts", "queue_items", "document_contents", "documents", "queue_state")
+TABLES = (
+    "webhook_deliveries",
+    "queue_attempts",
+    "queue_items",
+    "document_contents",
+    "documents",
+    "queue_state",
+)
 
 BASE_CONFIG: dict[str, Any] = {
     "TESTING": True,
