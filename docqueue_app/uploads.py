@@ -25,8 +25,13 @@ from .schemas import clean_filename
 SUPPORTED_TYPES_LABEL = "PDF, DOCX, HTML, text, Markdown, CSV, JSON"
 
 
-def check_upload(storage: FileStorage | None, priority: int) -> NewDocument:
-    """Read and vet one uploaded file; raises 400, 413 or 415 with a message for the user."""
+def check_upload(
+    storage: FileStorage | None, priority: int, callback_url: str | None = None
+) -> NewDocument:
+    """Read and vet one uploaded file; raises 400, 413 or 415 with a message for the user.
+
+    ``callback_url`` was checked by the form's schema already.
+    """
     if storage is None:
         raise BadRequest("The multipart field 'file' is missing.")
     filename = clean_filename(storage.filename)
@@ -40,7 +45,7 @@ def check_upload(storage: FileStorage | None, priority: int) -> NewDocument:
             f"{filename} is {exc or 'of an unknown kind'}; "
             f"it is not a supported type ({SUPPORTED_TYPES_LABEL})."
         ) from None
-    return NewDocument(filename, content, content_type, priority)
+    return NewDocument(filename, content, content_type, priority, callback_url)
 
 
 def store_uploads(uploads: Sequence[NewDocument]) -> list[Submission]:
