@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -127,6 +128,17 @@ _local_wakes: dict[str, list[Wake]] = {}
 # The sockets this process listens on: its own loops are woken directly.
 _own_sockets: set[str] = set()
 _registry_lock = threading.Lock()
+
+
+def notify_in_transaction(session: Session) -> None:
+    """Make the current transaction's commit wake PostgreSQL's listeners.
+
+    For work that became claimable without any item being written (the queue
+    resumed), so the trigger did not notify. SQLite: ``announce_due_work``
+    after the commit does it.
+    """
+    if session.get_bind().url.get_backend_name() == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def announce_due_work(session: Session) -> None:

@@ -62,7 +62,7 @@ from ..states import (
     Operation,
 )
 from . import queries
-from .notify import announce_due_work
+from .notify import announce_due_work, notify_in_transaction
 from .retry import Cause, Decision, RetryPolicy, decide, lost_worker_message
 from .submissions import NewDocument, StoredDocument, Submission, store_new_documents
 
@@ -734,10 +734,14 @@ class DocumentQueueService:
 
     def set_paused(self, paused: bool) -> bool:
         """Pause or resume the queue: while paused no scheduler, worker or cron call claims."""
-        with self._write():
+        with self._write() as session:
             state = self._queue_state()
             state.paused = paused
             state.updated_at = self._now()
+            if not paused:
+                notify_in_transaction(session)  # idle loops sleep until told
+        if not paused:
+            announce_due_work(self.session)
         return paused
 
     def is_paused(self) -> bool:

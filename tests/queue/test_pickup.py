@@ -107,3 +107,18 @@ def terminate_listeners(app: Flask) -> int:
             (LISTENER_APPLICATION_NAME,),
         ).fetchall()
     return len(rows)
+
+
+def test_an_idle_worker_picks_up_queued_work_when_the_queue_is_resumed(make_app, worker):
+    app = make_app()
+    worker()
+    with app.app_context():
+        DocumentQueueService().set_paused(True)
+    upload(app.test_client(), b"queued while paused", "paused.txt")
+    time.sleep(SETTLE_SECONDS)  # woken by the upload, the worker found the queue paused
+    assert completed(app) == 0
+
+    with app.app_context():
+        DocumentQueueService().set_paused(False)
+
+    wait_until(lambda: completed(app) == 1, timeout=PROMPTLY)
