@@ -13,11 +13,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
+
+from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 queue_cli = AppGroup("queue", help="Work and inspect the document queue.")
 
@@ -92,8 +95,77 @@ def purge_command(older_than_days: float, statuses: tuple[str, ...]) -> None:
     echo_json({"deleted": deleted})
 
 
+# `docqueue import` exits 0 when every file was stored (or was a duplicate), 1 when
+# some file was refused, and this when a database outage stopped it part way.
+IMPORT_STOPPED_EXIT_CODE = 3
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--recursive", is_flag=True, help="Import the files of subfolders too.")
+@click.option(
+    "--priority",
+    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
+    default=DEFAULT_PRIORITY,
+    show_default=True,
+    help="Queue priority of every imported document (higher runs first).",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    help="Receives the webhook events of every imported document (SPEC §8).",
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Then import each new or changed file once it stops changing, until SIGINT or SIGTERM.",
+)
+@with_appcontext
+def import_command(
+    paths: tuple[Path, ...],
+    recursive: bool,
+    priority: int,
+    callback_url: str | None,
+    watch: bool,
+) -> None:
+    """Submit every file of PATHS as an upload would be, many files per transaction.
+
+    Prints {"imported": n, "duplicates": n, "rejected": n}; exits 1 when a file
+    was refused (each is named on stderr with the reason), 3 when a database
+    outage stopped the import (what was stored stays stored: run it again).
+    """
+    from .imports import import_paths
+
+    result = import_paths(paths, recursive, priority, _checked_callback_url(callback_url), watch)
+    if result.stopped_by is not None:
+        click.echo(
+            f"Import stopped: {result.stopped_by}. The files the summary counts are stored; "
+            "run the same import again to store the rest (stored files come back as duplicates).",
+            err=True,
+        )
+    echo_json(result.counts.as_dict())
+    if result.stopped_by is not None:
+        click.get_current_context().exit(IMPORT_STOPPED_EXIT_CODE)
+    click.get_current_context().exit(1 if result.counts.rejected else 0)
+
+
+def _checked_callback_url(url: str | None) -> str | None:
+    """The URL if webhooks may be sent there (as at upload), else a usage error."""
+    if url is None or not url.strip():
+        return None
+    from .webhooks.destinations import RefusedDestination, check_destination
+
+    url = url.strip()
+    try:
+        check_destination(url, allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+    except RefusedDestination as refused:
+        raise click.BadParameter(str(refused), param_hint="'--callback-url'") from None
+    return url
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(queue_cli)
+    app.cli.add_command(import_command)
 
 
 class DeferredCommand(click.Command):

@@ -10,9 +10,18 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.orm import undefer
 from werkzeug.exceptions import NotFound
 
-from .models import Document, DocumentContent, QueueAttempt, QueueItem, db, latest_items
+from .models import (
+    Document,
+    DocumentContent,
+    QueueAttempt,
+    QueueItem,
+    WebhookDelivery,
+    db,
+    latest_items,
+)
 
 
 class DocumentView:
@@ -57,11 +66,22 @@ def fetch_page(query: Select[Any], page: int, per_page: int) -> tuple[list[Any],
     return list(rows), total or 0
 
 
-def find_document(document_id: int) -> Document:
-    document = db.session.get(Document, document_id)
+# The document JSON shows the processor's metadata (a deferred column): loaded with
+# the row, not by one more query per document.
+_WITH_METADATA = undefer(Document.extracted_metadata)
+
+
+def find_document(document_id: int, with_metadata: bool = False) -> Document:
+    options = [_WITH_METADATA] if with_metadata else []
+    document = db.session.get(Document, document_id, options=options)
     if document is None:
         raise _not_found(document_id)
     return document
+
+
+def show_document(document_id: int) -> DocumentView:
+    """A document as its JSON shows it (metadata and latest item); 404 when unknown."""
+    return document_view(find_document(document_id, with_metadata=True))
 
 
 def document_view(document: Document, duplicate: bool = False) -> DocumentView:
@@ -77,7 +97,11 @@ def list_documents(
     ``filename_contains`` keeps the documents whose file name holds it, ignoring
     case; ``%`` and ``_`` in it are matched as themselves.
     """
-    query = select(Document).order_by(Document.created_at.desc(), Document.id.desc())
+    query = (
+        select(Document)
+        .options(_WITH_METADATA)
+        .order_by(Document.created_at.desc(), Document.id.desc())
+    )
     if status is not None:
         query = query.where(Document.status == status)
     if filename_contains:
@@ -102,6 +126,18 @@ def document_attempts(document_id: int) -> list[QueueAttempt]:
         .join(QueueItem, QueueItem.id == QueueAttempt.queue_item_id)
         .where(QueueItem.document_id == document_id)
         .order_by(QueueAttempt.started_at, QueueAttempt.id)
+    )
+    return list(db.session.scalars(query))
+
+
+def document_deliveries(document_id: int, limit: int) -> list[WebhookDelivery]:
+    """The document's newest ``limit`` webhook deliveries, newest first; 404 when unknown."""
+    find_document(document_id)
+    query = (
+        select(WebhookDelivery)
+        .where(WebhookDelivery.document_id == document_id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(limit)
     )
     return list(db.session.scalars(query))
 

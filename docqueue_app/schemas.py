@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from flask import current_app
 from flask_smorest.fields import Upload
 from marshmallow import (
     EXCLUDE,
@@ -31,9 +32,12 @@ from .states import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     AttemptOutcome,
+    DeliveryStatus,
     DocumentStatus,
     ItemStatus,
+    WebhookEvent,
 )
+from .webhooks.destinations import RefusedDestination, check_destination
 
 MAX_FILENAME_CHARS = 255
 FALLBACK_FILENAME = "upload"
@@ -131,6 +135,26 @@ def priority_field() -> WholeNumber:
 # -- input ----------------------------------------------------------------------
 
 
+class CallbackUrl(fields.String):
+    """A webhook destination (SPEC §8): an http(s) URL whose host is allowed; blank is none.
+
+    The host is resolved here, at upload, so a refused destination is a 422 for
+    the uploader rather than a delivery that fails later. Private, loopback and
+    link-local hosts pass only with ``DOCQUEUE_WEBHOOK_ALLOW_PRIVATE``. The sender
+    checks again when it delivers (the name may resolve elsewhere by then).
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
+        url = super()._deserialize(value, attr, data, **kwargs).strip()
+        if not url:
+            return None
+        try:
+            check_destination(url, allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+        except RefusedDestination as refused:
+            raise ValidationError(f"Refused: {refused}.") from None
+        return url
+
+
 class UploadFormSchema(Schema):
     """Form fields of an upload (the API's multipart body and the web form)."""
 
@@ -142,6 +166,13 @@ class UploadFormSchema(Schema):
     # which answers 400 (not 422) when the field is missing or empty.
     file = Upload(load_only=True, metadata={"description": "the document (required)"})
     priority = priority_field()
+    callback_url = CallbackUrl(
+        load_default=None,
+        metadata={
+            "description": "an http or https URL that receives this document's webhook events; "
+            "its host must resolve to public addresses unless DOCQUEUE_WEBHOOK_ALLOW_PRIVATE"
+        },
+    )
 
 
 class ReprocessSchema(Schema):
@@ -342,6 +373,14 @@ class DocumentSchema(Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     processed_at = fields.DateTime(allow_none=True)
+    metadata = fields.Dict(
+        attribute="extracted_metadata",
+        allow_none=True,
+        metadata={"description": "what the processor found; null before the first success"},
+    )
+    callback_url = fields.String(
+        allow_none=True, metadata={"description": "receives this document's webhook events"}
+    )
     queue_item = fields.Nested(LatestItemSchema, allow_none=True)
 
 
@@ -365,6 +404,29 @@ class DocumentPageSchema(PageSchema):
 
 class QueueItemPageSchema(PageSchema):
     items = fields.List(fields.Nested(QueueItemSchema))
+
+
+class DeliverySchema(Schema):
+    """One webhook delivery of a document (SPEC §8): one event for one destination."""
+
+    id = fields.String(
+        attribute="delivery_id",
+        metadata={"description": "the X-Docqueue-Delivery header and body id of every attempt"},
+    )
+    event = fields.String(metadata={"enum": [event.value for event in WebhookEvent]})
+    url = fields.String()
+    status = fields.String(metadata={"enum": [status.value for status in DeliveryStatus]})
+    attempts = fields.Integer()
+    last_status_code = fields.Integer(
+        allow_none=True, metadata={"description": "the receiver's last HTTP status"}
+    )
+    last_error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    delivered_at = fields.DateTime(allow_none=True)
+
+
+class DeliveryListSchema(Schema):
+    items = fields.List(fields.Nested(DeliverySchema))
 
 
 class AttemptSchema(Schema):

@@ -1,4 +1,4 @@
-"""What the admin console reads: counts, throughput, filtered item lists.
+"""What the admin console reads: counts, throughput, filtered item lists, failed deliveries.
 
 Read-only; every change goes through ``DocumentQueueService``. Counts must stay
 fast on a table of millions of rows, so none of them scans: a count stops at
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, literal, select, text
 
 from ..database import database_now as queue_clock
-from ..models import Document, QueueItem, db
+from ..models import Document, QueueItem, WebhookDelivery, db
 from ..queue import queries as queue_queries
-from ..states import FINISHED_STATUSES, ItemStatus
+from ..states import FINISHED_STATUSES, DeliveryStatus, ItemStatus
 
 COUNT_CAP = 10_000
 THROUGHPUT_MINUTES = 60
@@ -229,9 +229,14 @@ class ItemRow:
     filename: str | None
 
 
+R = TypeVar("R")
+
+
 @dataclass(frozen=True)
-class ItemPage:
-    rows: list[ItemRow]
+class RowPage(Generic[R]):
+    """One page of a console list, newest first; its total is a capped count."""
+
+    rows: list[R]
     page: int
     per_page: int
     total: Count
@@ -243,28 +248,41 @@ class ItemPage:
         return f"{pages:,}+" if self.total.capped else f"{pages:,}"
 
 
+ItemPage = RowPage[ItemRow]
+
+
+def _page_of(
+    query: Select, count_query: Select, page: int, per_page: int
+) -> tuple[list[Any], Count, bool]:
+    """The rows of one page of ``query``, the (capped) total, and whether a next page exists.
+
+    One row past the page says whether there is a next page; only then (or past
+    the end) is anything counted: on the last page, what came before it and what
+    is on it is everything.
+    """
+    offset = (page - 1) * per_page
+    rows = db.session.execute(query.limit(per_page + 1).offset(offset)).all()
+    has_next = len(rows) > per_page
+    if has_next or (not rows and page > 1):
+        total = capped_count(count_query)
+    else:
+        total = Count(offset + len(rows))
+    return rows[:per_page], total, has_next
+
+
 def list_items(item_filter: ItemFilter, page: int, per_page: int) -> ItemPage:
     """One page of matching items, newest first, and their count (capped)."""
-    offset = (page - 1) * per_page
-    rows = db.session.execute(
+    rows, total, has_next = _page_of(
         select(QueueItem, Document.filename)
         .outerjoin(Document, Document.id == QueueItem.document_id)
         .where(*item_filter.conditions())
-        .order_by(QueueItem.id.desc())
-        .limit(per_page + 1)
-        .offset(offset)
-    ).all()
-    has_next = len(rows) > per_page
-    if has_next or (not rows and page > 1):
-        total = capped_count(select(QueueItem.id).where(*item_filter.conditions()))
-    else:  # the last page: what came before it and what is on it is everything
-        total = Count(offset + len(rows))
-    return ItemPage(
-        [ItemRow(item, filename) for item, filename in rows[:per_page]],
+        .order_by(QueueItem.id.desc()),
+        select(QueueItem.id).where(*item_filter.conditions()),
         page,
         per_page,
-        total,
-        has_next=has_next,
+    )
+    return ItemPage(
+        [ItemRow(item, filename) for item, filename in rows], page, per_page, total, has_next
     )
 
 
@@ -299,3 +317,45 @@ def count_purgeable(older_than_days: float, now: datetime) -> Count:
     """How many items a purge would delete: finished, older, not a document's latest."""
     cutoff = now - timedelta(days=older_than_days)
     return capped_count(queue_queries.finished_before(cutoff, FINISHED_STATUSES, COUNT_CAP))
+
+
+# -- webhook deliveries ------------------------------------------------------------
+
+# Written into the SQL, like _status_is, so the (status, id) index is seen to apply.
+_FAILED_DELIVERY = WebhookDelivery.status == literal(
+    DeliveryStatus.FAILED.value, literal_execute=True
+)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    delivery: WebhookDelivery
+    filename: str | None  # None once its document was deleted (the delivery is kept)
+
+
+DeliveryPage = RowPage[DeliveryRow]
+
+
+def failed_delivery_count() -> Count:
+    return capped_count(select(literal(1)).where(_FAILED_DELIVERY))
+
+
+def list_failed_deliveries(page: int, per_page: int) -> DeliveryPage:
+    """One page of the deliveries that ran out of attempts, newest first."""
+    rows, total, has_next = _page_of(
+        select(WebhookDelivery, Document.filename)
+        .outerjoin(Document, Document.id == WebhookDelivery.document_id)
+        .where(_FAILED_DELIVERY)
+        .order_by(WebhookDelivery.id.desc()),
+        select(WebhookDelivery.id).where(_FAILED_DELIVERY),
+        page,
+        per_page,
+    )
+    deliveries = [DeliveryRow(delivery, filename) for delivery, filename in rows]
+    return DeliveryPage(deliveries, page, per_page, total, has_next)
+
+
+def find_delivery(delivery_id: str) -> WebhookDelivery | None:
+    return db.session.scalar(
+        select(WebhookDelivery).where(WebhookDelivery.delivery_id == delivery_id)
+    )

@@ -1,19 +1,22 @@
-"""The admin console at /admin/: the queue's figures, its items, and the actions on them.
+"""The admin console at /admin/: the queue's figures, its items, the failed webhook
+deliveries, and the actions on them.
 
 Every action is a plain form (CSRF token included) that posts, flashes what
 happened and answers 303 back to the page the admin came from, filter kept;
 ``static/js/admin.js`` only refreshes the figures. Writes go through
-``DocumentQueueService``; reads through ``admin/queries.py``.
+``DocumentQueueService`` (and ``DeliveryService`` for deliveries); reads through
+``admin/queries.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 from marshmallow import Schema, ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
 from ..models import Document, db
 from ..queue import DocumentQueueService, InvalidTransition
@@ -22,11 +25,13 @@ from ..schemas import (
     ID_CONVERTER,
     AdminItemFilterSchema,
     AdminPurgeSchema,
+    PaginationQuerySchema,
     describe_validation_errors,
 )
 from ..security import refuse_cross_site_writes, require_admin
 from ..states import ItemStatus
 from ..web.pages import add_page_security_headers, render_error_page
+from ..webhooks.deliveries import DeliveryService
 from . import queries
 from .queries import CANCELLABLE, RETRYABLE, ItemFilter
 
@@ -80,6 +85,7 @@ def dashboard() -> str:
         statuses=[status.value for status in ItemStatus],
         next_url=request.full_path.rstrip("?"),
         default_purge_days=DEFAULT_PURGE_DAYS,
+        failed_deliveries=queries.failed_delivery_count(),
     )
 
 
@@ -132,17 +138,53 @@ def cancel_item(item_id: int) -> Response:
     return _change_item(item_id, DocumentQueueService().cancel_item, "Cancelled")
 
 
-def _change_item(item_id: int, action: Any, done: str) -> Response:
+def _change_item(item_id: int, action: Callable[[int], Any], done: str) -> Response:
     find_queue_item(item_id)  # 404 when unknown
+    return _change(
+        lambda: action(item_id), f"queue item {item_id}", f"{done} queue item {item_id}."
+    )
+
+
+def _change(action: Callable[[], Any], subject: str, done: str) -> Response:
+    """Run one action on one row and say how it went: changed, in another state, or gone.
+
+    The row may have changed since the admin's page showed it; that is a message
+    on the page the admin comes back to, not an error.
+    """
     try:
-        action(item_id)
+        action()
     except InvalidTransition as exc:
-        flash(f"Queue item {item_id} was not changed: {exc}.")
+        flash(f"{subject.capitalize()} was not changed: {exc}.")
     except LookupError:
-        flash(f"Queue item {item_id} no longer exists.")
+        flash(f"{subject.capitalize()} no longer exists.")
     else:
-        flash(f"{done} queue item {item_id}.")
+        flash(done)
     return _back()
+
+
+# -- webhook deliveries -----------------------------------------------------------
+
+
+@blueprint.get("/deliveries")
+def failed_deliveries() -> str:
+    page = _load(PaginationQuerySchema(), request.args)["page"]
+    return render_template(
+        "admin/deliveries.html",
+        page=queries.list_failed_deliveries(page, PER_PAGE),
+        next_url=request.full_path.rstrip("?"),
+    )
+
+
+@blueprint.post("/deliveries/<delivery_id>/deliver-again")
+def deliver_again(delivery_id: str) -> Response:
+    """A failed delivery sent again under the same delivery id (receivers may dedupe by it)."""
+    if queries.find_delivery(delivery_id) is None:
+        raise NotFound(f"Webhook delivery {delivery_id} does not exist.")
+    return _change(
+        lambda: DeliveryService().deliver_again(delivery_id),
+        f"delivery {delivery_id}",
+        f"Delivery {delivery_id} will be sent again.",
+    )
 
 
 # -- many items -----------------------------------------------------------------

@@ -12,14 +12,16 @@ from werkzeug.exceptions import Conflict, NotFound
 from ..documents import (
     DocumentPage,
     DocumentView,
-    document_view,
+    document_deliveries,
     find_document,
     list_documents,
     original_bytes,
+    show_document,
 )
 from ..queue import DocumentNotFound, DocumentQueueService
 from ..schemas import (
     ID_CONVERTER,
+    DeliveryListSchema,
     DocumentListQuerySchema,
     DocumentPageSchema,
     DocumentSchema,
@@ -49,6 +51,9 @@ blp.before_request(refuse_cross_site_writes)
 blp.before_request(require_api_token)
 CROSS_SITE = "Sent by a page of another site"
 NO_SUCH_DOCUMENT = "No such document"
+# A document has a few deliveries (one per event and destination); the bound only
+# keeps a document reprocessed thousands of times from answering megabytes.
+MAX_LISTED_DELIVERIES = 100
 
 
 @blp.route("", methods=["POST"])
@@ -61,7 +66,8 @@ NO_SUCH_DOCUMENT = "No such document"
 @blp.error_response(413, "The file is over DOCQUEUE_MAX_UPLOAD_MB")
 @blp.error_response(415, "Not a supported type")
 def upload_document(form: dict[str, Any]) -> tuple[DocumentView, int, dict[str, str]]:
-    [submission] = store_uploads([check_upload(request.files.get("file"), form["priority"])])
+    checked = check_upload(request.files.get("file"), form["priority"], form["callback_url"])
+    [submission] = store_uploads([checked])
     view = upload_view(submission)
     if not submission.created:
         return view, 200, {}
@@ -82,7 +88,7 @@ class DocumentResource(MethodView):
     @blp.response(200, DocumentSchema)
     @blp.error_response(404, NO_SUCH_DOCUMENT)
     def get(self, document_id: int) -> DocumentView:
-        return document_view(find_document(document_id))
+        return show_document(document_id)
 
     @blp.response(204, description="Deleted with its bytes and queue items")
     @blp.error_response(403, CROSS_SITE)
@@ -137,4 +143,16 @@ def reprocess_document(body: dict[str, Any], document_id: int) -> DocumentView:
         DocumentQueueService().enqueue(document_id, Operation.REPROCESS, body["priority"])
     except DocumentNotFound:
         raise NotFound(f"Document {document_id} does not exist.") from None
-    return document_view(find_document(document_id))
+    return show_document(document_id)
+
+
+@blp.route(f"/<{ID_CONVERTER}:document_id>/deliveries", methods=["GET"])
+@blp.response(
+    200,
+    DeliveryListSchema,
+    description=f"The document's webhook deliveries, newest first (the newest "
+    f"{MAX_LISTED_DELIVERIES}): one per event and destination, with how its attempts went.",
+)
+@blp.error_response(404, NO_SUCH_DOCUMENT)
+def list_document_deliveries(document_id: int) -> dict[str, Any]:
+    return {"items": document_deliveries(document_id, MAX_LISTED_DELIVERIES)}

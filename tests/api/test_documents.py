@@ -82,7 +82,7 @@ def test_document_has_every_field(client: FlaskClient) -> None:
     assert set(document) == {
         "id", "filename", "content_type", "size", "sha256", "status", "error", "title",
         "page_count", "word_count", "char_count", "created_at", "updated_at",
-        "processed_at", "queue_item",
+        "processed_at", "metadata", "callback_url", "queue_item",
     }  # fmt: skip
     assert set(document["queue_item"]) == {
         "id", "operation", "status", "priority", "attempts", "max_attempts", "run_at",

@@ -1,0 +1,503 @@
+"""``docqueue import``: the files of some folders, submitted as uploads are (SPEC §7).
+
+Each file passes the checks of an upload (``uploads.check_file``) and is stored
+by ``DocumentQueueService.submit`` like one, but many files share a transaction:
+a batch holds up to ``BATCH_FILES`` files or ``BATCH_BYTES`` bytes, so ten
+thousand small files cost fifty commits, not ten thousand. What a batch commits
+stays committed whatever happens after it, and importing the same paths again is
+safe: the files stored already come back as duplicates.
+
+Source files are only read. Anything but a regular file (a FIFO, a socket, a
+device) is refused before it is opened, and files are opened read-only and
+non-blocking, so one swapped for a FIFO in between cannot hang the import.
+
+``--watch`` then follows the paths with an inotify watcher (watchfiles) and
+imports a new or changed file once its size and mtime have held still for
+``SETTLE_SECONDS``, so a file still being written is imported once, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from .database import describe_outage, is_outage
+from .queue.submissions import NewDocument
+from .uploads import check_file, store_uploads
+
+# A batch is stored when it holds this many files or bytes, whichever comes first:
+# large enough that commits are rare, small enough that a PostgreSQL statement
+# (the whole batch travels in one) stays a few megabytes.
+BATCH_FILES = 200
+BATCH_BYTES = 32 * 1024 * 1024
+# A watched file is imported once its size and mtime have not changed for this long.
+SETTLE_SECONDS = 1.0
+# How often the watcher wakes up to look at files that are settling, in milliseconds.
+_WATCH_TICK_MS = 200
+# Names that downloads, editors and copy tools give files still being written.
+PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", "~")
+_READ_ONLY = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+# (size, mtime in nanoseconds): a file whose signature holds still has stopped changing.
+Signature = tuple[int, int]
+
+
+class Refused(Exception):
+    """A file that cannot be imported; the message says why."""
+
+
+@dataclass
+class ImportCounts:
+    """The summary line of SPEC §7: counts over the whole run."""
+
+    imported: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class ImportResult:
+    counts: ImportCounts
+    # Why the import stopped before its end (a database outage); None when it did not.
+    stopped_by: str | None = None
+
+
+# -- finding the files ------------------------------------------------------------
+
+
+def is_ignored_name(name: str) -> bool:
+    """Hidden entries and files still being written, which a folder import passes over.
+
+    A path named on the command line is imported whatever its name.
+    """
+    return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
+
+
+@dataclass
+class Listing:
+    """The files found under the paths, and what was passed over on the way."""
+
+    files: list[Path] = field(default_factory=list)
+    unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)
+    skipped_folders: int = 0
+    skipped_names: int = 0
+
+    def unreadable(self, error: OSError) -> None:
+        self.unreadable_folders.append((Path(error.filename), f"unreadable: {error.strerror}"))
+
+
+def list_files(paths: Sequence[Path], recursive: bool) -> Listing:
+    """Every file to import, in a stable order; folders are read, files taken as named.
+
+    Symbolic links to files are followed (a link's target is imported under the
+    link's name); links to folders are not, so an import never loops or leaves
+    the tree it was given. Entries that are not regular files are listed too:
+    reading them refuses them, with the reason.
+    """
+    listing = Listing()
+    for path in paths:
+        if not path.is_dir():
+            listing.files.append(path)
+        elif recursive:
+            _walk(path, listing)
+        else:
+            _scan(path, listing)
+    return listing
+
+
+def _walk(folder: Path, listing: Listing) -> None:
+    for parent, folders, names in os.walk(folder, onerror=listing.unreadable):
+        kept = sorted(name for name in folders if not is_ignored_name(name))
+        listing.skipped_names += len(folders) - len(kept)
+        folders[:] = kept  # os.walk descends into these only
+        _take(Path(parent), names, listing)
+
+
+def _scan(folder: Path, listing: Listing) -> None:
+    names = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    listing.skipped_folders += 1
+                else:
+                    names.append(entry.name)
+    except OSError as exc:
+        listing.unreadable(exc)
+    _take(folder, names, listing)
+
+
+def _take(folder: Path, names: Iterable[str], listing: Listing) -> None:
+    for name in sorted(names):
+        if is_ignored_name(name):
+            listing.skipped_names += 1
+        else:
+            listing.files.append(folder / name)
+
+
+# -- reading one file -------------------------------------------------------------
+
+
+def read_source(
+    path: Path, priority: int, callback_url: str | None
+) -> tuple[NewDocument, Signature]:
+    """The checked document of the file at ``path`` and the file's signature when read.
+
+    Raises ``Refused`` with the reason: not a regular file, vanished, unreadable,
+    or refused by the checks of an upload (empty, too large, unsupported type).
+    """
+    try:
+        _require_regular_file(os.stat(path).st_mode)  # before opening a device or a FIFO
+        with open(os.open(path, _READ_ONLY), "rb") as source:
+            status = os.fstat(source.fileno())
+            _require_regular_file(status.st_mode)  # in case it was swapped since
+            document = check_file(path.name, source, priority, callback_url)
+    except FileNotFoundError:
+        raise Refused(_missing_reason(path)) from None
+    except OSError as exc:
+        raise Refused(f"unreadable: {exc.strerror or exc}") from None
+    except HTTPException as exc:
+        raise Refused(exc.description) from None
+    return document, (status.st_size, status.st_mtime_ns)
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _require_regular_file(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+    raise Refused(f"not a regular file ({kind})")
+
+
+def _missing_reason(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return "vanished before it could be read"
+    return f"unreadable: a symbolic link to {target}, which does not exist"
+
+
+# -- telling the user -------------------------------------------------------------
+
+
+class PlainReport:
+    """Progress as plain lines on stderr: one per refused file, nothing per stored one."""
+
+    def begin(self, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+    def say(self, message: str) -> None:
+        click.echo(message, err=True)
+
+
+class BarReport(PlainReport):
+    """A progress bar on stderr (a terminal), with the refused files printed above it."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+
+    def begin(self, total: int) -> None:
+        # Imported here: rich is needed only on a terminal.
+        from rich.console import Console
+        from rich.progress import MofNCompleteColumn, Progress
+
+        self._progress = Progress(
+            *Progress.get_default_columns(), MofNCompleteColumn(), console=Console(stderr=True)
+        )
+        self._task = self._progress.add_task("importing", total=total)
+        self._progress.start()
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def end(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def say(self, message: str) -> None:
+        if self._progress is None:
+            super().say(message)
+        else:
+            self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def make_report() -> PlainReport:
+    return BarReport() if sys.stderr.isatty() else PlainReport()
+
+
+# -- importing --------------------------------------------------------------------
+
+
+class Importer:
+    """Reads files and stores them in batches, counting what became of each."""
+
+    def __init__(self, priority: int, callback_url: str | None, report: PlainReport) -> None:
+        self.priority = priority
+        self.callback_url = callback_url
+        self.report = report
+        self.counts = ImportCounts()
+        self.name_each = False  # say what became of each file (while watching)
+        # The signature of each file when it was last read, so a watched file whose
+        # events outlive its import is not imported again.
+        self.signatures: dict[Path, Signature] = {}
+        self._batch: list[NewDocument] = []
+        self._batch_paths: list[Path] = []
+        self._batch_bytes = 0
+
+    def import_all(self, paths: Iterable[Path], stop: threading.Event | None = None) -> None:
+        for path in paths:
+            if stop is not None and stop.is_set():
+                break
+            self.add(path)
+        self.flush()
+
+    def add(self, path: Path) -> None:
+        """Read one file into the batch (or refuse it); a full batch is stored."""
+        self.report.advance()
+        try:
+            document, signature = read_source(path, self.priority, self.callback_url)
+        except Refused as refused:
+            self.refuse(path, str(refused))
+            return
+        self.signatures[path.absolute()] = signature
+        size = len(document.content)
+        if self._batch and self._batch_bytes + size > BATCH_BYTES:
+            self.flush()
+        self._batch.append(document)
+        self._batch_paths.append(path)
+        self._batch_bytes += size
+        if len(self._batch) >= BATCH_FILES:
+            self.flush()
+
+    def refuse(self, path: Path, reason: str) -> None:
+        self.counts.rejected += 1
+        self.report.say(f"refused {path}: {reason}")
+
+    def flush(self) -> None:
+        """Store the batch in one transaction, as an upload of that many files is."""
+        if not self._batch:
+            return
+        submissions = store_uploads(self._batch)
+        for path, submission in zip(self._batch_paths, submissions, strict=True):
+            if submission.created:
+                self.counts.imported += 1
+            else:
+                self.counts.duplicates += 1
+            if self.name_each:
+                outcome = "imported" if submission.created else "duplicate of a stored document:"
+                self.report.say(f"{outcome} {path}")
+        self._batch, self._batch_paths, self._batch_bytes = [], [], 0
+
+
+def import_paths(
+    paths: Sequence[Path],
+    recursive: bool,
+    priority: int,
+    callback_url: str | None,
+    watch: bool,
+) -> ImportResult:
+    """Import every file of ``paths``, then (``watch``) new ones until SIGINT or SIGTERM.
+
+    A database outage stops the import; the result says so, and its counts
+    cover what was committed before it.
+    """
+    report = make_report()
+    importer = Importer(priority, callback_url, report)
+    try:
+        if watch:
+            _import_and_watch(importer, paths, recursive)
+        else:
+            _import_once(importer, paths, recursive)
+    except SQLAlchemyError as exc:
+        if not is_outage(exc):
+            raise
+        return ImportResult(importer.counts, stopped_by=describe_outage(exc))
+    finally:
+        report.end()
+    return ImportResult(importer.counts)
+
+
+def _import_once(
+    importer: Importer,
+    paths: Sequence[Path],
+    recursive: bool,
+    stop: threading.Event | None = None,
+) -> None:
+    listing = list_files(paths, recursive)
+    _say_skipped(importer.report, listing)
+    for folder, reason in listing.unreadable_folders:
+        importer.refuse(folder, reason)
+    importer.report.begin(len(listing.files))
+    importer.import_all(listing.files, stop)
+    importer.report.end()
+
+
+def _say_skipped(report: PlainReport, listing: Listing) -> None:
+    if listing.skipped_folders:
+        report.say(
+            f"skipped {listing.skipped_folders} subfolder(s): add --recursive to import them"
+        )
+    if listing.skipped_names:
+        report.say(
+            f"skipped {listing.skipped_names} hidden or partial name(s) "
+            f"(dotfiles, {', '.join('*' + suffix for suffix in PARTIAL_SUFFIXES)})"
+        )
+
+
+# -- watching ---------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while in the block (the handlers are put back after)."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class SettlingFiles:
+    """Files seen changing; each is ready once its signature has held still long enough."""
+
+    def __init__(self, settle_seconds: float = SETTLE_SECONDS) -> None:
+        self.settle_seconds = settle_seconds
+        # path -> (signature last seen, or None before the first look; when it last changed)
+        self._files: dict[Path, tuple[Signature | None, float]] = {}
+
+    def changed(self, path: Path) -> None:
+        self._files[path] = (None, time.monotonic())
+
+    def forget(self, path: Path) -> None:
+        self._files.pop(path, None)
+
+    def settled(self) -> list[tuple[Path, Signature]]:
+        """The files that have not changed for ``settle_seconds``, taken off the list."""
+        now = time.monotonic()
+        ready = []
+        for path, (seen, since) in list(self._files.items()):
+            current = _signature(path)
+            if current is None:  # gone, or no longer a file
+                del self._files[path]
+            elif current != seen:
+                self._files[path] = (current, now)
+            elif now - since >= self.settle_seconds:
+                del self._files[path]
+                ready.append((path, current))
+        return sorted(ready)
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(status.st_mode):
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+class Watch:
+    """What the watcher reports, narrowed to the files an import of ``roots`` takes."""
+
+    def __init__(self, roots: Sequence[Path], recursive: bool) -> None:
+        self.roots = [root.absolute() for root in roots]
+        self.recursive = recursive
+        self.settling = SettlingFiles()
+
+    def note(self, changes: Iterable[tuple[Any, str]]) -> None:
+        from watchfiles import Change
+
+        for change, raw_path in changes:
+            path = Path(raw_path)
+            if change == Change.deleted:
+                self.settling.forget(path)
+            elif not self.takes(path):
+                continue
+            elif path.is_dir():
+                # A folder moved in whole brings files no event named.
+                if self.recursive:
+                    for file in list_files([path], recursive=True).files:
+                        self.settling.changed(file)
+            else:
+                self.settling.changed(path)
+
+    def takes(self, path: Path) -> bool:
+        """True when importing the roots would import ``path``."""
+        for root in self.roots:
+            if path == root:
+                return True
+            if path.is_relative_to(root):
+                parts = path.relative_to(root).parts
+                if any(is_ignored_name(part) for part in parts):
+                    return False
+                return self.recursive or len(parts) == 1
+        return False
+
+
+def _import_and_watch(importer: Importer, paths: Sequence[Path], recursive: bool) -> None:
+    from watchfiles import watch as watch_changes
+
+    # One line per change batch at INFO would drown the lines that matter.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    watch = Watch(paths, recursive)
+    with stop_on_signals() as stop:
+        changes = watch_changes(
+            *paths,
+            watch_filter=None,  # the import's own rule (Watch.takes) decides
+            recursive=recursive,
+            stop_event=stop,
+            yield_on_timeout=True,
+            rust_timeout=_WATCH_TICK_MS,
+        )
+        # The watcher runs from its first step on: a file written during the
+        # first pass is seen, and imported once it settles (if it changed).
+        watch.note(next(changes, ()))
+        _import_once(importer, paths, recursive, stop)
+        if stop.is_set():
+            return
+        importer.report.say(f"watching {', '.join(map(str, paths))} (SIGINT or SIGTERM ends)")
+        importer.name_each = True
+        for batch in changes:
+            watch.note(batch)
+            for path, signature in watch.settling.settled():
+                if importer.signatures.get(path.absolute()) != signature:
+                    importer.add(path)
+            importer.flush()
