@@ -32,10 +32,13 @@ def echo_json(payload: Any) -> None:
 @queue_cli.command("process")
 @click.option("--limit", type=click.IntRange(min=1), help="Items to claim (default BATCH_SIZE).")
 def process_command(limit: int | None) -> None:
-    """Run one pass over the queue and print its counts."""
+    """Run one pass over the queue and print its counts; then send due webhooks."""
     from .queue import process_document_queue
+    from .webhooks.lane import send_due_deliveries
 
-    echo_json(process_document_queue(limit))
+    counts = process_document_queue(limit)
+    send_due_deliveries()  # a host driven by cron runs no lane (like /api/cron/process-queue)
+    echo_json(counts)
 
 
 @queue_cli.command("worker")

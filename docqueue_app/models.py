@@ -258,8 +258,14 @@ class WebhookDelivery(db.Model):
         return f"<WebhookDelivery {self.delivery_id} {self.event} {self.status}>"
 
 
-def latest_items(session: Any, document_ids: list[int]) -> dict[int, QueueItem]:
-    """The latest queue item of each document, in one query."""
+def latest_items(
+    session: Any, document_ids: list[int], refresh: bool = False
+) -> dict[int, QueueItem]:
+    """The latest queue item of each document, in one query.
+
+    ``refresh`` reads items the session holds already afresh too (after
+    statements that bypassed the session changed them).
+    """
     if not document_ids:
         return {}
     newest = (
@@ -267,7 +273,11 @@ def latest_items(session: Any, document_ids: list[int]) -> dict[int, QueueItem]:
         .where(QueueItem.document_id.in_(document_ids))
         .group_by(QueueItem.document_id)
     )
-    items = session.scalars(select(QueueItem).where(QueueItem.id.in_(newest)))
+    items = session.scalars(
+        select(QueueItem)
+        .where(QueueItem.id.in_(newest))
+        .execution_options(populate_existing=refresh)
+    )
     return {item.document_id: item for item in items}
 
 

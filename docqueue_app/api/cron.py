@@ -1,10 +1,15 @@
-"""/api/cron/process-queue: one queue pass, for hosts where an external cron drives the work."""
+"""/api/cron/process-queue: one queue pass, for hosts where an external cron drives the work.
+
+Such hosts run no webhook lane, so each call then sends a bounded number of
+due webhook deliveries too (concurrently, each within its time cap).
+"""
 
 from __future__ import annotations
 
 from ..queue import process_document_queue
 from ..schemas import ProcessQueueResultSchema
 from ..security import require_cron_secret
+from ..webhooks.lane import send_due_deliveries
 from .blueprint import CRON_SECRET, ApiBlueprint
 
 blp = ApiBlueprint(
@@ -27,4 +32,6 @@ blp.before_request(require_cron_secret)
     200, schema=ProcessQueueResultSchema, description="Counts of this pass", success=True
 )
 def process_queue() -> dict[str, int]:
-    return process_document_queue()
+    counts = process_document_queue()
+    send_due_deliveries()
+    return counts

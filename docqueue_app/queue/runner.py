@@ -5,8 +5,11 @@ sleep on the process's ``WakeSignal``: a commit that makes work due wakes one
 at once (``notify``), and one of them polls every POLL_INTERVAL as the fallback,
 so an idle worker asks the database once per interval whatever its concurrency.
 
+Beside them, the webhook lane (``webhooks.lane``) sends the deliveries due.
+
 SIGTERM or SIGINT sets a stop flag: each thread finishes the document in hand,
-hands its claimed but unstarted items back, and the command exits 0.
+hands its claimed but unstarted items back, the lane finishes the deliveries in
+flight, and the command exits 0.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flask import Flask, current_app
 
 from ..database import OUTAGES, Backoff, report_failure
 from ..models import db
+from ..webhooks.lane import DeliveryLane
 from .maintenance import run_maintenance
 from .notify import WakeSignal, listen_for_work
 from .worker import process_document_queue
@@ -46,8 +50,10 @@ def run_worker(concurrency: int, batch_size: int, poll_interval: float) -> None:
     log.info("worker started: %d threads, batch %d", concurrency, batch_size)
     for thread in threads:
         thread.start()
+    lane = DeliveryLane(app, stop).start()
     for thread in threads:
         thread.join()
+    lane.close()
     listener.close()
     log.info("worker stopped")
 

@@ -25,9 +25,14 @@ pass shows progress (its heartbeat) at least once per document's time cap plus
 that slack. So a long batch reads "ok" and only a scheduler that stopped
 ticking, or a pass that hangs, reads "stale".
 
-Shutdown (gunicorn's ``worker_exit`` hook) reaches the running passes through a
-stop event: the documents in hand finish, the claimed items not yet started go
-back to pending at once with their attempt not counted, and no new run starts.
+The process that runs the scheduler also runs the host's webhook lane
+(``webhooks.lane``), which sends due deliveries on threads of its own, so a
+slow receiver never takes a document's thread; it ignores the queue's pause.
+
+Shutdown (gunicorn's ``worker_exit`` hook) reaches the running passes (and the
+webhook lane, whose deliveries in flight finish) through a stop event: the
+documents in hand finish, the claimed items not yet started go back to pending
+at once with their attempt not counted, and no new run starts.
 A restart thus strands no claimed work for a lease.
 """
 
@@ -45,6 +50,7 @@ from flask import Flask
 from sqlalchemy.engine import URL, make_url
 
 from ..database import OUTAGES, Backoff, report_failure
+from ..webhooks.lane import DeliveryLane
 from .maintenance import run_maintenance
 from .notify import WakeSignal, WorkListener, host_path, listen_for_work, sqlite_file
 from .runner import work_until_idle
@@ -146,6 +152,7 @@ class QueueScheduler:
         self._started = False
         self._scheduler: BackgroundScheduler | None = None
         self._listener: WorkListener | None = None
+        self._lane: DeliveryLane | None = None
         self._lock = threading.Lock()
 
     @property
@@ -211,6 +218,7 @@ class QueueScheduler:
         scheduler.start()
         self._scheduler = scheduler
         self._listener = listen_for_work(self.url, self.wakes.wake)
+        self._lane = DeliveryLane(self.app, self._stop).start()
         self.standing_by = False
         log.info(
             "queue scheduler started (pid %s): %d at once, polling every %ss",
@@ -245,6 +253,8 @@ class QueueScheduler:
             self._scheduler = None
             if self._listener is not None:
                 self._listener.close()
+            if self._lane is not None:
+                self._lane.close()
             self._host_lock.release()
 
     def _start_a_run(self) -> None:

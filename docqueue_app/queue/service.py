@@ -18,6 +18,10 @@ Two rules keep every document's history straight:
   ``cancelled``, superseded); the newer item runs the document anyway;
 - a document's status is its latest item's, so only the latest item can be
   retried, and purging never removes it.
+
+A transaction that ends an item (completed, failed for good, cancelled by an
+admin) also records the webhook deliveries its document's event owes
+(``webhooks.events``), so an outcome and its deliveries commit together.
 """
 
 from __future__ import annotations
@@ -28,8 +32,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,15 +43,13 @@ from sqlalchemy import delete, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from ..database import database_clock, database_now, is_outage
+from ..database import database_clock, is_outage
 from ..models import (
     QUEUE_STATE_ID,
-    SQLITE_WRITE_OPTION,
     Document,
     DocumentContent,
     QueueItem,
     QueueState,
-    db,
 )
 from ..schemas import describe_validation_errors, load_processor_result
 from ..states import (
@@ -60,7 +61,10 @@ from ..states import (
     DocumentStatus,
     ItemStatus,
     Operation,
+    WebhookEvent,
 )
+from ..transactions import TransactionalService
+from ..webhooks.events import DocumentEvent, callback_url_of_item_document, record_events
 from . import queries
 from .notify import announce_due_work, notify_in_transaction
 from .retry import Cause, Decision, RetryPolicy, decide, lost_worker_message
@@ -127,60 +131,15 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class DocumentQueueService:
+class DocumentQueueService(TransactionalService):
     """Every change to queue items and document status, each method one transaction."""
 
     def __init__(self, session: Session | None = None) -> None:
-        # The scoped session's current Session: the service needs its transaction API.
-        self.session = session if session is not None else db.session()
+        super().__init__(session)
         config = current_app.config
         self.max_attempts: int = config["MAX_ATTEMPTS"]
         self.lease = timedelta(seconds=config["LEASE_SECONDS"])
         self.policy = RetryPolicy(config["RETRY_BASE_SECONDS"], config["RETRY_MAX_SECONDS"])
-
-    # -- transactions -----------------------------------------------------------
-
-    @contextmanager
-    def _write(self, **execution_options: Any) -> Iterator[Session]:
-        """A fresh transaction that holds the write lock from its first statement."""
-        session = self._fresh_session()
-        try:
-            session.connection(execution_options={SQLITE_WRITE_OPTION: True, **execution_options})
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        """A fresh transaction, so reads see everything committed before the call."""
-        session = self._fresh_session()
-        try:
-            yield session
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-
-    def _fresh_session(self) -> Session:
-        """The session with no transaction open: one left by its caller is ended first.
-
-        A transaction whose connection was lost (a database restart) is rolled
-        back rather than committed, so the session reconnects instead of refusing
-        every later call.
-        """
-        session = self.session
-        transaction = session.get_transaction()
-        if transaction is not None:
-            if transaction.is_active:
-                session.commit()
-            else:
-                session.rollback()
-        return session
-
-    def _now(self) -> datetime:
-        return database_now(self.session)
 
     def _exists(self, query: Any) -> bool:
         return self.session.execute(query.limit(1)).first() is not None
@@ -440,9 +399,6 @@ class DocumentQueueService:
             self._sync_documents([item.document_id for item in items], now)
         return items
 
-    def _dialect(self) -> str:
-        return self.session.get_bind().dialect.name
-
     def extend_leases(self, claims: dict[int, Claim]) -> int:
         """Heartbeat: push out the leases of the items (id -> claim) a worker still holds."""
         if not claims:
@@ -527,29 +483,39 @@ class DocumentQueueService:
     def _record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
         failures = [o for o in outcomes if o.error is not None]
         settled = []
+        events: list[DocumentEvent] = []
         with self._write():
             # Successes need the time only inside statements: no round trip for it.
             clock = database_clock(self._dialect())
             completed, unsynced = self._record_successes(
-                [o for o in outcomes if o.error is None], clock
+                [o for o in outcomes if o.error is None], clock, events
             )
             if failures:
                 now = self._now()  # the retry decision computes with it
-                settled = [self._record_failure(outcome, now) for outcome in failures]
+                settled = [self._record_failure(outcome, now, events) for outcome in failures]
                 settled = [document_id for document_id in settled if document_id is not None]
             self._sync_documents(unsynced + settled, clock)
+            record_events(self.session, events)
         return completed + len(settled)
 
-    def _record_successes(self, outcomes: list[Outcome], now: Any) -> tuple[int, list[int]]:
-        """Complete many items in a few statements.
+    def _record_successes(
+        self, outcomes: list[Outcome], now: Any, events: list[DocumentEvent]
+    ) -> tuple[int, list[int]]:
+        """Complete many items in a few statements; their documents' events go to ``events``.
 
         Returns how many were recorded, and the documents whose status is still
         to follow their items (those given results already do).
         """
         if not outcomes:
             return 0, []
-        rows = self.session.execute(queries.complete([o.key for o in outcomes], now)).all()
+        # Whether each document has a callback_url comes back with the update,
+        # so recording their events asks nothing more when no webhook is set.
+        completed = queries.complete([o.key for o in outcomes], now).returning(
+            callback_url_of_item_document()
+        )
+        rows = self.session.execute(completed).all()
         document_of = {row.id: row.document_id for row in rows}
+        callback_of = {row.id: row.callback_url for row in rows}
         recorded = [o for o in outcomes if o.item_id in document_of]
         if not recorded:
             return 0, []
@@ -569,14 +535,26 @@ class DocumentQueueService:
         if results:
             self.session.execute(queries.document_results(now), results)  # an executemany
         synced = {values["document_id"] for values in results}
+        events.extend(
+            DocumentEvent(
+                document_of[o.item_id],
+                WebhookEvent.COMPLETED,
+                has_callback=callback_of[o.item_id] is not None,
+            )
+            for o in recorded
+        )
         return len(recorded), [doc for doc in document_of.values() if doc not in synced]
 
-    def _record_failure(self, outcome: Outcome, now: datetime) -> int | None:
+    def _record_failure(
+        self, outcome: Outcome, now: datetime, events: list[DocumentEvent]
+    ) -> int | None:
         row = self._lock_if_held(outcome.item_id, outcome.claim)
         if row is None:
             return None
         cause = Cause.PERMANENT_ERROR if outcome.permanent else Cause.ERROR
-        self._settle(row, outcome.claim.attempt, cause, _storable_error(outcome.error), now)
+        ended = self._settle(row, outcome.claim.attempt, cause, _storable_error(outcome.error), now)
+        if ended is not None:
+            events.append(ended)
         return row.document_id
 
     def _lock_if_held(self, item_id: int, claim: Claim) -> Any:
@@ -589,13 +567,17 @@ class DocumentQueueService:
 
     def _settle(
         self, row: Any, attempt: int, cause: Cause, error: str | None, now: datetime
-    ) -> None:
+    ) -> DocumentEvent | None:
         """Take a locked in-progress item out of progress as the retry decision says.
 
         ``row`` has the item's id, document_id, priority and max_attempts. Only a
         document's latest item is ever pending: an item that would be pending
         again while a newer item of its document exists (a reprocess queued, or
         cancelled, while it ran) folds into that one instead.
+
+        Returns the webhook event the item's end owes: its document failed for
+        good. A retry owes none, and neither does an item folded into a newer
+        one (its document goes on with that item).
         """
         decision = decide(cause, attempt, row.max_attempts, now, self.policy)
         newer = None
@@ -615,6 +597,9 @@ class DocumentQueueService:
         else:
             statement = queries.forget_attempt(row.id, attempt)
         self.session.execute(statement)
+        if decision.retries:
+            return None
+        return DocumentEvent(row.document_id, WebhookEvent.FAILED)
 
     def _try_back_to_pending(
         self, row: Any, decision: Decision, error: str | None, now: datetime
@@ -685,6 +670,7 @@ class DocumentQueueService:
                 )
             session.execute(queries.cancel(item.id, now))
             self._sync_documents([item.document_id], now)
+            record_events(session, [DocumentEvent(item.document_id, WebhookEvent.CANCELLED)])
         session.refresh(item)
         return item
 
@@ -709,20 +695,17 @@ class DocumentQueueService:
         chosen = {ItemStatus(status) for status in statuses}
         if not chosen <= set(FINISHED_STATUSES):
             raise ValueError("only completed, failed and cancelled items can be purged")
-        with self._read():
-            cutoff = self._now() - timedelta(days=older_than_days)
-        deleted = 0
-        while True:
-            with self._write() as session:
-                batch = session.scalars(
-                    queries.finished_before(cutoff, chosen, MAINTENANCE_BATCH)
-                ).all()
-                if batch:
-                    for statement in queries.delete_items(batch):
-                        session.execute(statement)
-            deleted += len(batch)
-            if len(batch) < MAINTENANCE_BATCH:
-                return deleted
+
+        def delete(session: Session, batch: Sequence[int]) -> None:
+            for statement in queries.delete_items(batch):
+                session.execute(statement)
+
+        return self._delete_older_than(
+            older_than_days,
+            lambda cutoff: queries.finished_before(cutoff, chosen, MAINTENANCE_BATCH),
+            delete,
+            MAINTENANCE_BATCH,
+        )
 
     def _item_for_update(self, item_id: int) -> QueueItem:
         item = self.session.scalar(
@@ -749,12 +732,22 @@ class DocumentQueueService:
             return self._paused()
 
     def _queue_state(self) -> QueueState:
-        """The one queue_state row, created if a fresh or emptied database lacks it."""
+        """The one queue_state row, created if a fresh or emptied database lacks it.
+
+        Two processes may find it missing at once (PostgreSQL): the one whose
+        insert loses takes the row the other created.
+        """
         state = self.session.get(QueueState, QUEUE_STATE_ID, with_for_update=True)
-        if state is None:
-            state = QueueState(id=QUEUE_STATE_ID, paused=False, updated_at=self._now())
-            self.session.add(state)
-            self.session.flush()
+        if state is not None:
+            return state
+        try:
+            with self.session.begin_nested():
+                state = QueueState(id=QUEUE_STATE_ID, paused=False, updated_at=self._now())
+                self.session.add(state)
+        except IntegrityError:
+            state = self.session.get(
+                QueueState, QUEUE_STATE_ID, with_for_update=True, populate_existing=True
+            )
         return state
 
     # -- maintenance ------------------------------------------------------------
@@ -784,22 +777,27 @@ class DocumentQueueService:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
+            events: list[DocumentEvent] = []
             for row in expired:
-                if self._rescue(row, now):
+                if self._rescue(row, now, events):
                     rescued += 1
             self._sync_documents([row.document_id for row in expired], now)
+            record_events(session, events)
         return rescued
 
-    def _rescue(self, row: Any, now: datetime) -> bool:
+    def _rescue(self, row: Any, now: datetime, events: list[DocumentEvent]) -> bool:
+        """Rescue one item in a savepoint; its event (when it ended failed) goes to ``events``."""
         try:
             with self.session.begin_nested():
                 message = lost_worker_message(row.attempts, row.max_attempts)
-                self._settle(row, row.attempts, Cause.LEASE_EXPIRED, message, now)
+                ended = self._settle(row, row.attempts, Cause.LEASE_EXPIRED, message, now)
         except Exception as exc:
             if is_outage(exc):
                 raise
             log.exception("rescuing queue item %s failed; the others go on", row.id)
             return False
+        if ended is not None:
+            events.append(ended)
         return True
 
     def take_pruner_turn(self, every_seconds: float) -> bool:

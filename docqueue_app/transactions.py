@@ -1,0 +1,96 @@
+"""Services whose every method is one transaction: the queue's, and the webhooks'.
+
+A service works on the SQLAlchemy session it is given, or on Flask-SQLAlchemy's
+``db.session``, and each of its methods begins a transaction of its own and
+commits it, so a caller never has to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
+
+from .database import database_now
+from .models import SQLITE_WRITE_OPTION, db
+
+
+class TransactionalService:
+    """The transactions of a service: fresh ones, and writes that hold the lock up front."""
+
+    def __init__(self, session: Session | None = None) -> None:
+        # The scoped session's current Session: the service needs its transaction API.
+        self.session = session if session is not None else db.session()
+
+    @contextmanager
+    def _write(self, **execution_options: Any) -> Iterator[Session]:
+        """A fresh transaction that holds the write lock from its first statement."""
+        session = self._fresh_session()
+        try:
+            session.connection(execution_options={SQLITE_WRITE_OPTION: True, **execution_options})
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A fresh transaction, so reads see everything committed before the call."""
+        session = self._fresh_session()
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+    def _fresh_session(self) -> Session:
+        """The session with no transaction open: one left by its caller is ended first.
+
+        A transaction whose connection was lost (a database restart) is rolled
+        back rather than committed, so the session reconnects instead of refusing
+        every later call.
+        """
+        session = self.session
+        transaction = session.get_transaction()
+        if transaction is not None:
+            if transaction.is_active:
+                session.commit()
+            else:
+                session.rollback()
+        return session
+
+    def _now(self) -> datetime:
+        return database_now(self.session)
+
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+    def _delete_older_than(
+        self,
+        days: float,
+        choose: Callable[[datetime], Select],
+        delete: Callable[[Session, Sequence[int]], Any],
+        batch_size: int,
+    ) -> int:
+        """Delete in batches, each its own transaction, so no lock is held long; how many.
+
+        ``choose(cutoff)`` selects the ids of up to ``batch_size`` rows older than
+        ``days``; ``delete(session, ids)`` deletes them.
+        """
+        with self._read():
+            cutoff = self._now() - timedelta(days=days)
+        deleted = 0
+        while True:
+            with self._write() as session:
+                batch = session.scalars(choose(cutoff)).all()
+                if batch:
+                    delete(session, batch)
+            deleted += len(batch)
+            if len(batch) < batch_size:
+                return deleted

@@ -1,0 +1,260 @@
+"""DeliveryService: the only code that changes webhook deliveries once they are recorded.
+
+Deliveries are inserted by the outcome transactions of ``DocumentQueueService``
+(``events.record_events``); from then on every write goes through here, each
+method one transaction, as the queue's service does for queue items:
+
+- a sender claims due deliveries under a lease (``locked_until``), counting an
+  attempt: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite;
+- it records how the attempt went, but only while its claim still holds, so a
+  sender whose lease ran out (and whose delivery another sender took over)
+  cannot overwrite what happened since;
+- an admin sends a failed delivery again, under the same delivery id.
+
+A sender that dies mid-attempt leaves its lease to run out; the delivery is
+then due again for any sender: at least once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import ColumnElement, Select, Update, delete, func, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..database import database_clock
+from ..models import WebhookDelivery
+from ..queue.retry import Cause, RetryPolicy, decide
+from ..queue.service import InvalidTransition
+from ..states import DeliveryStatus
+from ..transactions import TransactionalService
+from .events import wake_senders
+from .sender import AttemptResult
+
+# A claim's lease outlasts the attempt's own time cap by this much (or by the
+# cap itself, when shorter): the time to write its result. Past it, the
+# delivery is another sender's to send; a result written later changes nothing.
+LEASE_MARGIN_SECONDS = 5.0
+# Rows deleted per transaction by the pruner.
+PRUNE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery a sender holds for one attempt: what to send, and its fencing token."""
+
+    id: int
+    delivery_id: str
+    event: str
+    url: str
+    payload: str
+    attempt: int
+    max_attempts: int
+    sender: str
+
+
+def lease_seconds(timeout_seconds: float) -> float:
+    """How long a claim holds a delivery whose attempt may take ``timeout_seconds``."""
+    return timeout_seconds + min(LEASE_MARGIN_SECONDS, timeout_seconds)
+
+
+class DeliveryService(TransactionalService):
+    """Every change to a recorded webhook delivery, each method one transaction."""
+
+    def __init__(self, session: Session | None = None) -> None:
+        super().__init__(session)
+        config = current_app.config
+        self.lease = timedelta(seconds=lease_seconds(config["WEBHOOK_TIMEOUT_SECONDS"]))
+        self.policy = RetryPolicy(config["RETRY_BASE_SECONDS"], config["RETRY_MAX_SECONDS"])
+
+    # -- sending ----------------------------------------------------------------
+
+    def seconds_until_due(self) -> float | None:
+        """How long until a delivery is due for a sender (0 when one is); None when none waits.
+
+        A read, so an idle sender's poll never takes SQLite's write lock.
+        """
+        clock = database_clock(self._dialect())  # no round trip of its own
+        with self._read() as session:
+            earliest, now = session.execute(
+                select(func.min(WebhookDelivery.next_attempt_at), clock).where(
+                    _pending(), _unleased(clock)
+                )
+            ).one()
+        if earliest is None:
+            return None
+        return max((earliest - now).total_seconds(), 0.0)
+
+    def claim_due(self, limit: int, sender: str) -> list[ClaimedDelivery]:
+        """Claim up to ``limit`` due deliveries for ``sender``, oldest due first.
+
+        Each claim counts an attempt and holds a lease of the attempt's time cap
+        plus a margin; the deliveries come back with their frozen bodies.
+        """
+        if limit <= 0:
+            return []
+        with self._write() as session:
+            now = self._now()
+            rows = session.execute(_claim(now, limit, sender, now + self.lease)).all()
+        return sorted((_claimed(row, sender) for row in rows), key=lambda claimed: claimed.id)
+
+    def record_attempt(self, claimed: ClaimedDelivery, result: AttemptResult) -> bool:
+        """Record how an attempt went; False when the claim no longer held (nothing written).
+
+        A 2xx delivers; a refused destination fails at once; anything else is
+        tried again after the queue's backoff, until out of attempts.
+        """
+        with self._write() as session:
+            now = self._now()
+            values = self._attempt_values(claimed, result, now)
+            written = session.execute(_held(claimed).values(**values)).rowcount
+        return written == 1
+
+    def _attempt_values(
+        self, claimed: ClaimedDelivery, result: AttemptResult, now: datetime
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "locked_by": None,
+            "locked_until": None,
+            "last_status_code": result.status_code,
+            "last_error": result.error,
+        }
+        if result.delivered:
+            return {**values, "status": DeliveryStatus.DELIVERED, "delivered_at": now}
+        cause = Cause.PERMANENT_ERROR if result.permanent else Cause.ERROR
+        decision = decide(cause, claimed.attempt, claimed.max_attempts, now, self.policy)
+        if decision.retries:
+            return {**values, "next_attempt_at": decision.run_at}
+        return {**values, "status": DeliveryStatus.FAILED}
+
+    # -- admin actions ----------------------------------------------------------
+
+    def deliver_again(self, delivery_id: str) -> WebhookDelivery:
+        """A failed delivery back to pending, due now, its attempts reset, same delivery id.
+
+        Raises ``LookupError`` when no delivery has that id and
+        ``InvalidTransition`` when it has not failed.
+        """
+        with self._write() as session:
+            delivery = session.scalar(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.delivery_id == delivery_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            if delivery is None:
+                raise LookupError(f"webhook delivery {delivery_id} not found")
+            if delivery.status != DeliveryStatus.FAILED:
+                raise InvalidTransition(f"a {delivery.status} delivery cannot be sent again")
+            delivery.status = DeliveryStatus.PENDING
+            delivery.attempts = 0
+            delivery.next_attempt_at = self._now()
+            delivery.locked_by = None
+            delivery.locked_until = None
+        wake_senders()
+        session.refresh(delivery)
+        return delivery
+
+    # -- reading ----------------------------------------------------------------
+
+    def deliveries_of(self, document_id: int) -> list[WebhookDelivery]:
+        """The document's deliveries, newest first."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(WebhookDelivery)
+                    .where(WebhookDelivery.document_id == document_id)
+                    .order_by(WebhookDelivery.id.desc())
+                )
+            )
+
+    # -- maintenance ------------------------------------------------------------
+
+    def prune_finished(self, older_than_days: float) -> int:
+        """Delete delivered and failed deliveries older than N days, in bounded batches."""
+        return self._delete_older_than(
+            older_than_days,
+            lambda cutoff: (
+                select(WebhookDelivery.id)
+                .where(WebhookDelivery.status.in_(_FINISHED), WebhookDelivery.created_at < cutoff)
+                .order_by(WebhookDelivery.id)
+                .limit(PRUNE_BATCH)
+            ),
+            lambda session, batch: session.execute(
+                delete(WebhookDelivery).where(WebhookDelivery.id.in_(batch))
+            ),
+            PRUNE_BATCH,
+        )
+
+
+_FINISHED = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+# -- statements -------------------------------------------------------------------
+
+
+def _pending() -> ColumnElement[bool]:
+    # Written in the SQL, not bound: the partial due index only serves a query
+    # whose WHERE visibly implies the index's.
+    return WebhookDelivery.status == literal(DeliveryStatus.PENDING.value, literal_execute=True)
+
+
+def _unleased(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """No sender holds it: never claimed, its attempt recorded, or its sender's lease ran out."""
+    return or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= now)
+
+
+def _due(now: datetime, limit: int) -> Select:
+    return (
+        select(WebhookDelivery.id)
+        .where(_pending(), WebhookDelivery.next_attempt_at <= now, _unleased(now))
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _claim(now: datetime, limit: int, sender: str, lease_until: datetime) -> Update:
+    """The one claim statement: due deliveries leased to ``sender``, an attempt counted."""
+    return (
+        update(WebhookDelivery)
+        # No condition of its own (as the queue's claim): the locking subquery decides.
+        .where(WebhookDelivery.id.in_(_due(now, limit).scalar_subquery()))
+        .values(
+            locked_by=sender,
+            locked_until=lease_until,
+            attempts=WebhookDelivery.attempts + 1,
+        )
+        .returning(
+            WebhookDelivery.id,
+            WebhookDelivery.delivery_id,
+            WebhookDelivery.event,
+            WebhookDelivery.url,
+            WebhookDelivery.payload,
+            WebhookDelivery.attempts,
+            WebhookDelivery.max_attempts,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _claimed(row: Sequence[Any], sender: str) -> ClaimedDelivery:
+    return ClaimedDelivery(*row, sender=sender)
+
+
+def _held(claimed: ClaimedDelivery) -> Update:
+    """An update of the delivery while ``claimed`` still holds it (same sender, same attempt)."""
+    return (
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == claimed.id,
+            WebhookDelivery.locked_by == claimed.sender,
+            WebhookDelivery.attempts == claimed.attempt,
+            _pending(),
+        )
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,158 @@
+"""One attempt at a webhook delivery: a POST to the checked address, within a hard deadline.
+
+The destination is checked again at each attempt (``check_destination``: a
+name may resolve elsewhere today) and the connection goes to exactly the
+address that was checked: the socket is connected here, by address, and
+handed to ``http.client``, so no second DNS lookup happens (DNS rebinding
+cannot slip a private address in). HTTPS wraps that socket in TLS with SNI
+and the certificate checked against the URL's host name, and the ``Host``
+header names the host as written.
+
+The time cap covers the whole attempt: connecting, TLS, sending and reading the
+answer's head. Socket timeouts alone do not (a receiver trickling a byte every
+few seconds resets them forever), so a timer shuts the socket down when the
+deadline passes. Redirects are not followed: a 3xx is a failed attempt, as is
+any status other than 2xx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from .destinations import Destination, RefusedDestination, check_destination
+
+
+def _user_agent() -> str:
+    try:
+        return f"docqueue/{version('docqueue')} (webhooks)"
+    except PackageNotFoundError:
+        return "docqueue (webhooks)"
+
+
+USER_AGENT = _user_agent()
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How one attempt went: delivered (a 2xx), or why not."""
+
+    delivered: bool
+    status_code: int | None = None
+    error: str | None = None
+    # Never worth trying again: the destination is refused.
+    permanent: bool = False
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: float,
+    allow_private: bool = False,
+) -> AttemptResult:
+    """POST ``body`` to ``url`` once, within ``timeout`` seconds in all; never raises."""
+    try:
+        destination = check_destination(url, allow_private)
+    except RefusedDestination as exc:
+        return AttemptResult(
+            False, error=f"not sent: the destination is refused: {exc}", permanent=True
+        )
+    deadline = _Deadline(timeout)
+    try:
+        status, reason = _exchange(destination, body, headers, deadline)
+    except Exception as exc:  # whatever the network did, it is this attempt's failure
+        return AttemptResult(False, error=deadline.describe(exc))
+    finally:
+        deadline.cancel()
+    if 200 <= status < 300:
+        return AttemptResult(True, status_code=status)
+    note = " (redirects are not followed)" if 300 <= status < 400 else ""
+    return AttemptResult(False, status_code=status, error=f"HTTP {status} {reason}{note}".strip())
+
+
+def _exchange(
+    destination: Destination, body: bytes, headers: Mapping[str, str], deadline: _Deadline
+) -> tuple[int, str]:
+    """Send the request and read the answer's status line and headers."""
+    sock = socket.create_connection(
+        (destination.address, destination.port), timeout=deadline.remaining()
+    )
+    deadline.watch(sock)
+    if destination.scheme == "https":
+        sock = _tls_context().wrap_socket(sock, server_hostname=destination.host)
+        deadline.watch(sock)
+    connection_class = (
+        http.client.HTTPSConnection if destination.scheme == "https" else http.client.HTTPConnection
+    )
+    # The socket is ours, so http.client never resolves or connects; it writes
+    # the Host header from the name (and the port when it is not the default).
+    connection = connection_class(destination.host, destination.port)
+    connection.sock = sock
+    try:
+        connection.request("POST", destination.target, body=body, headers=dict(headers))
+        response = connection.getresponse()
+        return response.status, response.reason
+    finally:
+        connection.close()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Certificates verified against the system's roots and the URL's host name."""
+    return ssl.create_default_context()
+
+
+class _Deadline:
+    """The attempt's time cap: socket timeouts per operation, and a timer for the whole."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.expired = threading.Event()
+        self._socket: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(self.ends - time.monotonic(), 0.001)
+
+    def watch(self, sock: socket.socket) -> None:
+        """The socket to shut down at the deadline (the TLS one, once it wraps the plain one)."""
+        sock.settimeout(self.remaining())
+        self._socket = sock
+        if self.expired.is_set():
+            self._shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def describe(self, error: BaseException) -> str:
+        if self.expired.is_set() or isinstance(error, TimeoutError):
+            return f"timed out after {self.seconds:g} s"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return f"TLS certificate refused: {error.verify_message}"
+        return f"{type(error).__name__}: {error}".rstrip(": ")
+
+    def _expire(self) -> None:
+        self.expired.set()
+        if self._socket is not None:
+            self._shut(self._socket)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        # The plain socket's shutdown, even on a TLS socket: it wakes a thread
+        # blocked in a read on it, which then fails.
+        with contextlib.suppress(OSError):  # closed already
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)

@@ -1,0 +1,86 @@
+"""Which outcomes owe an event, recorded in their own transaction (no receiver needed)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from docqueue_app.models import WebhookDelivery, db, utcnow
+from docqueue_app.queue import DocumentQueueService, Outcome
+from docqueue_app.states import WebhookEvent
+from tests.helpers import execute_sql, statements_sent
+from tests.webhooks.support import deliveries, drain, settings, upload_text
+
+HOOK = "https://receiver.example/hook"
+RESULT = {"text": "three little words", "title": None, "page_count": 1, "metadata": {}}
+
+
+def test_a_worker_lost_on_the_last_attempt_owes_the_failed_event(make_app):
+    app = make_app(**settings(WEBHOOK_URL=HOOK, MAX_ATTEMPTS=1))
+    with app.app_context():
+        service = DocumentQueueService()
+        document, _ = service.submit_document("lost.txt", b"its worker dies", "text/plain")
+        assert len(service.claim_due_items(1, "doomed-worker")) == 1
+        execute_sql(app, "UPDATE queue_items SET lease_expires_at = :t", t=utcnow() - timedelta(1))
+        assert service.rescue_expired_leases() == 1
+
+    [delivery] = deliveries(app)
+    assert (delivery.event, delivery.document_id, delivery.url) == (
+        WebhookEvent.FAILED,
+        document.id,
+        HOOK,
+    )
+    with app.app_context():
+        shown = json.loads(_payload(delivery.delivery_id))["document"]
+    assert shown["status"] == "failed"
+    assert shown["error"].startswith("worker lost")
+
+
+def test_an_item_folded_into_a_newer_one_owes_no_event(make_app):
+    app = make_app(**settings(WEBHOOK_URL=HOOK))
+    with app.app_context():
+        service = DocumentQueueService()
+        document, _ = service.submit_document(
+            "twice.txt", b"reprocessed while it ran", "text/plain"
+        )
+        [item] = service.claim_due_items(1, "busy-worker")
+        service.enqueue(document.id, "reprocess")  # queued behind the running item
+        assert service.mark_failed(item, "a transient error")  # folds into the newer item
+    assert deliveries(app) == []
+
+
+def test_without_a_global_url_only_documents_with_a_callback_url_owe_deliveries(make_app, receiver):
+    app = make_app(**settings(WEBHOOK_URL=None))
+    client = app.test_client()
+    callback = receiver.url("/callback")
+    completed = upload_text(client, "completed, with a callback", callback_url=callback)
+    failed = upload_text(client, "FAIL, with a callback", callback_url=callback)
+    upload_text(client, "completed, with nowhere to report")
+    drain(app)
+    owed = {(row.document_id, row.event, row.url) for row in deliveries(app)}
+    assert owed == {
+        (completed["id"], WebhookEvent.COMPLETED, callback),
+        (failed["id"], WebhookEvent.FAILED, callback),
+    }
+
+
+def test_outcomes_with_no_webhook_configured_cost_no_query_of_their_own(make_app):
+    app = make_app(**settings(WEBHOOK_URL=None))
+    with app.app_context():
+        service = DocumentQueueService()
+        for n in range(5):
+            service.submit_document(f"{n}.txt", b"document %d" % n, "text/plain")
+        items = service.claim_due_items(5, "worker")
+        with statements_sent(app) as sent:
+            assert service.record_outcomes([Outcome.success(i, RESULT) for i in items]) == 5
+    webhook_statements = [
+        sql for sql, _ in sent if "webhook_deliveries" in sql or "callback_url IS NOT NULL" in sql
+    ]
+    assert webhook_statements == []
+    assert deliveries(app) == []
+
+
+def _payload(delivery_id: str) -> str:
+    return db.session.scalar(
+        db.select(WebhookDelivery.payload).where(WebhookDelivery.delivery_id == delivery_id)
+    )

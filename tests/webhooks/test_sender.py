@@ -1,0 +1,86 @@
+"""One attempt at a delivery, against real servers on loopback: no database needed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from docqueue_app.webhooks.sender import post
+from tests.e2e.server import free_port
+
+# The status line, sent a byte at a time: each byte comes well within a socket
+# timeout of a second, but the whole takes far longer than the attempt may.
+TRICKLED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+TRICKLE_PAUSE = 0.4
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    """A receiver that reads the request, then answers one byte every TRICKLE_PAUSE."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in TRICKLED:
+                if stop.wait(TRICKLE_PAUSE):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the sender gave up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    stop.set()
+    listener.close()
+
+
+def test_a_receiver_that_trickles_its_answer_times_out_within_the_attempts_cap(trickling_server):
+    result = post(trickling_server, b"{}", {}, timeout=1.0, allow_private=True)
+    assert not result.delivered
+    assert result.error == "timed out after 1 s"
+
+
+def test_a_redirect_is_a_failed_attempt_and_is_not_followed(receiver):
+    receiver.answers = [302]
+    result = post(receiver.url(), b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.status_code, result.permanent) == (False, 302, False)
+    assert "redirects are not followed" in result.error
+    assert [request.path for request in receiver.requests] == ["/hook"]
+
+
+def test_the_request_names_the_host_as_written_and_sends_the_body_as_is(receiver):
+    body = '{"id":"x","text":"déjà vu"}'.encode()
+    result = post(
+        receiver.url(host="localhost"),
+        body,
+        {"Content-Type": "application/json"},
+        timeout=5,
+        allow_private=True,
+    )
+    assert (result.delivered, result.status_code) == (True, 204)
+    [request] = receiver.requests
+    assert request.headers["Host"] == f"localhost:{receiver.port}"
+    assert request.body == body
+
+
+def test_a_closed_port_is_a_refused_connection_to_try_again():
+    result = post(f"http://127.0.0.1:{free_port()}/", b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.permanent) == (False, False)
+    assert result.error == "connection refused"
+
+
+def test_a_name_that_does_not_resolve_fails_for_good_without_a_connection():
+    result = post("http://no-such-host.invalid/hook", b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.permanent) == (False, True)
+    assert (
+        result.error
+        == "not sent: the destination is refused: no-such-host.invalid does not resolve"
+    )
