@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 FLASK := $(BIN)/flask --app docqueue_app
 
-.PHONY: install run migrate test lint format stress bench clean
+.PHONY: install ocr-model run migrate test lint format stress bench clean
 
-install: $(INSTALLED)
+install: $(INSTALLED) ocr-model
 
 # Reinstalled whenever pyproject.toml changes.
 $(INSTALLED): pyproject.toml
@@ -15,6 +15,17 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
+
+# OCR (DOCQUEUE_OCR=auto, the default) reads with Tesseract: the library comes in
+# tesserocr's wheel, its English model from Debian, installed here when it is missing
+# (as root, or through sudo). Nothing is downloaded when the app runs.
+OCR_MODEL := $(wildcard /usr/share/tesseract-ocr/*/tessdata/eng.traineddata)
+
+ocr-model:
+ifeq ($(OCR_MODEL),)
+	@echo "Installing Debian's Tesseract and its English model for OCR (apt-get install tesseract-ocr tesseract-ocr-eng)"
+	.ci/apt-install tesseract-ocr tesseract-ocr-eng
+endif
 
 migrate: install
 	$(FLASK) db upgrade
@@ -47,6 +58,8 @@ stress: install
 # written with a chart to bench-results/ (bench.json, bench.png). BENCH_ARGS passes
 # options (`make bench BENCH_ARGS="--jobs 2000 --only drain,pickup"`; see --help).
 # The peers (pgqueuer, huey, procrastinate) and matplotlib come with the bench extra.
+# Then OCR: docqueue's Tesseract against RapidOCR (error rate, pages/s, memory; bench/ocr.py),
+# and 10,000 files through `docqueue import` against HTTP uploads (bench-results/import.json).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
@@ -54,9 +67,11 @@ $(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_INSTALLED)
 
-bench: $(BENCH_INSTALLED)
+bench: $(BENCH_INSTALLED) ocr-model
 	$(BIN)/python -m bench.perf $(BENCH_ARGS)
 	$(BIN)/python bench/isolation_overhead.py
+	$(BIN)/python -m bench.ocr
+	$(BIN)/python -m bench.import_vs_uploads
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

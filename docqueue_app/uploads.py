@@ -1,14 +1,17 @@
-"""Accepting an upload: the checks and the storing shared by the API and the web form.
+"""Accepting an upload: the checks and the storing shared by the API, the web form and
+``docqueue import``.
 
 Every file of an upload is checked whole (present, not empty, within the size
 limit, of a supported type) before anything is stored, and then all are stored
 in one transaction by ``DocumentQueueService.submit``. Rejections are raised as
-HTTP errors (400, 413, 415) whose description is the message shown to the user.
+HTTP errors (400, 413, 415) whose description is the message shown to the user
+(``docqueue import`` prints it as the reason a file was refused).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import IO
 
 from flask import current_app
 from werkzeug.datastructures import FileStorage
@@ -17,12 +20,21 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 from .config import upload_limit_bytes
 from .documents import DocumentView, document_view
 from .metrics import record_upload
-from .processing import UnsupportedContentType, detect_content_type
+from .processing import IMAGE_CONTENT_TYPES, UnsupportedContentType, detect_content_type
+from .processing.options import OCR_OFF
 from .queue import DocumentQueueService
 from .queue.submissions import NewDocument, Submission
 from .schemas import clean_filename
 
 SUPPORTED_TYPES_LABEL = "PDF, DOCX, HTML, text, Markdown, CSV, JSON"
+IMAGE_TYPES_LABEL = "PNG, JPEG, TIFF"  # read by OCR: taken only while it is on
+
+
+def supported_types_label() -> str:
+    """The types this server takes, for the 415 message."""
+    if current_app.config["OCR"] == OCR_OFF:
+        return SUPPORTED_TYPES_LABEL
+    return f"{SUPPORTED_TYPES_LABEL}, {IMAGE_TYPES_LABEL}"
 
 
 def check_upload(
@@ -34,8 +46,21 @@ def check_upload(
     """
     if storage is None:
         raise BadRequest("The multipart field 'file' is missing.")
-    filename = clean_filename(storage.filename)
-    content = _read_within_limit(storage, filename)
+    return check_file(storage.filename, storage.stream, priority, callback_url)
+
+
+def check_file(
+    name: str | None, source: IO[bytes], priority: int, callback_url: str | None = None
+) -> NewDocument:
+    """Read and vet one file, whichever way it came in (an upload, ``docqueue import``).
+
+    ``name`` is cleaned as SPEC §4 says (it is never used as a path), ``source``
+    is read up to one byte past the size limit, and the type is detected from the
+    bytes. Raises 400 (empty), 413 (too large) or 415 (unsupported type), each
+    with a message that names the file and says why.
+    """
+    filename = clean_filename(name)
+    content = _read_within_limit(source, filename)
     if not content:
         raise BadRequest(f"{filename} is empty.")
     try:
@@ -43,8 +68,14 @@ def check_upload(
     except UnsupportedContentType as exc:
         raise UnsupportedMediaType(
             f"{filename} is {exc or 'of an unknown kind'}; "
-            f"it is not a supported type ({SUPPORTED_TYPES_LABEL})."
+            f"it is not a supported type ({supported_types_label()})."
         ) from None
+    if content_type in IMAGE_CONTENT_TYPES and current_app.config["OCR"] == OCR_OFF:
+        raise UnsupportedMediaType(
+            f"{filename} is an image ({content_type}), which only OCR reads, and OCR is off "
+            f"on this server (DOCQUEUE_OCR=off); it is not a supported type "
+            f"({SUPPORTED_TYPES_LABEL})."
+        )
     return NewDocument(filename, content, content_type, priority, callback_url)
 
 
@@ -66,10 +97,10 @@ def upload_view(submission: Submission) -> DocumentView:
     return document_view(submission.document, duplicate=True)
 
 
-def _read_within_limit(storage: FileStorage, filename: str) -> bytes:
+def _read_within_limit(source: IO[bytes], filename: str) -> bytes:
     limit = upload_limit_bytes(current_app.config)
     # One byte past the limit is enough to know it is too large.
-    content = storage.stream.read(limit + 1)
+    content = source.read(limit + 1)
     if len(content) > limit:
         raise RequestEntityTooLarge(
             f"{filename} is larger than the upload limit of "

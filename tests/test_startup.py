@@ -17,14 +17,17 @@ from flask import Flask
 
 from docqueue_app.queue import DocumentQueueService
 
-# Document parsers (PDFium, lxml, selectolax, python-docx, charset-normalizer),
-# Alembic, which only the `db` commands need, and APScheduler, which only a server runs.
+# Document parsers (PDFium, lxml, selectolax, python-docx, charset-normalizer, Pillow),
+# the OCR engine (tesserocr), Alembic, which only the `db` commands need, and
+# APScheduler, which only a server runs.
 HEAVY_MODULES = (
     "pypdfium2",
     "lxml",
     "selectolax",
     "docx",
     "charset_normalizer",
+    "PIL",
+    "tesserocr",
     "alembic",
     "apscheduler",
 )

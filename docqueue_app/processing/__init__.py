@@ -4,8 +4,9 @@ The queue calls ``run_processor``; the built-in processor is ``extract``.
 
 ``extract`` and the detection names are imported on first use (a module
 ``__getattr__``), and each extractor imports its parser (PDFium, lxml,
-selectolax, charset-normalizer) with the first document of its type: the web
-app, a worker whose documents run in child processes and commands such as
+selectolax, charset-normalizer, Pillow) with the first document of its type, and
+the OCR engine (Tesseract) with the first page that needs it: the web app, a
+worker whose documents run in child processes and commands such as
 ``queue stats`` start without any of them.
 """
 
@@ -23,17 +24,19 @@ from .errors import (
 from .isolation import run_processor
 
 if TYPE_CHECKING:
-    from .detection import SUPPORTED_CONTENT_TYPES, detect_content_type
+    from .detection import IMAGE_CONTENT_TYPES, SUPPORTED_CONTENT_TYPES, detect_content_type
     from .extraction import extract
 
 # Public name -> the submodule that defines it.
 _DEFERRED = {
+    "IMAGE_CONTENT_TYPES": "detection",
     "SUPPORTED_CONTENT_TYPES": "detection",
     "detect_content_type": "detection",
     "extract": "extraction",
 }
 
 __all__ = [
+    "IMAGE_CONTENT_TYPES",
     "SUPPORTED_CONTENT_TYPES",
     "PermanentProcessingError",
     "ProcessingCancelled",

@@ -18,12 +18,25 @@ PLAIN_TEXT = "text/plain"
 MARKDOWN = "text/markdown"
 CSV = "text/csv"
 JSON = "application/json"
+PNG = "image/png"
+JPEG = "image/jpeg"
+TIFF = "image/tiff"
 
-SUPPORTED_CONTENT_TYPES = (PDF, DOCX, HTML, PLAIN_TEXT, MARKDOWN, CSV, JSON)
+# Read by OCR, so accepted only while it is on (DOCQUEUE_OCR=auto): uploads.py checks.
+IMAGE_CONTENT_TYPES = (PNG, JPEG, TIFF)
+SUPPORTED_CONTENT_TYPES = (PDF, DOCX, HTML, PLAIN_TEXT, MARKDOWN, CSV, JSON, *IMAGE_CONTENT_TYPES)
 
 PDF_SIGNATURE = b"%PDF-"
 PDF_SIGNATURE_WINDOW = 1024  # PDF readers accept junk before the header, up to 1 KB
 ZIP_SIGNATURE = b"PK\x03\x04"
+IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", PNG),
+    (b"\xff\xd8\xff", JPEG),
+    (b"II*\x00", TIFF),  # little-endian
+    (b"MM\x00*", TIFF),  # big-endian
+    (b"II+\x00", TIFF),  # BigTIFF
+    (b"MM\x00+", TIFF),
+)
 
 # Enough text to judge the encoding; a multi-megabyte upload is not decoded whole.
 _TEXT_SAMPLE_BYTES = 256 * 1024
@@ -46,8 +59,14 @@ def detect_content_type(content: bytes, filename: str) -> str:
     A damaged or encrypted form of a supported type (a truncated ZIP or an OLE2
     container named ``.docx``, JSON that does not parse) is still given that type,
     so extraction can fail it with a clear reason.
+    Images are detected whether OCR is on or not (uploads refuse them when it is off).
     Raises ``UnsupportedContentType`` for other binary content.
     """
+    # Before the PDF window: a file that starts as an image is one, whatever its
+    # first kilobyte holds (a PNG text chunk may well contain "%PDF-").
+    for signature, image_type in IMAGE_SIGNATURES:
+        if content.startswith(signature):
+            return image_type
     if PDF_SIGNATURE in content[:PDF_SIGNATURE_WINDOW]:
         return PDF
     suffix = PurePosixPath(filename).suffix.lower()
@@ -107,8 +126,6 @@ def looks_like_html(text: str) -> bool:
 
 
 _KNOWN_BINARY_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF8", "a GIF image"),
     (b"\x7fELF", "an ELF executable"),
     (b"MZ", "a Windows executable"),

@@ -20,6 +20,7 @@ _EXTRACTORS: dict[str, tuple[str, str]] = {
     detection.MARKDOWN: ("text", "extract_markdown"),
     detection.CSV: ("text", "extract_csv"),
     detection.JSON: ("text", "extract_json"),
+    **{image_type: ("images", "extract_image") for image_type in detection.IMAGE_CONTENT_TYPES},
 }
 
 

@@ -22,12 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import PermanentProcessingError, ProcessingCancelled, TransientProcessingError
+from .options import OCR_AUTO, ProcessingOptions, processing_options
 from .sandbox import (
     CANCELLED,
     MEMORY_CAP,
     PERMANENT,
     TIMED_OUT,
     Caps,
+    Job,
     Sandbox,
     exit_code_for_memory_cap,
     load_processor,
@@ -47,9 +49,13 @@ def run_processor(
     isolation: str = "subprocess",
     memory_mb: int = 1024,
     timeout_seconds: float = 300,
+    ocr: str = OCR_AUTO,
     cancel: threading.Event | None = None,
 ) -> dict:
     """Call ``processor`` (``"module:callable"``) as ``f(content, filename, content_type)``.
+
+    ``ocr`` (DOCQUEUE_OCR) reaches the built-in extractor through
+    ``options.current_options()``, set around the call wherever it runs.
 
     ``isolation="none"`` calls it in this process and lets its exceptions through.
     ``isolation="subprocess"`` calls it in this thread's sandbox, a child process
@@ -81,11 +87,13 @@ def run_processor(
     module_name, attribute = split_processor_name(processor)
     if isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {ISOLATION_MODES}, not {isolation!r}")
+    options = ProcessingOptions(ocr=ocr)
     _raise_if_cancelled(cancel)
     if isolation == "none":
         processor_function = load_processor(module_name, attribute)
-        return _run_in_this_process(processor_function, content, filename, content_type, cancel)
-    job = (processor, content, filename, content_type)
+        with processing_options(options):
+            return _run_in_this_process(processor_function, content, filename, content_type, cancel)
+    job = (processor, content, filename, content_type, options)
     return _run_in_sandbox(job, Caps(memory_mb, timeout_seconds), cancel)
 
 
@@ -115,9 +123,7 @@ def _run_in_this_process(
 # --- a document in this thread's sandbox ------------------------------------------------
 
 
-def _run_in_sandbox(
-    job: tuple[str, bytes, str, str], caps: Caps, cancel: threading.Event | None
-) -> dict:
+def _run_in_sandbox(job: Job, caps: Caps, cancel: threading.Event | None) -> dict:
     sandbox = _sandbox_of_this_thread(caps)
     outcome = None
     try:

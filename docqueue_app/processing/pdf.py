@@ -4,20 +4,34 @@ pypdfium2 (PDFium) is the fastest permissive extractor and the best in quality
 (RESEARCH.md §3: 10-25x pypdf). PDFium is not thread-safe, even across documents,
 so one lock serialises it within a process; production runs each document in its
 own child process anyway, where the lock is never contended.
+
+A page without a text layer (a scan) is rendered by PDFium and read by OCR while
+DOCQUEUE_OCR is on; a page with any text is taken as it is, never read twice.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from dataclasses import dataclass, field
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from .errors import PermanentProcessingError
+from .options import current_options
 
 MAX_PAGES = 5000
 MAX_TEXT_CHARS = 20_000_000
 PAGE_SEPARATOR = "\n\n"
+# Resolution a scanned page is rendered at for OCR. On the corpus's scanned book
+# pages Tesseract came closest to the file's own OCR layer at 300 dpi (1.4% apart,
+# against 1.9% at 150 and 200 dpi), for a third more CPU than at 150 dpi; typed
+# 8 pt text read without error at all three (README "OCR", bench/ocr.py). A page
+# too large for the OCR pixel limit at this resolution (a 200-inch page is 60,000
+# pixels wide) is rendered smaller, to fit.
+OCR_DPI = 300
+POINTS_PER_INCH = 72
 
 _PDFIUM_LOCK = threading.Lock()
 
@@ -72,8 +86,8 @@ def _pdfium_reason(exc: pdfium.PdfiumError) -> str:
 
 def _extract_open_document(document: pdfium.PdfDocument) -> dict:
     page_count = len(document)
-    page_texts, unreadable_pages, text_truncated = _page_texts(document, min(page_count, MAX_PAGES))
-    if page_count and unreadable_pages == page_count:
+    pages = _read_pages(document, min(page_count, MAX_PAGES))
+    if page_count and pages.unreadable == page_count:
         raise PermanentProcessingError("damaged PDF: no page could be read")
     raw_metadata = document.get_metadata_dict(skip_empty=True)
     metadata: dict = {
@@ -82,49 +96,97 @@ def _extract_open_document(document: pdfium.PdfDocument) -> dict:
         if key in raw_metadata
     }
     metadata["pdf_version"] = _pdf_version(document)
+    metadata["ocr_pages"] = pages.ocr_pages
+    metadata["ocr_engine"] = pages.ocr_engine
     if page_count > MAX_PAGES:
         metadata["pages_extracted"] = MAX_PAGES
-    if unreadable_pages:
-        metadata["unreadable_pages"] = unreadable_pages
-    if text_truncated:
+    if pages.unreadable:
+        metadata["unreadable_pages"] = pages.unreadable
+    if pages.text_truncated:
         metadata["text_truncated"] = True
     return {
-        "text": PAGE_SEPARATOR.join(page_texts),
+        "text": PAGE_SEPARATOR.join(pages.texts),
         "title": raw_metadata.get("Title", "").strip() or None,
         "page_count": page_count,
         "metadata": metadata,
     }
 
 
-def _page_texts(document: pdfium.PdfDocument, pages: int) -> tuple[list[str], int, bool]:
-    """The text of the first ``pages`` pages, the number that failed, and whether the cap cut it."""
-    texts: list[str] = []
-    unreadable = 0
+@dataclass
+class _Pages:
+    """What reading the pages gave: their texts, and how each was come by."""
+
+    texts: list[str] = field(default_factory=list)
+    unreadable: int = 0
+    text_truncated: bool = False
+    ocr_pages: int = 0
+    ocr_engine: str | None = None  # named once a page was read by OCR
+
+
+def _read_pages(document: pdfium.PdfDocument, count: int) -> _Pages:
+    """The text of the first ``count`` pages, up to MAX_TEXT_CHARS in all."""
+    pages = _Pages()
     chars = 0
-    for index in range(pages):
+    for index in range(count):
         try:
-            text = _page_text(document, index)
+            text = _page_text(document, index, pages)
         except pdfium.PdfiumError:
-            unreadable += 1
+            pages.unreadable += 1
             continue
         if chars + len(text) > MAX_TEXT_CHARS:
-            texts.append(text[: MAX_TEXT_CHARS - chars])
-            return texts, unreadable, True
+            pages.texts.append(text[: MAX_TEXT_CHARS - chars])
+            pages.text_truncated = True
+            return pages
         chars += len(text) + len(PAGE_SEPARATOR)
-        texts.append(text)
-    return texts, unreadable, False
+        pages.texts.append(text)
+    return pages
 
 
-def _page_text(document: pdfium.PdfDocument, index: int) -> str:
+def _page_text(document: pdfium.PdfDocument, index: int, pages: _Pages) -> str:
     page = document[index]
     try:
-        text_page = page.get_textpage()
-        try:
-            return text_page.get_text_range().replace("\r\n", "\n").translate(_TEXT_FIXES)
-        finally:
-            text_page.close()
+        text = _text_layer(page)
+        if text.strip() or not _needs_ocr(page):
+            return text
+        return _read_by_ocr(page, pages)
     finally:
         page.close()
+
+
+def _text_layer(page: pdfium.PdfPage) -> str:
+    text_page = page.get_textpage()
+    try:
+        return text_page.get_text_range().replace("\r\n", "\n").translate(_TEXT_FIXES)
+    finally:
+        text_page.close()
+
+
+def _needs_ocr(page: pdfium.PdfPage) -> bool:
+    # No text, but something drawn: a scan, or text turned into outlines. A blank
+    # page has nothing to read.
+    return current_options().ocr_enabled and pdfium_c.FPDFPage_CountObjects(page.raw) > 0
+
+
+def _read_by_ocr(page: pdfium.PdfPage, pages: _Pages) -> str:
+    # Imported here: the OCR engine loads with the first scanned page, so a process
+    # that never meets one never loads it (and the fork server's preload skips it).
+    from . import ocr
+
+    width, height = page.get_size()  # in points
+    scale = OCR_DPI / POINTS_PER_INCH
+    pixels = width * height * scale * scale
+    limit = ocr.pixel_limit()
+    if pixels > limit:
+        scale *= math.sqrt(limit / pixels)
+    # Rendered straight to 8-bit grey: a quarter of the memory of colour.
+    bitmap = page.render(scale=scale, grayscale=True, force_bitmap_format=pdfium_c.FPDFBitmap_Gray)
+    try:
+        text = ocr.read_page(bitmap.to_pil(), dpi=scale * POINTS_PER_INCH)
+    finally:
+        bitmap.close()
+    pages.ocr_pages += 1
+    pages.ocr_engine = ocr.engine_name()
+    return text
 
 
 def _pdf_version(document: pdfium.PdfDocument) -> str | None:

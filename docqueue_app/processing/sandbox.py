@@ -47,6 +47,7 @@ from multiprocessing.context import ForkServerContext
 from typing import Any
 
 from .errors import PermanentProcessingError, TransientProcessingError
+from .options import ProcessingOptions, processing_options
 
 # Imported once in the fork server, so a sandbox starts with them loaded.
 # (Each child also runs the parent's main script again, as multiprocessing
@@ -143,7 +144,9 @@ class Caps:
     timeout_seconds: float
 
 
-# A job, parent to sandbox: (processor "module:callable", content, filename, content_type).
+# A job, parent to sandbox: (processor "module:callable", content, filename, content_type,
+# the options the built-in extractor reads).
+Job = tuple[str, bytes, str, str, ProcessingOptions]
 # An outcome, sandbox to parent: ("ok", result) or ("error", kind, message), kind one of:
 MEMORY_CAP = "memory"  # MemoryError: the memory cap
 PERMANENT = "permanent"  # PermanentProcessingError, with its message
@@ -252,16 +255,15 @@ def _set_limit(limit: int, value: int) -> None:
     resource.setrlimit(limit, (value, value))
 
 
-def _run_job(
-    job: tuple[str, bytes, str, str], processors: dict[str, Callable[[bytes, str, str], dict]]
-) -> tuple:
-    processor_name, content, filename, content_type = job
+def _run_job(job: Job, processors: dict[str, Callable[[bytes, str, str], dict]]) -> tuple:
+    processor_name, content, filename, content_type, options = job
     try:
         processor = processors.get(processor_name)
         if processor is None:
             processor = load_processor(*split_processor_name(processor_name))
             processors[processor_name] = processor
-        return ("ok", processor(content, filename, content_type))
+        with processing_options(options):
+            return ("ok", processor(content, filename, content_type))
     except MemoryError:
         return ("error", MEMORY_CAP, "MemoryError")
     except PermanentProcessingError as exc:
@@ -510,7 +512,7 @@ class Sandbox:
         with suppress(OSError):  # the sandbox is gone already; its end of the pipe says so
             self.connection.send_bytes(_GO)
 
-    def run(self, job: tuple[str, bytes, str, str], cancel: threading.Event | None) -> Any:
+    def run(self, job: Job, cancel: threading.Event | None) -> Any:
         """The document's outcome; None if the sandbox died without one; TIMED_OUT; CANCELLED.
 
         After anything but an outcome, the sandbox must be ended.

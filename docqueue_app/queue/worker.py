@@ -230,6 +230,7 @@ def _process_document_content(
         isolation=config["PROCESS_ISOLATION"],
         memory_mb=config["PROCESS_MEMORY_MB"],
         timeout_seconds=config["PROCESS_TIMEOUT_SECONDS"],
+        ocr=config["OCR"],
         cancel=cancel,
     )
 

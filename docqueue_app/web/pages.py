@@ -95,6 +95,9 @@ _TYPE_LABELS = {
     "text/markdown": "Markdown",
     "text/csv": "CSV",
     "application/json": "JSON",
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/tiff": "TIFF",
 }
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from tests.browser import SLOW_MARKER
 from tests.browser.conftest import PageEvents
-from tests.browser.test_pages import HOSTILE_NAME, PNG_BYTES, PROCESSED_MS
+from tests.browser.test_pages import GIF_BYTES, HOSTILE_NAME, PROCESSED_MS
 from tests.e2e.server import Server
 
 with contextlib.suppress(ImportError):
@@ -103,12 +103,12 @@ def test_a_refused_file_says_why_next_to_it_while_the_other_completes(page: Page
     drop_files(
         page,
         [
-            ("refused.png", "image/png", PNG_BYTES),
+            ("refused.gif", "image/gif", GIF_BYTES),
             ("accepted.txt", "text/plain", text_bytes("Accepted alongside a refused file.")),
         ],
     )
 
-    refused = upload_row(page, "refused.png")
+    refused = upload_row(page, "refused.gif")
     expect(refused.locator("[data-field=status]")).to_have_text("refused")
     expect(refused.get_by_role("alert")).to_contain_text("not a supported type")
     expect(refused.get_by_role("link")).to_have_count(0)
@@ -183,7 +183,7 @@ def test_upload_page_mid_upload(page: Page) -> None:
         page,
         [
             ("finished.txt", "text/plain", text_bytes("Finished quickly.")),
-            ("picture.png", "image/png", PNG_BYTES),
+            ("picture.gif", "image/gif", GIF_BYTES),
         ],
     )
     finished = upload_row(page, "finished.txt").locator("[data-field=status]")

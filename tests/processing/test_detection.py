@@ -47,6 +47,9 @@ def test_supported_types_are_the_spec_list() -> None:
         "text/markdown",
         "text/csv",
         "application/json",
+        "image/png",
+        "image/jpeg",
+        "image/tiff",
     }
 
 
@@ -133,12 +136,12 @@ def test_zip_with_too_many_entries_is_judged_without_listing_it() -> None:
 @pytest.mark.parametrize(
     ("content", "described_as"),
     [
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(50), "PNG image"),
+        (b"GIF89a\x01\x00\x01\x00" + bytes(50), "GIF image"),
         (b"\x7fELF\x02\x01\x01\x00" + bytes(56), "ELF executable"),
         (b"\x1f\x8b\x08\x00" + bytes(40), "gzip archive"),
         (random.Random(42).randbytes(4096), "not a PDF, DOCX or text document"),
     ],
-    ids=["png", "elf", "gzip", "random-bytes"],
+    ids=["gif", "elf", "gzip", "random-bytes"],
 )
 def test_other_binary_content_is_unsupported(content: bytes, described_as: str) -> None:
     with pytest.raises(UnsupportedContentType, match=described_as):

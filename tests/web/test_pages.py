@@ -87,7 +87,7 @@ def test_a_duplicate_upload_says_so_on_the_existing_page(client: FlaskClient) ->
 @pytest.mark.parametrize(
     ("files", "status", "message"),
     [
-        ([(b"\x89PNG\r\n\x1a\n\x00\x00", "photo.png")], 415, "not a supported type"),
+        ([(b"GIF89a\x01\x00\x01\x00", "photo.gif")], 415, "not a supported type"),
         ([(b"", "empty.txt")], 400, "empty"),
         ([(b"fine text", "ok.txt"), (b"\x7fELF\x02\x01\x01\x00", "x.bin")], 415, "x.bin"),
     ],
