@@ -159,19 +159,6 @@ class DeliveryService(TransactionalService):
         session.refresh(delivery)
         return delivery
 
-    # -- reading ----------------------------------------------------------------
-
-    def deliveries_of(self, document_id: int) -> list[WebhookDelivery]:
-        """The document's deliveries, newest first."""
-        with self._read() as session:
-            return list(
-                session.scalars(
-                    select(WebhookDelivery)
-                    .where(WebhookDelivery.document_id == document_id)
-                    .order_by(WebhookDelivery.id.desc())
-                )
-            )
-
     # -- maintenance ------------------------------------------------------------
 
     def prune_finished(self, older_than_days: float) -> int:
