@@ -11,6 +11,7 @@ from collections import Counter
 
 from tests.e2e.processors import RECORD_ENV
 from tests.e2e.server import BIN, ROOT, Server, run_cli
+from tests.helpers import wait_until
 from tests.processing.test_isolation import flate_bomb_pdf
 
 DOCUMENTS = 12
@@ -145,6 +146,13 @@ def test_a_server_killed_mid_document_has_it_reclaimed_after_the_lease(server_en
     assert [d["queue_item"]["attempts"] for d in documents if d["filename"] in interrupted] == [2]
 
 
+WORKER_ARGS = ("queue", "worker", "--concurrency", "2", "--batch-size", "2")
+
+
+def cron_pass(server: Server, headers: dict[str, str]) -> dict:
+    return server.request("POST", "/api/cron/process-queue", headers=headers)[1]
+
+
 def test_schedulers_workers_and_cron_together_process_each_document_once(server_env, tmp_path):
     record = tmp_path / "processed.log"
     env = {
@@ -159,24 +167,31 @@ def test_schedulers_workers_and_cron_together_process_each_document_once(server_
     server.start()
     try:
         count = 40
-        for n in range(count):
-            assert server.upload(f"many-{n}.txt", f"one of many {n}".encode())[0] == 202
-        busy = Server(env, log_path=tmp_path / "busy.log").start()  # a second host, scheduling
-        worker = subprocess.Popen(
-            [str(BIN / "docqueue"), "queue", "worker", "--concurrency", "2", "--batch-size", "2"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stderr=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
-        )
+        busy = Server(env, log_path=tmp_path / "busy.log")  # a second host, scheduling
+        worker_log = tmp_path / "worker.log"
         try:
-            cron = {"Authorization": "Bearer tick"}
-            while server.request("POST", "/api/cron/process-queue", headers=cron)[1]["processed"]:
-                pass
-            documents = wait_for_statuses(server, count)
+            busy.start()
+            worker = subprocess.Popen(
+                [str(BIN / "docqueue"), *WORKER_ARGS],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stderr=open(worker_log, "wb"),  # noqa: SIM115
+            )
+            try:
+                # Everyone running before the work comes: the worker started, so that
+                # SIGTERM meets a running worker, not one still importing.
+                wait_until(lambda: b"listening for new work" in worker_log.read_bytes(), 60)
+                for n in range(count):
+                    assert server.upload(f"many-{n}.txt", f"one of many {n}".encode())[0] == 202
+                cron = {"Authorization": "Bearer tick"}
+                while cron_pass(server, cron)["processed"]:
+                    pass
+                documents = wait_for_statuses(server, count)
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(timeout=30) == 0, worker_log.read_text()
         finally:
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(timeout=30) == 0
-            busy.stop()
+            busy.stop()  # whatever failed: a server left running would work on later tests' rows
     finally:
         server.stop()
     assert {d["status"] for d in documents} == {"completed"}
