@@ -21,6 +21,7 @@ from flask_migrate import upgrade
 
 from docqueue_app import create_app
 from docqueue_app.models import db
+from tests.e2e.server import stop_leftover_servers
 from tests.helpers import close_connections
 
 PG_ADMIN_URL = os.environ.get(
@@ -72,6 +73,13 @@ def _migrated_app(url: str) -> Flask:
         upgrade()
         db.engine.dispose()
     return app
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_server_outlives_its_module() -> Iterator[None]:
+    """Module-scoped servers end with their module; any other left running is stopped."""
+    yield
+    stop_leftover_servers()
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,9 @@ from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# Servers started and not stopped yet: one left running by a failed test would go
+# on processing the rows of every later test on the same database.
+_RUNNING: set[Server] = set()
 
 
 class Reply(NamedTuple):
@@ -76,6 +79,7 @@ class Server:
             stderr=log,
             start_new_session=True,  # its own process group, so a kill takes every worker
         )
+        _RUNNING.add(self)
         self.wait_healthy()
         return self
 
@@ -96,8 +100,10 @@ class Server:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        _RUNNING.discard(self)
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -246,3 +252,9 @@ def queue_items(database_url: str) -> list[tuple[str, int]]:
         ).all()
         db.engine.dispose()
     return [tuple(row) for row in rows]
+
+
+def stop_leftover_servers() -> None:
+    """Stop every server a test started and left running (a test that failed midway)."""
+    for server in list(_RUNNING):
+        server.stop()
