@@ -19,7 +19,10 @@ $(INSTALLED): pyproject.toml
 # OCR (DOCQUEUE_OCR=auto, the default) reads with Tesseract: the library comes in
 # tesserocr's wheel, its English model from Debian, installed here when it is missing
 # (as root, or through sudo). Nothing is downloaded when the app runs.
-OCR_MODEL := $(wildcard /usr/share/tesseract-ocr/*/tessdata/eng.traineddata)
+# The folders docqueue_app/processing/ocr.py (TESSDATA_DIRS) looks in, in its order.
+TESSDATA_DIRS := /usr/share/tesseract-ocr/5/tessdata /usr/share/tesseract-ocr/4.00/tessdata \
+	/usr/share/tessdata /usr/local/share/tessdata
+OCR_MODEL := $(wildcard $(addsuffix /eng.traineddata,$(TESSDATA_DIRS)))
 
 ocr-model:
 ifeq ($(OCR_MODEL),)

@@ -154,16 +154,12 @@ def import_command(
 
 def _checked_callback_url(url: str | None) -> str | None:
     """The URL if webhooks may be sent there (as at upload), else a usage error."""
-    if url is None or not url.strip():
-        return None
-    from .webhooks.destinations import RefusedDestination, check_destination
+    from .webhooks.destinations import RefusedDestination, checked_callback_url
 
-    url = url.strip()
     try:
-        check_destination(url, allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+        return checked_callback_url(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
     except RefusedDestination as refused:
         raise click.BadParameter(str(refused), param_hint="'--callback-url'") from None
-    return url
 
 
 def init_app(app: Flask) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from flask import Flask
 
+from .processing.options import OCR_AUTO, OCR_MODES
+
 ENV_PREFIX = "DOCQUEUE"
 
 DEFAULTS: dict[str, Any] = {
@@ -37,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "PROCESS_MEMORY_MB": 1024,
     "PROCESS_TIMEOUT_SECONDS": 300.0,
     "RETENTION_DAYS": 30,
-    "OCR": "auto",
+    "OCR": OCR_AUTO,
     "WEBHOOK_URL": None,
     "WEBHOOK_SECRET": None,
     "WEBHOOK_MAX_ATTEMPTS": 8,
@@ -68,7 +70,6 @@ _INT_KEYS = (
 )
 _BOOL_KEYS = ("SCHEDULER_ENABLED", "WEBHOOK_ALLOW_PRIVATE")
 _ISOLATION_MODES = ("subprocess", "none")
-_OCR_MODES = ("auto", "off")
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 # PostgreSQL connections must fail rather than hang: a connect timeout (an
@@ -167,8 +168,8 @@ def _validate(config: Mapping[str, Any]) -> None:
             f"DOCQUEUE_PROCESS_ISOLATION must be one of {_ISOLATION_MODES}, "
             f"not {config['PROCESS_ISOLATION']!r}"
         )
-    if config["OCR"] not in _OCR_MODES:
-        raise ValueError(f"DOCQUEUE_OCR must be one of {_OCR_MODES}, not {config['OCR']!r}")
+    if config["OCR"] not in OCR_MODES:
+        raise ValueError(f"DOCQUEUE_OCR must be one of {OCR_MODES}, not {config['OCR']!r}")
     positive = ("POLL_INTERVAL", "LEASE_SECONDS", "BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS")
     for key in (*positive, "WEBHOOK_MAX_ATTEMPTS", "WEBHOOK_TIMEOUT_SECONDS"):
         if config[key] <= 0:

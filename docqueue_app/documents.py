@@ -90,18 +90,21 @@ def document_view(document: Document, duplicate: bool = False) -> DocumentView:
 
 
 def list_documents(
-    status: str | None, page: int, per_page: int, filename_contains: str | None = None
+    status: str | None,
+    page: int,
+    per_page: int,
+    filename_contains: str | None = None,
+    with_metadata: bool = False,
 ) -> DocumentPage:
     """One page of documents, newest first, optionally of one status.
 
     ``filename_contains`` keeps the documents whose file name holds it, ignoring
-    case; ``%`` and ``_`` in it are matched as themselves.
+    case; ``%`` and ``_`` in it are matched as themselves. ``with_metadata``
+    loads the processor's metadata with the rows (the JSON shows it; pages don't).
     """
-    query = (
-        select(Document)
-        .options(_WITH_METADATA)
-        .order_by(Document.created_at.desc(), Document.id.desc())
-    )
+    query = select(Document).order_by(Document.created_at.desc(), Document.id.desc())
+    if with_metadata:
+        query = query.options(_WITH_METADATA)
     if status is not None:
         query = query.where(Document.status == status)
     if filename_contains:

@@ -108,30 +108,21 @@ _PENDING = text("status = 'pending'")
 _IN_PROGRESS = text("status = 'in_progress'")
 
 
+def partial_index(name: str, *columns: Any, where: Any, unique: bool = False) -> Index:
+    """An index over the rows ``where`` holds, on both back ends."""
+    return Index(name, *columns, unique=unique, sqlite_where=where, postgresql_where=where)
+
+
 class QueueItem(db.Model):
     __tablename__ = "queue_items"
     __table_args__ = (
         # At most one not-yet-started item per document, even under racing enqueues.
-        Index(
-            "uq_queue_items_pending_document",
-            "document_id",
-            unique=True,
-            sqlite_where=_PENDING,
-            postgresql_where=_PENDING,
+        partial_index(
+            "uq_queue_items_pending_document", "document_id", where=_PENDING, unique=True
         ),
-        Index(
-            "ix_queue_items_lease",
-            "lease_expires_at",
-            sqlite_where=_IN_PROGRESS,
-            postgresql_where=_IN_PROGRESS,
-        ),
+        partial_index("ix_queue_items_lease", "lease_expires_at", where=_IN_PROGRESS),
         # "Is anything due?": the earliest pending run_at, whatever the backlog.
-        Index(
-            "ix_queue_items_due",
-            "run_at",
-            sqlite_where=_PENDING,
-            postgresql_where=_PENDING,
-        ),
+        partial_index("ix_queue_items_due", "run_at", where=_PENDING),
         Index("ix_queue_items_document_status", "document_id", "status"),
         Index("ix_queue_items_status_finished", "status", "finished_at"),
     )
@@ -161,13 +152,12 @@ class QueueItem(db.Model):
 
 # The claim orders by exactly these columns over due pending rows, so the
 # database walks this index instead of sorting the whole backlog.
-Index(
+partial_index(
     "ix_queue_items_claim",
     QueueItem.priority.desc(),
     QueueItem.run_at,
     QueueItem.id,
-    sqlite_where=_PENDING,
-    postgresql_where=_PENDING,
+    where=_PENDING,
 )
 
 
@@ -208,8 +198,6 @@ class QueueState(db.Model):
 
 QUEUE_STATE_ID = 1
 
-_DELIVERY_PENDING = text("status = 'pending'")
-
 
 class WebhookDelivery(db.Model):
     """One event for one destination (SPEC §8), sent until a 2xx answer or out of attempts.
@@ -224,12 +212,7 @@ class WebhookDelivery(db.Model):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         # "Which deliveries are due?" walks only the pending ones.
-        Index(
-            "ix_webhook_deliveries_due",
-            "next_attempt_at",
-            sqlite_where=_DELIVERY_PENDING,
-            postgresql_where=_DELIVERY_PENDING,
-        ),
+        partial_index("ix_webhook_deliveries_due", "next_attempt_at", where=_PENDING),
         Index("ix_webhook_deliveries_document", "document_id", "id"),
         Index("ix_webhook_deliveries_status", "status", "id"),
     )

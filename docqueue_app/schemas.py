@@ -37,7 +37,7 @@ from .states import (
     ItemStatus,
     WebhookEvent,
 )
-from .webhooks.destinations import RefusedDestination, check_destination
+from .webhooks.destinations import RefusedDestination, checked_callback_url
 
 MAX_FILENAME_CHARS = 255
 FALLBACK_FILENAME = "upload"
@@ -145,14 +145,11 @@ class CallbackUrl(fields.String):
     """
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
-        url = super()._deserialize(value, attr, data, **kwargs).strip()
-        if not url:
-            return None
+        url = super()._deserialize(value, attr, data, **kwargs)
         try:
-            check_destination(url, allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+            return checked_callback_url(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
         except RefusedDestination as refused:
             raise ValidationError(f"Refused: {refused}.") from None
-        return url
 
 
 class UploadFormSchema(Schema):

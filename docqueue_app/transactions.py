@@ -18,6 +18,14 @@ from sqlalchemy.orm import Session
 from .database import database_now
 from .models import SQLITE_WRITE_OPTION, db
 
+# Actions a write asked for once its transaction commits (``after_commit``).
+_AFTER_COMMIT = "docqueue_after_commit"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once the service's current write commits; never if it rolls back."""
+    session.info.setdefault(_AFTER_COMMIT, set()).add(action)
+
 
 class TransactionalService:
     """The transactions of a service: fresh ones, and writes that hold the lock up front."""
@@ -35,8 +43,11 @@ class TransactionalService:
             yield session
             session.commit()
         except BaseException:
+            session.info.pop(_AFTER_COMMIT, None)
             session.rollback()
             raise
+        for action in session.info.pop(_AFTER_COMMIT, ()):
+            action()
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -78,7 +78,7 @@ def upload_document(form: dict[str, Any]) -> tuple[DocumentView, int, dict[str, 
 @blp.arguments(DocumentListQuerySchema, location="query")
 @blp.response(200, DocumentPageSchema)
 def list_documents_page(query: dict[str, Any]) -> DocumentPage:
-    return list_documents(query["status"], query["page"], query["per_page"])
+    return list_documents(query["status"], query["page"], query["per_page"], with_metadata=True)
 
 
 # One rule for GET and DELETE: with a rule per method, werkzeug would answer an id

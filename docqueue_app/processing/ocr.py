@@ -31,7 +31,8 @@ from .errors import PermanentProcessingError, TransientProcessingError
 
 LANGUAGE = "eng"
 MODEL_PACKAGE = "tesseract-ocr-eng"
-# Where Debian (Tesseract 5, then 4), other distributions and /usr/local keep models.
+# Where Debian (Tesseract 5, then 4), other distributions and /usr/local keep models
+# (the Makefile's ocr-model target checks the same folders).
 TESSDATA_DIRS = (
     Path("/usr/share/tesseract-ocr/5/tessdata"),
     Path("/usr/share/tesseract-ocr/4.00/tessdata"),

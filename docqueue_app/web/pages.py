@@ -27,9 +27,9 @@ from werkzeug.exceptions import BadRequest, HTTPException, NotFound, Unprocessab
 
 from ..documents import (
     document_attempts,
-    document_view,
     find_document,
     list_documents,
+    show_document,
     text_preview,
 )
 from ..queue import DocumentNotFound, DocumentQueueService
@@ -195,7 +195,7 @@ def document_list() -> str:
 
 @blueprint.get(f"/documents/<{ID_CONVERTER}:document_id>")
 def document_detail(document_id: int) -> str:
-    view = document_view(find_document(document_id))
+    view = show_document(document_id)
     return render_template(
         "web/document.html",
         document=view,

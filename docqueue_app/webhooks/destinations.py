@@ -52,9 +52,15 @@ def check_destination(url: str, allow_private: bool = False) -> Destination:
     return Destination(url, scheme, host, port, target, addresses[0])
 
 
-def check_url_shape(url: str) -> None:
-    """Refuse what is not an absolute http(s) URL with a host, without resolving it."""
-    _parse(url)
+def checked_callback_url(raw: str | None, allow_private: bool = False) -> str | None:
+    """A ``callback_url`` as given at upload or import: trimmed, blank = None, checked.
+
+    Raises RefusedDestination for a URL webhooks may not be sent to.
+    """
+    url = (raw or "").strip()
+    if url:
+        check_destination(url, allow_private)
+    return url or None
 
 
 def non_public_kind(address: str) -> str | None:

@@ -22,7 +22,6 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import Label, insert, select
-from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session, undefer
 
 from ..database import database_now
@@ -30,6 +29,7 @@ from ..documents import DocumentView
 from ..models import Document, QueueItem, WebhookDelivery, latest_items
 from ..schemas import DocumentSchema
 from ..states import DeliveryStatus, WebhookEvent
+from ..transactions import after_commit
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,16 @@ def record_events(session: Session, events: Sequence[DocumentEvent]) -> int:
     views = _document_views(session, document_ids)
     now = database_now(session)
     max_attempts = current_app.config["WEBHOOK_MAX_ATTEMPTS"]
+    documents = {document_id: _DOCUMENT_SCHEMA.dump(view) for document_id, view in views.items()}
     rows = [
-        _delivery_row(event, view, url, now, max_attempts)
+        _delivery_row(event, documents[event.document_id], url, now, max_attempts)
         for event in events
         if (view := views.get(event.document_id)) is not None
         for url in _destinations(global_url, view.document)
     ]
     if rows:
         session.execute(insert(WebhookDelivery), rows)
-        sqlalchemy_event.listen(session, "after_commit", _wake_after_commit, once=True)
+        after_commit(session, wake_senders)
     return len(rows)
 
 
@@ -114,12 +115,16 @@ def _document_views(session: Session, document_ids: list[int]) -> dict[int, Docu
     return {document.id: DocumentView(document, items.get(document.id)) for document in documents}
 
 
+# One instance: building a schema costs more than dumping a document with it.
+_DOCUMENT_SCHEMA = DocumentSchema()
+
+
 def _destinations(global_url: str | None, document: Document) -> list[str]:
     return [url for url in (global_url, document.callback_url) if url]
 
 
 def _delivery_row(
-    event: DocumentEvent, view: DocumentView, url: str, now: datetime, max_attempts: int
+    event: DocumentEvent, document: dict[str, Any], url: str, now: datetime, max_attempts: int
 ) -> dict[str, Any]:
     delivery_id = str(uuid.uuid4())
     return {
@@ -127,7 +132,7 @@ def _delivery_row(
         "document_id": event.document_id,
         "event": event.event.value,
         "url": url,
-        "payload": payload(delivery_id, event.event, now, view),
+        "payload": payload(delivery_id, event.event, now, document),
         "status": DeliveryStatus.PENDING,
         "attempts": 0,
         "max_attempts": max_attempts,
@@ -136,13 +141,18 @@ def _delivery_row(
     }
 
 
-def payload(delivery_id: str, event: WebhookEvent, created_at: datetime, view: DocumentView) -> str:
-    """The body every attempt of the delivery sends (SPEC §8), as JSON text."""
+def payload(
+    delivery_id: str, event: WebhookEvent, created_at: datetime, document: dict[str, Any]
+) -> str:
+    """The body every attempt of the delivery sends (SPEC §8), as JSON text.
+
+    ``document`` is the document's JSON (SPEC §4), dumped once for all its destinations.
+    """
     body = {
         "id": delivery_id,
         "event": event.value,
         "created_at": created_at.isoformat(),
-        "document": DocumentSchema().dump(view),
+        "document": document,
     }
     return json.dumps(body, separators=(",", ":"))
 
@@ -162,10 +172,6 @@ def listen_for_deliveries(wake: threading.Event) -> None:
 def stop_listening(wake: threading.Event) -> None:
     with _senders_lock:
         _senders.discard(wake)
-
-
-def _wake_after_commit(_session: Session) -> None:
-    wake_senders()
 
 
 def wake_senders() -> None:

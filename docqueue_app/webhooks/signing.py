@@ -21,17 +21,5 @@ def signature(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={stamp},v1={_digest(secret, stamp, body)}"
 
 
-def verify(secret: str, body: bytes, header: str, tolerance_seconds: float = 300) -> bool:
-    """What a receiver checks: the header signs ``body`` and was made within the tolerance."""
-    try:
-        fields = dict(part.split("=", 1) for part in header.split(","))
-        stamp = int(fields["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - stamp) > tolerance_seconds:
-        return False
-    return hmac.compare_digest(fields.get("v1", ""), _digest(secret, stamp, body))
-
-
 def _digest(secret: str, stamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), b"%d." % stamp + body, hashlib.sha256).hexdigest()
