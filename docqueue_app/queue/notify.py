@@ -98,9 +98,10 @@ class WakeSignal:
         if self._on_wake is not None:
             self._on_wake()
 
-    def sleep(self, seen: int, poll_interval: float) -> None:
+    def sleep(self, seen: int, poll_interval: float) -> bool:
         """Until a wake after generation ``seen``, or until this loop is due to poll.
 
+        True when woken (work is likely due), False when it is time to poll.
         The loop that holds the polling turn returns after ``poll_interval``;
         the others take the turn when they find it free (its holder is busy
         processing), so due retries are found even while a long document runs.
@@ -112,10 +113,10 @@ class WakeSignal:
         with self._condition:
             while self._polling:
                 if self._condition.wait_for(woken, poll_interval):
-                    return
+                    return True
             self._polling = True
             try:
-                self._condition.wait_for(woken, poll_interval)
+                return self._condition.wait_for(woken, poll_interval)
             finally:
                 self._polling = False
 

@@ -44,7 +44,13 @@ from ..models import (
     UTCDateTime,
     utcnow,
 )
-from ..states import DOCUMENT_STATUS_OF_ITEM, MAX_PRIORITY, MIN_PRIORITY, ItemStatus
+from ..states import (
+    DOCUMENT_STATUS_OF_ITEM,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    DocumentStatus,
+    ItemStatus,
+)
 from .retry import Decision
 
 # -- which items ----------------------------------------------------------------
@@ -78,7 +84,9 @@ _DUE = """q.status = 'pending' AND q.run_at <= {now}
         WHERE busy.document_id = q.document_id AND busy.status = 'in_progress')"""
 
 
-def _claimable_of_priority(priority: object, index_hint: str = "", locking: str = "") -> str:
+def _claimable_of_priority(
+    priority: object, index_hint: str = "", locking: str = "", now: str = ":now"
+) -> str:
     """One priority's claimable items, oldest first, as SQL.
 
     A range scan of ix_queue_items_claim (priority = p, run_at <= now): O(log n
@@ -87,15 +95,16 @@ def _claimable_of_priority(priority: object, index_hint: str = "", locking: str 
     """
     return f"""
     SELECT q.id FROM queue_items AS q {index_hint}
-    WHERE q.priority = {priority} AND {_DUE.format(now=":now")}
+    WHERE q.priority = {priority} AND {_DUE.format(now=now)}
     ORDER BY q.priority DESC, q.run_at, q.id LIMIT :limit {locking}"""
 
 
-def _postgresql_claimable(locking: str) -> str:
+def _postgresql_claimable(locking: str, now: str = ":now", condition: str = "TRUE") -> str:
     """The priorities walked from the highest, stopping once ``limit`` rows are found."""
     return f"""
     SELECT due.id FROM generate_series({MAX_PRIORITY}, {MIN_PRIORITY}, -1) AS p
-    CROSS JOIN LATERAL ({_claimable_of_priority("p", locking=locking)}) AS due
+    CROSS JOIN LATERAL ({_claimable_of_priority("p", locking=locking, now=now)}) AS due
+    WHERE {condition}
     LIMIT :limit"""
 
 
@@ -258,6 +267,46 @@ def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
         .returning(QueueItem)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
+
+
+_NOT_PAUSED = f"NOT COALESCE((SELECT paused FROM queue_state WHERE id = {QUEUE_STATE_ID}), FALSE)"
+_CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
+    "FOR UPDATE OF q SKIP LOCKED", now="now()", condition=_NOT_PAUSED
+)
+
+# PostgreSQL's whole claim in one statement (one round trip, where the claim,
+# the attempts and the documents' status were three, and the poll a fourth):
+# up to :limit claimable items become in progress under :worker, each opens
+# its attempt's history row, and each document whose latest item it is shows
+# it processing. Nothing is claimed while the queue is paused, so a claim needs
+# no poll before it.
+_POSTGRESQL_CLAIM_BATCH = f"""
+WITH claimed AS (
+  UPDATE queue_items SET status = 'in_progress', locked_by = :worker,
+    lease_expires_at = now() + :lease_seconds * interval '1 second',
+    attempts = queue_items.attempts + 1, started_at = now(), finished_at = NULL
+  WHERE queue_items.id IN ({_CLAIMABLE_UNLESS_PAUSED})
+  RETURNING queue_items.*
+), opened AS (
+  INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at)
+  SELECT id, attempts, locked_by, started_at FROM claimed
+), followed AS (
+  UPDATE documents SET status = '{DocumentStatus.PROCESSING.value}', error = NULL,
+    updated_at = now()
+  FROM claimed
+  WHERE documents.id = claimed.document_id AND NOT EXISTS (
+    SELECT 1 FROM queue_items AS newer
+    WHERE newer.document_id = claimed.document_id AND newer.id > claimed.id)
+)
+SELECT * FROM claimed"""
+
+
+def claim_batch_postgresql(limit: int, worker: str, lease: timedelta) -> Select:
+    """PostgreSQL: claim up to ``limit`` due items in one statement; selects the claimed items."""
+    claimed = text(_POSTGRESQL_CLAIM_BATCH).bindparams(
+        limit=limit, worker=worker, lease_seconds=lease.total_seconds()
+    )
+    return select(QueueItem).from_statement(claimed).execution_options(populate_existing=True)
 
 
 def extend_lease(item_id: int, worker: str, attempt: int, expires: datetime) -> Update:

@@ -59,22 +59,30 @@ def run_worker(concurrency: int, batch_size: int, poll_interval: float) -> None:
 
 
 def work_until_idle(
-    run_pass: Callable[[], int], wakes: WakeSignal, batch_size: int, stop: threading.Event
+    run_pass: Callable[[bool], int],
+    wakes: WakeSignal,
+    batch_size: int,
+    stop: threading.Event,
+    woken: bool = False,
 ) -> int:
     """Run passes while they find work; returns the wake generation the idle pass began with.
 
-    ``run_pass`` processes one batch and returns how many documents it processed.
-    A full batch means more may be due, so it wakes another loop to help. A
-    wake that came during an empty pass runs one more: its work may have been
-    committed after the pass looked.
+    ``run_pass(look_first)`` processes one batch and returns how many documents
+    it processed; it polls before claiming unless work is expected: after a
+    wake (``woken``), a full batch, or a wake during the pass. A full batch
+    means more may be due, so it wakes another loop to help. A wake that came
+    during an empty pass runs one more: its work may have been committed after
+    the pass looked.
     """
+    look_first = not woken
     while True:
         seen = wakes.generation
-        processed = run_pass()
+        processed = run_pass(look_first)
         if processed >= batch_size:
             wakes.wake()
         if stop.is_set() or (not processed and wakes.generation == seen):
             return seen
+        look_first = False
 
 
 def _work_loop(
@@ -82,11 +90,11 @@ def _work_loop(
 ) -> None:
     backoff = Backoff(first=poll_interval)
 
-    def run_pass() -> int:
+    def run_pass(look_first: bool) -> int:
         with app.app_context():
             try:
                 run_maintenance()
-                result = process_document_queue(batch_size, stop=stop)
+                result = process_document_queue(batch_size, stop=stop, look_first=look_first)
             except Exception as exc:  # a database outage or hiccup must not end the worker
                 report_failure(exc, "worker pass failed")
                 stop.wait(backoff.next_pause())
@@ -97,10 +105,11 @@ def _work_loop(
             log.info("processed %s", result)
         return result["processed"]
 
+    woken = False
     while not stop.is_set():
-        seen = work_until_idle(run_pass, wakes, batch_size, stop)
+        seen = work_until_idle(run_pass, wakes, batch_size, stop, woken)
         if not stop.is_set():
-            wakes.sleep(seen, poll_interval)
+            woken = wakes.sleep(seen, poll_interval)
 
 
 def _stop_on_signals(stop: threading.Event, wakes: WakeSignal) -> None:

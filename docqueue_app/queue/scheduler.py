@@ -278,7 +278,7 @@ class QueueScheduler:
             self.last_tick = time.monotonic()
             self._runs.pop(threading.get_ident(), None)
 
-    def _run_pass(self) -> int:
+    def _run_pass(self, look_first: bool) -> int:
         """One batch: the number of documents processed (0 while backing off)."""
         if time.monotonic() < self._resume_at:
             return 0  # backing off is not hanging: the run ends and stamps last_tick
@@ -286,7 +286,9 @@ class QueueScheduler:
         with self.app.app_context():
             try:
                 run_maintenance()
-                result = process_document_queue(stop=self._stop, heartbeat=self.heartbeat)
+                result = process_document_queue(
+                    stop=self._stop, heartbeat=self.heartbeat, look_first=look_first
+                )
             except Exception as exc:
                 report_failure(exc, "queue tick failed")
                 self._resume_at = time.monotonic() + self._backoff.next_pause()

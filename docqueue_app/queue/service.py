@@ -359,34 +359,55 @@ class DocumentQueueService(TransactionalService):
         session.refresh(item)
         return True
 
-    def claim_due_items(self, limit: int, worker_id: str) -> list[QueueItem]:
+    def claim_due_items(
+        self, limit: int, worker_id: str, look_first: bool = True
+    ) -> list[QueueItem]:
         """Claim up to ``limit`` due items in one statement (the worker's fast path).
 
         Returned in claim order; nothing is claimed while the queue is paused.
+        ``look_first`` polls before claiming: an idle poll never takes SQLite's
+        write lock, and it rescues expired leases. A caller that expects work
+        (it was just woken, or its last batch was full) skips it: that saves a
+        round trip and a transaction on the way to the first document.
         """
-        # One read-only statement decides the poll, so an idle one never takes
-        # SQLite's write lock; its time serves the claim too (a database time
-        # a few milliseconds old), which saves PostgreSQL a round trip.
-        with self._read() as session:
-            look = session.execute(queries.poll(self._dialect())).one()
-        if look.paused:
-            return []
-        now = look.now
-        if look.lost:
-            self.rescue_expired_leases()
-            now = None  # what the rescue made due is due by its later time
-        elif not look.due:
-            return []
+        now = None
+        if look_first:
+            # One read-only statement decides the poll; its time serves the claim
+            # too (a database time a few milliseconds old).
+            with self._read() as session:
+                look = session.execute(queries.poll(self._dialect())).one()
+            if look.paused:
+                return []
+            now = look.now
+            if look.lost:
+                self.rescue_expired_leases()
+                now = None  # what the rescue made due is due by its later time
+            elif not look.due:
+                return []
+        if self._dialect() == "postgresql":
+            items = self._claim_batch_postgresql(limit, worker_id)
+        else:
+            items = self._claim_batch_sqlite(limit, worker_id, now, paused_unknown=not look_first)
+        return queries.in_claim_order(items)
+
+    def _claim_batch_postgresql(self, limit: int, worker: str) -> list[QueueItem]:
+        # One statement, so it runs in autocommit: a transaction of its own
+        # without the round trips of BEGIN and COMMIT.
+        with self._write(isolation_level="AUTOCOMMIT") as session:
+            statement = queries.claim_batch_postgresql(limit, worker, self.lease)
+            return _with_claims(list(session.scalars(statement)), worker)
+
+    def _claim_batch_sqlite(
+        self, limit: int, worker: str, now: datetime | None, paused_unknown: bool
+    ) -> list[QueueItem]:
         with self._write():
+            if paused_unknown and self._paused():
+                return []
             now = now or self._now()
             batch = queries.claimable_batch(self._dialect(), now, limit)
-            items = queries.in_claim_order(self._claim(batch, worker_id, now))
-            # Read before the commit: a session that expires on commit would
-            # otherwise reload every item, one SELECT each.
-            claims = [Claim(worker_id, item.attempts) for item in items]
-        for item, claim in zip(items, claims, strict=True):
-            item.claim = claim
-        return items
+            # Claims read before the commit: a session that expires on commit
+            # would otherwise reload every item, one SELECT each.
+            return _with_claims(self._claim(batch, worker, now), worker)
 
     def _claim(self, ids: Any, worker: str, now: datetime) -> list[QueueItem]:
         """Run the claim statement and record the attempts it opened; the claimed items."""
@@ -932,6 +953,13 @@ def _storable_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_storable_json(v) for v in value]
     return value
+
+
+def _with_claims(items: list[QueueItem], worker: str) -> list[QueueItem]:
+    """The items just claimed by ``worker``, each given its claim (the fencing token)."""
+    for item in items:
+        item.claim = Claim(worker, item.attempts)
+    return items
 
 
 def _storable_error(message: str | None) -> str:

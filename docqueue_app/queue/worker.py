@@ -66,6 +66,7 @@ def process_document_queue(
     worker_id: str | None = None,
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
+    look_first: bool = True,
 ) -> dict:
     """Claim up to ``limit`` (default BATCH_SIZE) due items and process them.
 
@@ -76,7 +77,9 @@ def process_document_queue(
     is stopped (its child killed) and counts in none of the numbers.
     ``heartbeat`` is called whenever the pass makes
     progress (after its claim, before and after each document), so a caller can
-    tell a busy pass from a hung one.
+    tell a busy pass from a hung one. ``look_first=False`` claims without
+    polling first (``DocumentQueueService.claim_due_items``): for a caller that
+    was just woken by new work, or whose last pass was full.
     """
     beat = heartbeat or _no_heartbeat
     config = current_app.config
@@ -86,7 +89,7 @@ def process_document_queue(
     # each commit, and a document deleted meanwhile must not make that fail.
     with Session(db.engine, expire_on_commit=False) as session:
         service = DocumentQueueService(session)
-        items = service.claim_due_items(limit, worker_id or current_worker_id())
+        items = service.claim_due_items(limit, worker_id or current_worker_id(), look_first)
         beat()
         if not items:
             return counts
@@ -188,6 +191,9 @@ def _read_documents(
     session: Session, document_ids: list[int], up_to_size: int | None = None
 ) -> dict[int, tuple[int, LoadedDocument | None]]:
     """document id -> (size, its bytes and names); bytes only up to ``up_to_size``, if given."""
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement: in autocommit it costs no BEGIN and COMMIT round trips.
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     data = DocumentContent.data
     if up_to_size is not None:
         data = case((Document.size <= up_to_size, DocumentContent.data), else_=null())

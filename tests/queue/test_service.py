@@ -472,16 +472,21 @@ class TestAdminActions:
 
 
 class TestPause:
-    def test_a_paused_queue_claims_nothing_until_resumed(self, service):
+    # A woken worker claims without polling first: the claim itself must see the pause.
+    @pytest.mark.parametrize("look_first", [True, False], ids=["polled", "woken"])
+    def test_a_paused_queue_claims_nothing_until_resumed(self, service, look_first):
         doc_id = new_document(service)
         assert service.get_queue_stats()["paused"] is False
         assert service.set_paused(True) is True
         assert service.is_paused()
         assert service.get_queue_stats()["paused"] is True
-        assert service.claim_due_items(10, "w") == []
+        assert service.claim_due_items(10, "w", look_first) == []
+        assert item_of(doc_id).status == "pending"
         new_document(service, "still-accepted.txt")  # uploads still queue
         service.set_paused(False)
-        assert {i.document_id for i in service.claim_due_items(10, "w")} >= {doc_id}
+        claimed = service.claim_due_items(10, "w", look_first)
+        assert {i.document_id for i in claimed} >= {doc_id}
+        assert document(doc_id).status == "processing"
 
 
 class TestOneDocumentNeverStopsTheQueue:
