@@ -394,8 +394,8 @@ class DocumentQueueService(TransactionalService):
         # One statement, so it runs in autocommit: a transaction of its own
         # without the round trips of BEGIN and COMMIT.
         with self._write(isolation_level="AUTOCOMMIT") as session:
-            statement = queries.claim_batch_postgresql(limit, worker, self.lease)
-            return _with_claims(list(session.scalars(statement)), worker)
+            claim = queries.claim_batch_postgresql(limit, worker, self.lease)
+            return _with_claims(list(session.scalars(*claim)), worker)
 
     def _claim_batch_sqlite(
         self, limit: int, worker: str, now: datetime | None, paused_unknown: bool

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from flask import Flask, current_app
-from sqlalchemy import case, null, select
+from sqlalchemy import Select, bindparam, case, null, select
 from sqlalchemy.orm import Session
 
 from ..database import OUTAGES, Backoff, report_failure
@@ -187,6 +187,22 @@ def _unread(documents: dict[int, tuple[int, LoadedDocument | None]], document_id
     return document_id in documents and documents[document_id][1] is None
 
 
+def _documents_read(bytes_up_to_size: bool) -> Select:
+    """Documents' sizes, names and bytes (only those of up to :up_to_size, if asked)."""
+    data: Any = DocumentContent.data
+    if bytes_up_to_size:
+        data = case((Document.size <= bindparam("up_to_size"), data), else_=null())
+    return (
+        select(Document.id, Document.size, data, Document.filename, Document.content_type)
+        .join(DocumentContent, DocumentContent.document_id == Document.id)
+        .where(Document.id.in_(bindparam("document_ids", expanding=True)))
+    )
+
+
+# Built once: building them costs more Python than a small read takes in the database.
+_READ_ALL, _READ_SMALL = _documents_read(False), _documents_read(True)
+
+
 def _read_documents(
     session: Session, document_ids: list[int], up_to_size: int | None = None
 ) -> dict[int, tuple[int, LoadedDocument | None]]:
@@ -194,14 +210,11 @@ def _read_documents(
     if session.get_bind().dialect.name == "postgresql":
         # One statement: in autocommit it costs no BEGIN and COMMIT round trips.
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    data = DocumentContent.data
+    parameters: dict[str, Any] = {"document_ids": sorted(set(document_ids))}
     if up_to_size is not None:
-        data = case((Document.size <= up_to_size, DocumentContent.data), else_=null())
-    rows = session.execute(
-        select(Document.id, Document.size, data, Document.filename, Document.content_type)
-        .join(DocumentContent, DocumentContent.document_id == Document.id)
-        .where(Document.id.in_(set(document_ids)))
-    ).all()
+        parameters["up_to_size"] = up_to_size
+    statement = _READ_ALL if up_to_size is None else _READ_SMALL
+    rows = session.execute(statement, parameters).all()
     session.commit()
     return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
