@@ -21,25 +21,40 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Application factory; ``config`` overrides the environment (keys without prefix)."""
-    from . import admin, api, cli, database, metrics, web
+def create_app(config: Mapping[str, Any] | None = None, *, serve_http: bool = True) -> Flask:
+    """Application factory; ``config`` overrides the environment (keys without prefix).
+
+    ``serve_http=False`` leaves out what only serves requests: the API with its
+    OpenAPI document, the pages, the admin console, /metrics and the scheduler.
+    The ``docqueue`` script builds that app for the commands that serve nothing
+    (a worker, ``queue stats``, ``import``, ``db``), which then start without
+    importing flask-smorest, apispec, flask-wtf or any view.
+    """
+    from . import cli, database
     from .config import load_config
     from .models import db
-    from .queue import read_queue_stats, scheduler
 
     app = Flask(__name__)
     load_config(app, config)
     db.init_app(app)
     DeferredMigrate(app, db).init_app()
     database.init_app(app)
+    if serve_http:
+        _add_request_handling(app)
+    cli.init_app(app)
+    return app
+
+
+def _add_request_handling(app: Flask) -> None:
+    """The blueprints, /metrics and the scheduler that starts when the app serves."""
+    from . import admin, api, metrics, web
+    from .queue import read_queue_stats, scheduler
+
     api.init_app(app)
     web.init_app(app)
     admin.init_app(app)
     metrics.init_app(app, read_queue_stats)
     scheduler.init_app(app)
-    cli.init_app(app)
-    return app
 
 
 class DeferredMigrate:

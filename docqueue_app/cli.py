@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup, with_appcontext
+from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 
+from . import create_app
 from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 queue_cli = AppGroup("queue", help="Work and inspect the document queue.")
@@ -58,6 +62,7 @@ def worker_command(
         concurrency or config["CONCURRENCY"],
         batch_size or config["BATCH_SIZE"],
         poll_interval or config["POLL_INTERVAL"],
+        stop=click.get_current_context().meta.get(_STOP_FLAG),
     )
 
 
@@ -190,13 +195,52 @@ class DeferredCommand(click.Command):
         return self.load().make_context(info_name, args, parent=parent, **extra)
 
 
-def _create_app() -> Flask:
-    from . import create_app
+# The commands that serve no HTTP: the ``docqueue`` script builds them an app
+# without the blueprints, /metrics and the scheduler (``create_app(serve_http=False)``).
+COMMANDS_WITHOUT_HTTP = frozenset({"queue", "import", "db"})
+WORKER_COMMAND = ["queue", "worker"]
+# Where `docqueue queue worker` finds the stop flag its early signal handlers set.
+_STOP_FLAG = "docqueue.worker_stop"
 
-    return create_app()
+
+class DocqueueGroup(FlaskGroup):
+    """The ``docqueue`` command: it knows the command before the app is built.
+
+    So a worker or ``queue stats`` gets the app without what serves requests,
+    and a worker heeds SIGTERM from its first instants, not only once started.
+    """
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in COMMANDS_WITHOUT_HTTP:
+            # ``create_app`` is the factory this group was given: it takes ``serve_http``.
+            info = ctx.ensure_object(ScriptInfo)
+            info.create_app = partial(self.create_app, serve_http=False)
+        if args[:2] == WORKER_COMMAND:
+            ctx.meta[_STOP_FLAG] = stop_flag_set_by_signals()
+        return super().resolve_command(ctx, args)
+
+
+def stop_flag_set_by_signals() -> threading.Event:
+    """A flag SIGTERM and SIGINT set from now on, until the worker installs its own handlers.
+
+    Start-up takes a good fraction of a second (imports, the app, the first
+    connection); a SIGTERM meanwhile (a deploy, a quick restart) would kill the
+    process with -15. Remembered here, it makes the worker stop as soon as it
+    starts, with nothing claimed, and exit 0.
+    """
+    stop = threading.Event()
+
+    def remember(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, remember)
+    return stop
 
 
 def main() -> None:
     """Entry point of the ``docqueue`` console script."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
-    FlaskGroup(create_app=_create_app, help="docqueue command line.")(prog_name="docqueue")
+    DocqueueGroup(create_app=create_app, help="docqueue command line.")(prog_name="docqueue")

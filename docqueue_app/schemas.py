@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask import current_app
-from flask_smorest.fields import Upload
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -160,8 +159,13 @@ class UploadFormSchema(Schema):
         unknown = EXCLUDE
 
     # Documented here; the bytes are read from ``request.files`` by the view,
-    # which answers 400 (not 422) when the field is missing or empty.
-    file = Upload(load_only=True, metadata={"description": "the document (required)"})
+    # which answers 400 (not 422) when the field is missing or empty. Not
+    # flask-smorest's ``Upload``: importing it imports all of flask-smorest, and
+    # apispec, into every worker; the metadata documents it alike.
+    file = fields.Raw(
+        load_only=True,
+        metadata={"description": "the document (required)", "type": "string", "format": "binary"},
+    )
     priority = priority_field()
     callback_url = CallbackUrl(
         load_default=None,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
+
+import pytest
 
 from docqueue_app.queue import DocumentQueueService
 from tests.e2e.server import BIN
@@ -50,21 +53,48 @@ def test_retry_failed_and_purge(app, runner):
         assert DocumentQueueService().get_queue_stats()["total"] == 1
 
 
+def run_script(
+    script: str, *args: str, cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """A console script of the virtualenv (``docqueue``, ``flask``) run as a user would."""
+    return subprocess.run(
+        [str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return {"DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}", "DOCQUEUE_SECRET_KEY": "k"}
+
+
 def test_console_script_migrates_from_any_folder(tmp_path):
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}", "DOCQUEUE_SECRET_KEY": "k"}
-
-    def docqueue(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "docqueue"), *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    upgrade = docqueue("db", "upgrade")
+    env = sqlite_env(tmp_path)
+    upgrade = run_script("docqueue", "db", "upgrade", cwd=tmp_path, env=env)
     assert upgrade.returncode == 0, upgrade.stderr
-    stats = docqueue("queue", "stats")
+    stats = run_script("docqueue", "queue", "stats", cwd=tmp_path, env=env)
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["total"] == 0
+
+
+@pytest.mark.parametrize("launcher", [["docqueue"], ["flask", "--app", "docqueue_app"]])
+def test_both_launchers_offer_every_command_and_the_whole_app(tmp_path, launcher):
+    # `docqueue` builds the queue commands an app without the web parts: the
+    # commands that serve or show them still get all of it.
+    script, *app_option = launcher
+    env = sqlite_env(tmp_path)
+
+    def output(*args: str) -> str:
+        result = run_script(script, *app_option, *args, cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert {"db", "import", "queue", "routes", "shell", "run"} <= command_names(output("--help"))
+    queue_commands = command_names(output("queue", "--help"))
+    assert {"worker", "process", "stats", "retry-failed", "purge"} <= queue_commands
+    rules = {line.split()[-1] for line in output("routes").splitlines()[2:]}
+    assert {"/api/documents", "/api/openapi.json", "/admin/", "/metrics", "/healthz"} <= rules
+
+
+def command_names(help_text: str) -> set[str]:
+    """The commands a click --help lists."""
+    listing = help_text.split("Commands:", 1)[1]
+    return {line.split()[0] for line in listing.splitlines() if line.startswith("  ")}

@@ -1,14 +1,16 @@
-"""A light start: commands and workers load a document parser only for a document that needs it.
+"""A light start: commands and workers load nothing that serves HTTP, and a parser
+only for a document that needs it; a worker stopped while it starts exits 0.
 
-Each check runs in a fresh interpreter (the test process has imported everything
-already) that builds the app, runs a command and reports which of the heavy
-modules it has loaded.
+Each check runs the ``docqueue`` console script's entry point in a fresh
+interpreter (the test process has imported everything already), which reports
+the heavy modules it has loaded as it exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -16,11 +18,12 @@ from typing import Any
 from flask import Flask
 
 from docqueue_app.queue import DocumentQueueService
+from tests.helpers import wait_until
 
 # Document parsers (PDFium, lxml, selectolax, python-docx, charset-normalizer, Pillow),
 # the OCR engine (tesserocr), Alembic, which only the `db` commands need, and
 # APScheduler, which only a server runs.
-HEAVY_MODULES = (
+PARSERS_AND_TOOLS = (
     "pypdfium2",
     "lxml",
     "selectolax",
@@ -31,36 +34,79 @@ HEAVY_MODULES = (
     "alembic",
     "apscheduler",
 )
+# What only serves requests: the API (flask-smorest, apispec, webargs), the forms'
+# CSRF (flask-wtf), the pages, the admin console and the in-app scheduler.
+HTTP_PARTS = (
+    "flask_smorest",
+    "apispec",
+    "webargs",
+    "flask_wtf",
+    "docqueue_app.api",
+    "docqueue_app.web",
+    "docqueue_app.admin",
+    "docqueue_app.queue.scheduler",
+)
+HEAVY_MODULES = PARSERS_AND_TOOLS + HTTP_PARTS
 
-RUN_COMMAND = """
-import json, sys
+# `docqueue ARGS...`; its last line on stdout lists the heavy modules it loaded.
+DOCQUEUE = """
+import atexit, json, sys
+
+heavy = json.loads(sys.argv.pop(1))
+atexit.register(lambda: print(json.dumps(sorted(set(heavy) & set(sys.modules)))))
+sys.argv[0] = "docqueue"
+from docqueue_app.cli import main
+
+main()
+"""
+
+# `docqueue queue worker` meeting SIGTERM while it builds its app (a deploy, a restart).
+WORKER_STOPPED_WHILE_STARTING = """
+import os, signal
 from docqueue_app import create_app
+from docqueue_app.cli import DocqueueGroup
 
-result = create_app().test_cli_runner().invoke(args=sys.argv[2:])
-loaded = sorted({name.split(".")[0] for name in sys.modules} & set(json.loads(sys.argv[1])))
-print(json.dumps({"exit_code": result.exit_code, "output": result.stdout, "loaded": loaded}))
+def create_app_meeting_sigterm(**options):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return create_app(**options)
+
+DocqueueGroup(create_app=create_app_meeting_sigterm)(["queue", "worker"], prog_name="docqueue")
 """
 
 
-def run_command(database_url: str, *args: str) -> dict[str, Any]:
-    """Run a CLI command in a fresh interpreter: its exit code, output and heavy modules."""
-    env = {
+def worker_env(database_url: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": database_url,
         "DOCQUEUE_SCHEDULER_ENABLED": "false",
         "DOCQUEUE_PROCESS_ISOLATION": "none",
     }
-    completed = subprocess.run(
-        [sys.executable, "-c", RUN_COMMAND, json.dumps(HEAVY_MODULES), *args],
-        env=env,
-        capture_output=True,
+
+
+def start_docqueue(database_url: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", DOCQUEUE, json.dumps(HEAVY_MODULES), *args],
+        env=worker_env(database_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert completed.returncode == 0, completed.stderr
-    report = json.loads(completed.stdout.splitlines()[-1])
-    assert report["exit_code"] == 0, report["output"]
-    return report
+
+
+def finish(process: subprocess.Popen) -> dict[str, Any]:
+    """Wait for ``docqueue`` to exit 0; its output and the heavy modules it loaded."""
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    *output, loaded = stdout.splitlines()
+    return {"output": "\n".join(output), "loaded": json.loads(loaded)}
+
+
+def run_command(database_url: str, *args: str) -> dict[str, Any]:
+    return finish(start_docqueue(database_url, *args))
 
 
 def submit(app: Flask, filename: str, content: bytes, content_type: str) -> None:
@@ -68,7 +114,12 @@ def submit(app: Flask, filename: str, content: bytes, content_type: str) -> None
         DocumentQueueService().submit_document(filename, content, content_type)
 
 
-def test_queue_stats_loads_no_parser(app: Flask, database_url: str) -> None:
+def queue_stats(app: Flask) -> dict[str, Any]:
+    with app.app_context():
+        return DocumentQueueService().get_queue_stats()
+
+
+def test_queue_stats_loads_neither_parsers_nor_the_web_app(app: Flask, database_url: str) -> None:
     submit(app, "a.txt", b"some words", "text/plain")
     report = run_command(database_url, "queue", "stats")
     assert json.loads(report["output"])["pending"] == 1
@@ -86,3 +137,30 @@ def test_worker_loads_only_the_parsers_of_its_documents(app: Flask, database_url
     assert json.loads(report["output"])["completed"] == 1
     assert "pypdfium2" not in report["loaded"]
     assert "docx" not in report["loaded"]
+    assert not set(report["loaded"]) & set(HTTP_PARTS)
+
+
+def test_standalone_worker_runs_without_the_web_app(app: Flask, database_url: str) -> None:
+    submit(app, "notes.txt", b"a few plain words", "text/plain")
+    worker = start_docqueue(database_url, "queue", "worker")
+    try:
+        wait_until(lambda: queue_stats(app)["completed"] == 1, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    assert finish(worker)["loaded"] == []
+
+
+def test_sigterm_while_the_worker_starts_exits_0_with_nothing_claimed(
+    app: Flask, database_url: str
+) -> None:
+    submit(app, "notes.txt", b"a few plain words", "text/plain")
+    worker = subprocess.run(
+        [sys.executable, "-c", WORKER_STOPPED_WHILE_STARTING],
+        env=worker_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    stats = queue_stats(app)
+    assert (stats["pending"], stats["in_progress"]) == (1, 0)

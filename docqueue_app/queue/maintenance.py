@@ -1,4 +1,4 @@
-"""Maintenance the scheduler and the standalone worker both run before they claim.
+"""Maintenance the scheduler (before its claims) and the standalone worker (after them) run.
 
 The rescuer sweeps every expired lease (claims rescue too, but not while the
 queue is paused); the pruner deletes old finished items, once per cluster per

@@ -32,12 +32,25 @@ from .worker import process_document_queue
 log = logging.getLogger(__name__)
 
 
-def run_worker(concurrency: int, batch_size: int, poll_interval: float) -> None:
-    """Work the queue until SIGTERM/SIGINT; call inside an app context."""
+def run_worker(
+    concurrency: int,
+    batch_size: int,
+    poll_interval: float,
+    stop: threading.Event | None = None,
+) -> None:
+    """Work the queue until SIGTERM/SIGINT; call inside an app context.
+
+    ``stop`` is a flag signals already set during start-up (see
+    ``cli.stop_flag_set_by_signals``): when it is set, the worker ends before
+    it claims anything.
+    """
     app = current_app._get_current_object()
-    stop = threading.Event()
+    stop = stop or threading.Event()
     wakes = WakeSignal()
     _stop_on_signals(stop, wakes)
+    if stop.is_set():
+        log.info("stop requested during start-up: exiting before any claim")
+        return
     listener = listen_for_work(db.engine.url, wakes.wake)
     threads = [
         threading.Thread(
@@ -93,8 +106,10 @@ def _work_loop(
     def run_pass(look_first: bool) -> int:
         with app.app_context():
             try:
-                run_maintenance()
                 result = process_document_queue(batch_size, stop=stop, look_first=look_first)
+                # After the batch, so a fresh worker's first documents wait for no
+                # sweep (the poll before a claim rescues expired leases itself).
+                run_maintenance()
             except Exception as exc:  # a database outage or hiccup must not end the worker
                 report_failure(exc, "worker pass failed")
                 stop.wait(backoff.next_pause())
