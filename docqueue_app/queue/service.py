@@ -385,10 +385,8 @@ class DocumentQueueService(TransactionalService):
             elif not look.due:
                 return []
         if self._dialect() == "postgresql":
-            items = self._claim_batch_postgresql(limit, worker_id)
-        else:
-            items = self._claim_batch_sqlite(limit, worker_id, now, paused_unknown=not look_first)
-        return queries.in_claim_order(items)
+            return self._claim_batch_postgresql(limit, worker_id)
+        return self._claim_batch_sqlite(limit, worker_id, now, paused_unknown=not look_first)
 
     def _claim_batch_postgresql(self, limit: int, worker: str) -> list[QueueItem]:
         # One statement, so it runs in autocommit: a transaction of its own
@@ -405,8 +403,6 @@ class DocumentQueueService(TransactionalService):
                 return []
             now = now or self._now()
             batch = queries.claimable_batch(self._dialect(), now, limit)
-            # Claims read before the commit: a session that expires on commit
-            # would otherwise reload every item, one SELECT each.
             return _with_claims(self._claim(batch, worker, now), worker)
 
     def _claim(self, ids: Any, worker: str, now: datetime) -> list[QueueItem]:
@@ -956,10 +952,12 @@ def _storable_json(value: Any) -> Any:
 
 
 def _with_claims(items: list[QueueItem], worker: str) -> list[QueueItem]:
-    """The items just claimed by ``worker``, each given its claim (the fencing token)."""
+    """The items just claimed by ``worker`` in claim order, each given its claim (the
+    fencing token). Called before the commit: a session that expires on commit would
+    otherwise reload every item, one SELECT each."""
     for item in items:
         item.claim = Claim(worker, item.attempts)
-    return items
+    return queries.in_claim_order(items)
 
 
 def _storable_error(message: str | None) -> str:
