@@ -262,11 +262,13 @@ class QueueModel:
 
     # -- claims ---------------------------------------------------------------------
 
-    def batch_candidates(self) -> list[Item] | None:
-        """What a batch claim may take (None while paused), after rescuing expired leases."""
+    def batch_candidates(self, rescue: bool = True) -> list[Item] | None:
+        """What a batch claim may take (None while paused), after rescuing expired leases
+        (a claim that polls first does; one made on a wake does not)."""
         if self.paused:
             return None
-        self.rescue()
+        if rescue:
+            self.rescue()
         return [
             i
             for i in self._by_id()

@@ -607,11 +607,18 @@ class QueueMachine(RuleBasedStateMachine):
 
     # -- workers --------------------------------------------------------------------
 
-    @rule(target=claims, worker=st.sampled_from(WORKERS), limit=st.integers(1, 4))
-    def claim_batch(self, worker: str, limit: int) -> Any:
+    @rule(
+        target=claims,
+        worker=st.sampled_from(WORKERS),
+        limit=st.integers(1, 4),
+        look_first=st.booleans(),
+    )
+    def claim_batch(self, worker: str, limit: int, look_first: bool = True) -> Any:
         before = self.model.copy()
-        candidates = self.model.batch_candidates()  # rescues expired leases first
-        items = self.call("claim_due_items", None, self.service.claim_due_items, limit, worker)
+        # A claim that polls first rescues expired leases first; a woken one does not.
+        candidates = self.model.batch_candidates(rescue=look_first)
+        claim = self.service.claim_due_items
+        items = self.call("claim_due_items", None, claim, limit, worker, look_first)
         if candidates is None:
             assert items == [], "claim_due_items claimed while the queue is paused"
             # Model choice: whether a paused claim still rescues lost leases is open.
