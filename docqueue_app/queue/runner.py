@@ -81,11 +81,12 @@ def work_until_idle(
     """Run passes while they find work; returns the wake generation the idle pass began with.
 
     ``run_pass(look_first)`` processes one batch and returns how many documents
-    it processed; it polls before claiming unless work is expected: after a
-    wake (``woken``), a full batch, or a wake during the pass. A full batch
-    means more may be due, so it wakes another loop to help. A wake that came
-    during an empty pass runs one more: its work may have been committed after
-    the pass looked.
+    it processed. The first pass after a wake (``woken``) claims without
+    polling first, which saves the pickup a round trip; the others poll, which
+    also rescues expired leases at once, so a dead worker's items wait no
+    longer under load than when idle. A full batch means more may be due, so
+    it wakes another loop to help. A wake that came during an empty pass runs
+    one more: its work may have been committed after the pass looked.
     """
     look_first = not woken
     while True:
@@ -95,7 +96,7 @@ def work_until_idle(
             wakes.wake()
         if stop.is_set() or (not processed and wakes.generation == seen):
             return seen
-        look_first = False
+        look_first = True
 
 
 def _work_loop(

@@ -367,8 +367,8 @@ class DocumentQueueService(TransactionalService):
         Returned in claim order; nothing is claimed while the queue is paused.
         ``look_first`` polls before claiming: an idle poll never takes SQLite's
         write lock, and it rescues expired leases. A caller that expects work
-        (it was just woken, or its last batch was full) skips it: that saves a
-        round trip and a transaction on the way to the first document.
+        (it was just woken) skips it: that saves a round trip and a
+        transaction on the way to the first document.
         """
         now = None
         if look_first:

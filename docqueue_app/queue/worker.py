@@ -79,7 +79,7 @@ def process_document_queue(
     progress (after its claim, before and after each document), so a caller can
     tell a busy pass from a hung one. ``look_first=False`` claims without
     polling first (``DocumentQueueService.claim_due_items``): for a caller that
-    was just woken by new work, or whose last pass was full.
+    was just woken by new work.
     """
     beat = heartbeat or _no_heartbeat
     config = current_app.config

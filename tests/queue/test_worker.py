@@ -7,14 +7,15 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.orm import Session
 
-from docqueue_app.models import Document, QueueItem, db
+from docqueue_app.models import Document, QueueItem, db, utcnow
 from docqueue_app.queue import DocumentQueueService, process_document_queue
 from tests.e2e.server import BIN, ROOT
-from tests.helpers import wait_until
+from tests.helpers import execute_sql, wait_until
 
 SAMPLE = "tests.processing.sample_processors"
 
@@ -192,3 +193,31 @@ def test_cancelling_a_running_item_kills_its_child_and_the_pass_goes_on(make_app
     with app.app_context():
         item = db.session.scalars(db.select(QueueItem)).one()
         assert [(h.outcome, h.error) for h in item.history] == [("cancelled", "cancelled")]
+
+
+def test_a_busy_loop_rescues_a_dead_workers_item_without_waiting_for_idle(app):
+    # The first pass after a wake claims without polling (and so without rescuing);
+    # the passes after it poll again, so a lease that ran out is rescued while the
+    # loop is still busy, not only once it goes idle or at the next maintenance.
+    from docqueue_app.queue.notify import WakeSignal
+    from docqueue_app.queue.runner import work_until_idle
+
+    lost = submit(app, b"its worker died", "lost.txt")
+    with app.app_context():
+        [item] = DocumentQueueService().claim_due_items(1, "dead-worker")
+        execute_sql(
+            app,
+            "UPDATE queue_items SET lease_expires_at = :past WHERE id = :id",
+            past=utcnow() - timedelta(minutes=1),
+            id=item.id,
+        )
+    for n in range(4):
+        submit(app, f"busy work {n}".encode(), f"{n}.txt")
+
+    def run_pass(look_first: bool) -> int:
+        with app.app_context():
+            return process_document_queue(limit=2, look_first=look_first)["processed"]
+
+    work_until_idle(run_pass, WakeSignal(), 2, threading.Event(), woken=True)
+
+    assert status_of(app, lost).status == "completed"
