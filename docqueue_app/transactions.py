@@ -8,7 +8,7 @@ commits it, so a caller never has to.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,18 @@ _AFTER_COMMIT = "docqueue_after_commit"
 def after_commit(session: Session, action: Callable[[], None]) -> None:
     """Run ``action`` once the service's current write commits; never if it rolls back."""
     session.info.setdefault(_AFTER_COMMIT, set()).add(action)
+
+
+def one_statement_options(session: Session) -> dict[str, Any]:
+    """Execution options for a transaction of one statement.
+
+    On PostgreSQL it runs in autocommit: a statement is a transaction of its own
+    there, and that saves the BEGIN and COMMIT round trips. SQLite keeps its
+    BEGIN, which decides how the write lock is taken.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return {"isolation_level": "AUTOCOMMIT"}
+    return {}
 
 
 class TransactionalService:
@@ -48,6 +60,10 @@ class TransactionalService:
             raise
         for action in session.info.pop(_AFTER_COMMIT, ()):
             action()
+
+    def _write_one_statement(self) -> AbstractContextManager[Session]:
+        """``_write`` for a transaction of one statement (``one_statement_options``)."""
+        return self._write(**one_statement_options(self.session))
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -20,21 +20,27 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 from .config import upload_limit_bytes
 from .documents import DocumentView, document_view
 from .metrics import record_upload
-from .processing import IMAGE_CONTENT_TYPES, UnsupportedContentType, detect_content_type
+from .processing import (
+    IMAGE_CONTENT_TYPES,
+    SUPPORTED_CONTENT_TYPES,
+    TYPE_NAMES,
+    UnsupportedContentType,
+    detect_content_type,
+)
 from .processing.options import OCR_OFF
 from .queue import DocumentQueueService
 from .queue.submissions import NewDocument, Submission
 from .schemas import clean_filename
 
-SUPPORTED_TYPES_LABEL = "PDF, DOCX, HTML, text, Markdown, CSV, JSON"
-IMAGE_TYPES_LABEL = "PNG, JPEG, TIFF"  # read by OCR: taken only while it is on
 
-
-def supported_types_label() -> str:
-    """The types this server takes, for the 415 message."""
-    if current_app.config["OCR"] == OCR_OFF:
-        return SUPPORTED_TYPES_LABEL
-    return f"{SUPPORTED_TYPES_LABEL}, {IMAGE_TYPES_LABEL}"
+def supported_types_label(with_images: bool) -> str:
+    """The types this server takes, for the 415 message (images are read by OCR: taken
+    only while it is on)."""
+    return ", ".join(
+        TYPE_NAMES[content_type]
+        for content_type in SUPPORTED_CONTENT_TYPES
+        if with_images or content_type not in IMAGE_CONTENT_TYPES
+    )
 
 
 def check_upload(
@@ -63,18 +69,19 @@ def check_file(
     content = _read_within_limit(source, filename)
     if not content:
         raise BadRequest(f"{filename} is empty.")
+    ocr_on = current_app.config["OCR"] != OCR_OFF
     try:
         content_type = detect_content_type(content, filename)
     except UnsupportedContentType as exc:
         raise UnsupportedMediaType(
             f"{filename} is {exc or 'of an unknown kind'}; "
-            f"it is not a supported type ({supported_types_label()})."
+            f"it is not a supported type ({supported_types_label(ocr_on)})."
         ) from None
-    if content_type in IMAGE_CONTENT_TYPES and current_app.config["OCR"] == OCR_OFF:
+    if content_type in IMAGE_CONTENT_TYPES and not ocr_on:
         raise UnsupportedMediaType(
             f"{filename} is an image ({content_type}), which only OCR reads, and OCR is off "
             f"on this server (DOCQUEUE_OCR=off); it is not a supported type "
-            f"({SUPPORTED_TYPES_LABEL})."
+            f"({supported_types_label(with_images=False)})."
         )
     return NewDocument(filename, content, content_type, priority, callback_url)
 

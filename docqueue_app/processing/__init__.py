@@ -24,13 +24,19 @@ from .errors import (
 from .isolation import run_processor
 
 if TYPE_CHECKING:
-    from .detection import IMAGE_CONTENT_TYPES, SUPPORTED_CONTENT_TYPES, detect_content_type
+    from .detection import (
+        IMAGE_CONTENT_TYPES,
+        SUPPORTED_CONTENT_TYPES,
+        TYPE_NAMES,
+        detect_content_type,
+    )
     from .extraction import extract
 
 # Public name -> the submodule that defines it.
 _DEFERRED = {
     "IMAGE_CONTENT_TYPES": "detection",
     "SUPPORTED_CONTENT_TYPES": "detection",
+    "TYPE_NAMES": "detection",
     "detect_content_type": "detection",
     "extract": "extraction",
 }
@@ -38,6 +44,7 @@ _DEFERRED = {
 __all__ = [
     "IMAGE_CONTENT_TYPES",
     "SUPPORTED_CONTENT_TYPES",
+    "TYPE_NAMES",
     "PermanentProcessingError",
     "ProcessingCancelled",
     "TransientProcessingError",

@@ -26,6 +26,20 @@ TIFF = "image/tiff"
 IMAGE_CONTENT_TYPES = (PNG, JPEG, TIFF)
 SUPPORTED_CONTENT_TYPES = (PDF, DOCX, HTML, PLAIN_TEXT, MARKDOWN, CSV, JSON, *IMAGE_CONTENT_TYPES)
 
+# The short name of each type, as messages and pages say it.
+TYPE_NAMES = {
+    PDF: "PDF",
+    DOCX: "DOCX",
+    HTML: "HTML",
+    PLAIN_TEXT: "text",
+    MARKDOWN: "Markdown",
+    CSV: "CSV",
+    JSON: "JSON",
+    PNG: "PNG",
+    JPEG: "JPEG",
+    TIFF: "TIFF",
+}
+
 PDF_SIGNATURE = b"%PDF-"
 PDF_SIGNATURE_WINDOW = 1024  # PDF readers accept junk before the header, up to 1 KB
 ZIP_SIGNATURE = b"PK\x03\x04"

@@ -18,6 +18,7 @@ first page that needs OCR.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -61,6 +62,7 @@ _engine_lock = threading.Lock()  # a Tesseract handle reads one page at a time
 _engine: tesserocr.PyTessBaseAPI | None = None
 
 
+@functools.cache  # the engine of a process does not change
 def engine_name() -> str:
     """The engine and its version, as ``metadata.ocr_engine`` names it: 'tesseract 5.5.4'."""
     return tesserocr.tesseract_version().splitlines()[0].strip()

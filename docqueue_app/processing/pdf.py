@@ -97,7 +97,7 @@ def _extract_open_document(document: pdfium.PdfDocument) -> dict:
     }
     metadata["pdf_version"] = _pdf_version(document)
     metadata["ocr_pages"] = pages.ocr_pages
-    metadata["ocr_engine"] = pages.ocr_engine
+    metadata["ocr_engine"] = _ocr_engine_name() if pages.ocr_pages else None
     if page_count > MAX_PAGES:
         metadata["pages_extracted"] = MAX_PAGES
     if pages.unreadable:
@@ -120,7 +120,6 @@ class _Pages:
     unreadable: int = 0
     text_truncated: bool = False
     ocr_pages: int = 0
-    ocr_engine: str | None = None  # named once a page was read by OCR
 
 
 def _read_pages(document: pdfium.PdfDocument, count: int) -> _Pages:
@@ -185,8 +184,13 @@ def _read_by_ocr(page: pdfium.PdfPage, pages: _Pages) -> str:
     finally:
         bitmap.close()
     pages.ocr_pages += 1
-    pages.ocr_engine = ocr.engine_name()
     return text
+
+
+def _ocr_engine_name() -> str:
+    from . import ocr  # loaded already: a page was read by OCR
+
+    return ocr.engine_name()
 
 
 def _pdf_version(document: pdfium.PdfDocument) -> str | None:

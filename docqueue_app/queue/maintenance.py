@@ -1,4 +1,4 @@
-"""Maintenance the scheduler (before its claims) and the standalone worker (after them) run.
+"""Maintenance the scheduler and the standalone worker both run after a batch.
 
 The rescuer sweeps every expired lease (claims rescue too, but not while the
 queue is paused); the pruner deletes old finished items, once per cluster per

@@ -285,10 +285,10 @@ class QueueScheduler:
         self.heartbeat()
         with self.app.app_context():
             try:
-                run_maintenance()
                 result = process_document_queue(
                     stop=self._stop, heartbeat=self.heartbeat, look_first=look_first
                 )
+                run_maintenance()  # after the batch, as the worker's (runner.py) says why
             except Exception as exc:
                 report_failure(exc, "queue tick failed")
                 self._resume_at = time.monotonic() + self._backoff.next_pause()

@@ -201,8 +201,7 @@ class DocumentQueueService(TransactionalService):
         in autocommit (a statement is a transaction of its own), which saves the
         BEGIN and COMMIT round trips.
         """
-        one_statement = {"isolation_level": "AUTOCOMMIT"} if self._dialect() == "postgresql" else {}
-        with self._write(**one_statement) as session:
+        with self._write_one_statement() as session:
             written = store_new_documents(session.connection(), files, self.max_attempts)
             existing = self._documents_by_sha256(
                 [digest for digest in files if digest not in written]
@@ -389,9 +388,7 @@ class DocumentQueueService(TransactionalService):
         return self._claim_batch_sqlite(limit, worker_id, now, paused_unknown=not look_first)
 
     def _claim_batch_postgresql(self, limit: int, worker: str) -> list[QueueItem]:
-        # One statement, so it runs in autocommit: a transaction of its own
-        # without the round trips of BEGIN and COMMIT.
-        with self._write(isolation_level="AUTOCOMMIT") as session:
+        with self._write_one_statement() as session:
             claim = queries.claim_batch_postgresql(limit, worker, self.lease)
             return _with_claims(list(session.scalars(*claim)), worker)
 

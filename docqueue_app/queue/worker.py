@@ -32,6 +32,7 @@ from ..processing import (
     TransientProcessingError,
     run_processor,
 )
+from ..transactions import one_statement_options
 from .service import Claim, DocumentQueueService, Outcome, default_worker_id
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,7 @@ def _read_documents(
     session: Session, document_ids: list[int], up_to_size: int | None = None
 ) -> dict[int, tuple[int, LoadedDocument | None]]:
     """document id -> (size, its bytes and names); bytes only up to ``up_to_size``, if given."""
-    if session.get_bind().dialect.name == "postgresql":
-        # One statement: in autocommit it costs no BEGIN and COMMIT round trips.
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    session.connection(execution_options=one_statement_options(session))
     parameters: dict[str, Any] = {"document_ids": sorted(set(document_ids))}
     if up_to_size is not None:
         parameters["up_to_size"] = up_to_size

@@ -32,6 +32,7 @@ from ..documents import (
     show_document,
     text_preview,
 )
+from ..processing import TYPE_NAMES
 from ..queue import DocumentNotFound, DocumentQueueService
 from ..queue.submissions import NewDocument, Submission
 from ..schemas import (
@@ -86,24 +87,11 @@ def add_page_security_headers(response: Response) -> Response:
     return response
 
 
-# Short names for the list; the detail page shows the full media type.
-_TYPE_LABELS = {
-    "application/pdf": "PDF",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "DOCX",
-    "text/html": "HTML",
-    "text/plain": "Text",
-    "text/markdown": "Markdown",
-    "text/csv": "CSV",
-    "application/json": "JSON",
-    "image/png": "PNG",
-    "image/jpeg": "JPEG",
-    "image/tiff": "TIFF",
-}
-
-
 @blueprint.app_template_filter("type_label")
 def format_type_label(content_type: str) -> str:
-    return _TYPE_LABELS.get(content_type, content_type)
+    """The short name the list shows (the detail page shows the full media type)."""
+    name = TYPE_NAMES.get(content_type)
+    return content_type if name is None else name[0].upper() + name[1:]
 
 
 @blueprint.app_template_filter("filesize")
