@@ -8,7 +8,8 @@ queue's whole behaviour in the database can be read here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Delete,
     Integer,
     Select,
+    TextClause,
     TextualSelect,
     Update,
     and_,
@@ -48,6 +50,7 @@ from ..states import (
     DOCUMENT_STATUS_OF_ITEM,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    AttemptOutcome,
     DocumentStatus,
     ItemStatus,
 )
@@ -335,21 +338,197 @@ def extend_lease(item_id: int, worker: str, attempt: int, expires: datetime) -> 
 # -- ending an attempt ----------------------------------------------------------
 
 
-def complete(claims: Iterable[tuple[int, str, int]], now: datetime) -> Update:
-    """Many held items completed in one statement; returns (id, document_id) of those."""
-    return (
-        update(QueueItem)
-        .where(held_by_any(claims))
-        .values(
-            status=ItemStatus.COMPLETED,
-            locked_by=None,
-            lease_expires_at=None,
-            last_error=None,
-            finished_at=now,
-        )
-        .returning(QueueItem.id, QueueItem.document_id)
-        .execution_options(synchronize_session=False)
+def _document_status_of(item_status: str) -> str:
+    """SQL: the document status an item's status means (``DOCUMENT_STATUS_OF_ITEM``)."""
+    whens = " ".join(
+        f"WHEN '{item.value}' THEN '{document.value}'"
+        for item, document in DOCUMENT_STATUS_OF_ITEM.items()
     )
+    return f"CASE {item_status} {whens} END"
+
+
+# The result columns an outcome may carry: (name, PostgreSQL array type).
+_RESULT_COLUMNS = (
+    ("text", "text"),
+    ("title", "text"),
+    ("page_count", "integer"),
+    ("metadata", "json"),
+    ("word_count", "integer"),
+    ("char_count", "integer"),
+)
+
+# PostgreSQL's record of many successes in one statement, where it took three
+# plus one UPDATE per document (each finding the document's latest item): the
+# items still held under their claims become completed, their attempts' history
+# rows close, and each document takes its result (if the outcome has one) and
+# the status of its latest item. Its text is the same for any batch (arrays,
+# not lists of parameters), so psycopg prepares it once per connection.
+#
+# The parts of one statement all read the rows as they were before it: the
+# document's latest item is either the one completed here (then "completed") or
+# a newer one this statement does not touch. Of two items of one document
+# completed together, the newer one speaks for it.
+_POSTGRESQL_COMPLETE_BATCH = f"""
+WITH outcome AS (
+  SELECT * FROM unnest(
+    CAST(:ids AS integer[]), CAST(:workers AS text[]), CAST(:attempts AS integer[]),
+    CAST(:has_results AS boolean[]),
+    {", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _RESULT_COLUMNS)}
+  ) AS o(id, worker, attempt, has_result, {", ".join(name for name, _ in _RESULT_COLUMNS)})
+), completed AS (
+  UPDATE queue_items AS q SET status = '{ItemStatus.COMPLETED.value}', locked_by = NULL,
+    lease_expires_at = NULL, last_error = NULL, finished_at = now()
+  FROM outcome AS o
+  WHERE q.id = o.id AND q.status = '{ItemStatus.IN_PROGRESS.value}'
+    AND q.locked_by = o.worker AND q.attempts = o.attempt
+  RETURNING q.id, q.document_id, q.attempts
+), closed AS (
+  UPDATE queue_attempts AS a
+  SET finished_at = now(), outcome = '{AttemptOutcome.COMPLETED.value}', error = NULL
+  FROM completed AS c
+  WHERE a.queue_item_id = c.id AND a.attempt = c.attempts AND a.finished_at IS NULL
+), newest AS (
+  SELECT c.id, c.document_id FROM completed AS c WHERE NOT EXISTS (
+    SELECT 1 FROM completed AS newer
+    WHERE newer.document_id = c.document_id AND newer.id > c.id)
+), followed AS (
+  UPDATE documents AS d SET
+    {
+    ", ".join(
+        f"{name} = CASE WHEN o.has_result THEN o.{name} ELSE d.{name} END"
+        for name, _ in _RESULT_COLUMNS
+    )
+},
+    processed_at = CASE WHEN o.has_result THEN now() ELSE d.processed_at END,
+    status = CASE WHEN latest.id = n.id THEN '{DocumentStatus.COMPLETED.value}'
+      ELSE {_document_status_of("latest.status")} END,
+    error = CASE WHEN latest.id <> n.id AND latest.status = '{ItemStatus.FAILED.value}'
+      THEN latest.last_error END,
+    updated_at = now()
+  FROM newest AS n
+  JOIN outcome AS o ON o.id = n.id
+  JOIN queue_items AS latest ON latest.id = (
+    SELECT max(q.id) FROM queue_items AS q WHERE q.document_id = n.document_id)
+  WHERE d.id = n.document_id
+)
+SELECT c.id, c.document_id, d.callback_url
+FROM completed AS c JOIN documents AS d ON d.id = c.document_id"""
+
+_COMPLETE_BATCH_POSTGRESQL = text(_POSTGRESQL_COMPLETE_BATCH)
+
+
+def complete_batch_postgresql(
+    outcomes: Sequence[tuple[tuple[int, str, int], dict[str, Any] | None]],
+) -> tuple[TextClause, dict[str, Any]]:
+    """PostgreSQL: complete held items, close their attempts and write their documents'
+    results and status, in one statement that returns (id, document_id, callback_url)
+    of the items it completed.
+
+    ``outcomes`` are (claim key, document column values or None) pairs; a statement
+    and its parameters.
+    """
+    keys = [key for key, _ in outcomes]
+    values = [columns or {} for _, columns in outcomes]
+    parameters: dict[str, Any] = {
+        "ids": [item_id for item_id, _, _ in keys],
+        "workers": [worker for _, worker, _ in keys],
+        "attempts": [attempt for _, _, attempt in keys],
+        "has_results": [columns is not None for _, columns in outcomes],
+    }
+    for name, _ in _RESULT_COLUMNS:
+        parameters[name] = [columns.get(name) for columns in values]
+    parameters["metadata"] = [
+        None if columns is None else json.dumps(columns.get("metadata")) for _, columns in outcomes
+    ]
+    return _COMPLETE_BATCH_POSTGRESQL, parameters
+
+
+# SQLite's record of many successes: three statements whose text never changes.
+# The batch travels as one JSON parameter read by json_each, where a list of
+# bound values per row made SQLAlchemy render and process every value in Python
+# (most of a pass's time). The statements run in order in one transaction, so
+# the documents follow items already completed. (The unary + keeps SQLite from
+# reading every in-progress item through the status index: the items are
+# found by their ids.)
+_SQLITE_COMPLETE = text(f"""
+UPDATE queue_items SET status = '{ItemStatus.COMPLETED.value}', locked_by = NULL,
+  lease_expires_at = NULL, last_error = NULL, finished_at = :now
+FROM (SELECT value ->> 0 AS id, value ->> 1 AS worker, value ->> 2 AS attempt
+      FROM json_each(:claims)) AS claim
+WHERE queue_items.id = claim.id AND +queue_items.status = '{ItemStatus.IN_PROGRESS.value}'
+  AND queue_items.locked_by = claim.worker AND queue_items.attempts = claim.attempt
+RETURNING queue_items.id, queue_items.document_id,
+  (SELECT callback_url FROM documents WHERE documents.id = queue_items.document_id)
+  AS callback_url""").bindparams(bindparam("now", type_=UTCDateTime))
+
+_SQLITE_CLOSE_COMPLETED_ATTEMPTS = text(f"""
+UPDATE queue_attempts SET finished_at = :now, outcome = '{AttemptOutcome.COMPLETED.value}',
+  error = NULL
+FROM (SELECT value ->> 0 AS item_id, value ->> 1 AS attempt FROM json_each(:attempts)) AS ended
+WHERE queue_attempts.queue_item_id = ended.item_id AND queue_attempts.attempt = ended.attempt
+  AND queue_attempts.finished_at IS NULL""").bindparams(bindparam("now", type_=UTCDateTime))
+
+_SQLITE_LATEST_ITEM = """(SELECT {column} FROM queue_items AS latest WHERE latest.id = (
+    SELECT max(id) FROM queue_items WHERE queue_items.document_id = documents.id))"""
+
+_SQLITE_DOCUMENT_RESULTS = text(f"""
+UPDATE documents SET
+  {
+    ", ".join(
+        f"{name} = result.value -> '$.{name}'"
+        if kind == "json"
+        else f"{name} = result.value ->> '$.{name}'"
+        for name, kind in _RESULT_COLUMNS
+    )
+},
+  processed_at = :now, updated_at = :now,
+  status = {_SQLITE_LATEST_ITEM.format(column=_document_status_of("latest.status"))},
+  error = {
+    _SQLITE_LATEST_ITEM.format(
+        column=f"CASE latest.status WHEN '{ItemStatus.FAILED.value}' THEN latest.last_error END"
+    )
+}
+FROM json_each(:results) AS result
+WHERE documents.id = result.value ->> '$.document_id'""").bindparams(
+    bindparam("now", type_=UTCDateTime)
+)
+
+
+_SQLITE_INTEGERS = range(-(2**63), 2**63)
+
+
+def _check_sqlite_integers(result: dict[str, Any]) -> None:
+    """Refuse an integer no INTEGER column holds, as a bound value would be refused:
+    SQLite would read it from JSON as a REAL and store that."""
+    for name, kind in _RESULT_COLUMNS:
+        value = result.get(name)
+        if kind == "integer" and isinstance(value, int) and value not in _SQLITE_INTEGERS:
+            raise OverflowError(f"{name} {value} is too large for an INTEGER column")
+
+
+def complete_sqlite(claims: Sequence[tuple[int, str, int]], now: datetime) -> tuple[Any, dict]:
+    """SQLite: the held items among (id, worker, attempt) ``claims`` become completed;
+    returns (id, document_id, callback_url) of those. A statement and its parameters."""
+    return _SQLITE_COMPLETE, {"claims": json.dumps(claims), "now": now}
+
+
+def close_completed_attempts_sqlite(
+    item_attempts: Sequence[tuple[int, int]], now: datetime
+) -> tuple[Any, dict]:
+    """SQLite: end the open history rows of these (item id, attempt) pairs as completed."""
+    return _SQLITE_CLOSE_COMPLETED_ATTEMPTS, {"attempts": json.dumps(item_attempts), "now": now}
+
+
+def document_results_sqlite(results: Sequence[dict[str, Any]], now: datetime) -> tuple[Any, dict]:
+    """SQLite: extraction results written on their documents, which follow their latest
+    items. Each result holds ``document_id`` and the values of the result columns."""
+    for result in results:
+        _check_sqlite_integers(result)
+    # Not ASCII-escaped: text stays as it is, and JSON's escapes stay few.
+    return _SQLITE_DOCUMENT_RESULTS, {
+        "results": json.dumps(results, ensure_ascii=False),
+        "now": now,
+    }
 
 
 def settle(item_id: int, decision: Decision, error: str | None, now: datetime) -> Update:
@@ -474,21 +653,6 @@ def delete_items(ids: Any) -> tuple[Delete, Delete]:
 
 
 # -- documents follow their latest item -----------------------------------------
-
-
-def document_results(now: Any) -> Update:
-    """Extraction results written on their documents, an executemany of column values.
-
-    Each parameter set holds ``document_id`` and the values of the documents
-    columns to set (``text``, ``title``, ``metadata``...); the documents follow
-    their latest items in the same statement (``sync_documents``).
-    """
-    documents = Document.__table__
-    return (
-        update(documents)
-        .where(documents.c.id == bindparam("document_id"))
-        .values(processed_at=now, **_following_latest_item(now))
-    )
 
 
 def sync_documents(document_ids: list[int], now: Any) -> tuple[Update, dict[str, Any]]:

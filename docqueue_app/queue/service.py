@@ -50,6 +50,7 @@ from ..models import (
     DocumentContent,
     QueueItem,
     QueueState,
+    utcnow,
 )
 from ..schemas import describe_validation_errors, load_processor_result
 from ..states import (
@@ -64,7 +65,7 @@ from ..states import (
     WebhookEvent,
 )
 from ..transactions import TransactionalService
-from ..webhooks.events import DocumentEvent, callback_url_of_item_document, record_events
+from ..webhooks.events import DocumentEvent, record_events
 from . import queries
 from .notify import announce_due_work, notify_in_transaction
 from .retry import Cause, Decision, RetryPolicy, decide, lost_worker_message
@@ -502,7 +503,7 @@ class DocumentQueueService(TransactionalService):
             # Successes need the time only inside statements: no round trip for it.
             clock = database_clock(self._dialect())
             completed, unsynced = self._record_successes(
-                [o for o in outcomes if o.error is None], clock, events
+                [o for o in outcomes if o.error is None], events
             )
             if failures:
                 now = self._now()  # the retry decision computes with it
@@ -513,51 +514,75 @@ class DocumentQueueService(TransactionalService):
         return completed + len(settled)
 
     def _record_successes(
-        self, outcomes: list[Outcome], now: Any, events: list[DocumentEvent]
+        self, outcomes: list[Outcome], events: list[DocumentEvent]
     ) -> tuple[int, list[int]]:
-        """Complete many items in a few statements; their documents' events go to ``events``.
+        """Complete many items in a few statements (one on PostgreSQL); their documents'
+        events go to ``events``.
 
         Returns how many were recorded, and the documents whose status is still
         to follow their items (those given results already do).
         """
         if not outcomes:
             return 0, []
-        # Whether each document has a callback_url comes back with the update,
-        # so recording their events asks nothing more when no webhook is set.
-        completed = queries.complete([o.key for o in outcomes], now).returning(
-            callback_url_of_item_document()
-        )
-        rows = self.session.execute(completed).all()
-        document_of = {row.id: row.document_id for row in rows}
-        callback_of = {row.id: row.callback_url for row in rows}
-        recorded = [o for o in outcomes if o.item_id in document_of]
+        if self._dialect() == "postgresql":
+            return len(self._completed(outcomes, self._complete_postgresql(outcomes), events)), []
+        return self._complete_sqlite(outcomes, events)
+
+    def _complete_sqlite(
+        self, outcomes: list[Outcome], events: list[DocumentEvent]
+    ) -> tuple[int, list[int]]:
+        now = utcnow()
+        rows = self.session.execute(*queries.complete_sqlite([o.key for o in outcomes], now)).all()
+        recorded = self._completed(outcomes, rows, events)
         if not recorded:
             return 0, []
         self.session.execute(
-            queries.close_attempts(
-                [(o.item_id, o.claim.attempt) for o in recorded],
-                now,
-                AttemptOutcome.COMPLETED,
-                None,
+            *queries.close_completed_attempts_sqlite(
+                [(o.item_id, o.claim.attempt) for o in recorded], now
             )
         )
+        document_of = {row.id: row.document_id for row in rows}
         results = [
             {"document_id": document_of[o.item_id], **_document_result_values(o.result)}
             for o in recorded
             if o.result is not None
         ]
         if results:
-            self.session.execute(queries.document_results(now), results)  # an executemany
+            self.session.execute(*queries.document_results_sqlite(results, now))
         synced = {values["document_id"] for values in results}
+        return len(recorded), [doc for doc in document_of.values() if doc not in synced]
+
+    def _complete_postgresql(self, outcomes: list[Outcome]) -> list[Any]:
+        """The whole record of ``outcomes`` in one statement (queries.complete_batch_postgresql)."""
+        statement, parameters = queries.complete_batch_postgresql(
+            [
+                (o.key, None if o.result is None else _document_result_values(o.result))
+                for o in outcomes
+            ]
+        )
+        return list(self.session.execute(statement, parameters))
+
+    @staticmethod
+    def _completed(
+        outcomes: list[Outcome], rows: Sequence[Any], events: list[DocumentEvent]
+    ) -> list[Outcome]:
+        """The outcomes of the items completed (``rows``: id, document_id, callback_url);
+        each one's document owes a "completed" event, which goes to ``events``.
+
+        Whether each document has a callback_url came back with the update, so
+        recording their events asks nothing more when no webhook is set.
+        """
+        completed = {row.id: row for row in rows}
+        recorded = [o for o in outcomes if o.item_id in completed]
         events.extend(
             DocumentEvent(
-                document_of[o.item_id],
+                completed[o.item_id].document_id,
                 WebhookEvent.COMPLETED,
-                has_callback=callback_of[o.item_id] is not None,
+                has_callback=completed[o.item_id].callback_url is not None,
             )
             for o in recorded
         )
-        return len(recorded), [doc for doc in document_of.values() if doc not in synced]
+        return recorded
 
     def _record_failure(
         self, outcome: Outcome, now: datetime, events: list[DocumentEvent]

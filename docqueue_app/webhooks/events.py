@@ -21,12 +21,12 @@ from datetime import datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Label, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, undefer
 
 from ..database import database_now
 from ..documents import DocumentView
-from ..models import Document, QueueItem, WebhookDelivery, latest_items
+from ..models import Document, WebhookDelivery, latest_items
 from ..schemas import DocumentSchema
 from ..states import DeliveryStatus, WebhookEvent
 from ..transactions import after_commit
@@ -41,16 +41,6 @@ class DocumentEvent:
     # Whether the document has a callback_url, when the caller read it with the
     # item (None: unknown, the database is asked).
     has_callback: bool | None = None
-
-
-def callback_url_of_item_document() -> Label[str | None]:
-    """The ``callback_url`` of a queue item's document, to read along with the item."""
-    return (
-        select(Document.callback_url)
-        .where(Document.id == QueueItem.document_id)
-        .scalar_subquery()
-        .label("callback_url")
-    )
 
 
 def record_events(session: Session, events: Sequence[DocumentEvent]) -> int:
