@@ -282,13 +282,15 @@ _CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
 # up to :limit claimable items become in progress under :worker, each opens
 # its attempt's history row, and each document whose latest item it is shows
 # it processing. Nothing is claimed while the queue is paused, so a claim needs
-# no poll before it.
+# no poll before it. The ids come as an array computed once (an InitPlan):
+# with "IN (subquery)" the planner may hash the subquery's ids and read the
+# whole table to find them.
 _POSTGRESQL_CLAIM_BATCH = f"""
 WITH claimed AS (
   UPDATE queue_items SET status = 'in_progress', locked_by = :worker,
     lease_expires_at = now() + :lease_seconds * interval '1 second',
     attempts = queue_items.attempts + 1, started_at = now(), finished_at = NULL
-  WHERE queue_items.id IN ({_CLAIMABLE_UNLESS_PAUSED})
+  WHERE queue_items.id = ANY(ARRAY({_CLAIMABLE_UNLESS_PAUSED}))
   RETURNING queue_items.*
 ), opened AS (
   INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at)
@@ -388,9 +390,7 @@ WITH outcome AS (
   FROM completed AS c
   WHERE a.queue_item_id = c.id AND a.attempt = c.attempts AND a.finished_at IS NULL
 ), newest AS (
-  SELECT c.id, c.document_id FROM completed AS c WHERE NOT EXISTS (
-    SELECT 1 FROM completed AS newer
-    WHERE newer.document_id = c.document_id AND newer.id > c.id)
+  SELECT max(c.id) AS id, c.document_id FROM completed AS c GROUP BY c.document_id
 ), followed AS (
   UPDATE documents AS d SET
     {
