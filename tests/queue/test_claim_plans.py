@@ -131,12 +131,15 @@ def test_an_idle_poll_over_a_backlog_reads_only_index_ranges(app: Flask) -> None
         assert table_scans(plan) == [], plan
 
 
+@pytest.mark.parametrize("limit", [10, 100])
 @pytest.mark.parametrize("look_first", [True, False], ids=["polled", "woken"])
-def test_a_claim_over_a_backlog_reads_only_index_ranges(app: Flask, look_first: bool) -> None:
+def test_a_claim_over_a_backlog_reads_only_index_ranges(
+    app: Flask, look_first: bool, limit: int
+) -> None:
     add_items(app, BACKLOG, due_in=timedelta(days=1))
     add_items(app, 30, due_in=-timedelta(minutes=1), first=BACKLOG + 1)
 
-    claim = in_service(app, lambda service: service.claim_due_items(10, "w", look_first))
+    claim = in_service(app, lambda service: service.claim_due_items(limit, "w", look_first))
     plans = plans_of(app, claim)
 
     # PostgreSQL claims, opens the attempts and follows the documents in one
@@ -144,6 +147,20 @@ def test_a_claim_over_a_backlog_reads_only_index_ranges(app: Flask, look_first: 
     assert len(plans) >= 1 + look_first
     for plan in plans:
         assert table_scans(plan) == [], plan
+
+
+def test_a_claim_of_a_hundred_among_many_due_finds_what_it_claims_by_id(app: Flask) -> None:
+    # With "id IN (subquery)", PostgreSQL's planner hashed the hundred chosen ids
+    # and read all of queue_items to find them.
+    add_items(app, BACKLOG, due_in=timedelta(days=1))
+    add_items(app, 300, due_in=-timedelta(minutes=1), first=BACKLOG + 1)
+
+    claim = in_service(app, lambda service: service.claim_due_items(100, "w", False))
+    plans = plans_of(app, claim)
+
+    for plan in plans:
+        assert "Seq Scan on queue_items" not in plan, plan
+        assert not re.search(r"SCAN queue_items(?! USING)", plan), plan
 
 
 def test_due_items_among_thousands_not_yet_due_are_claimed_highest_priority_first(
