@@ -92,7 +92,10 @@ def _extract_one(document: tuple[str, bytes]) -> int:
 def pool_production(documents: list[tuple[str, bytes]]) -> float:
     """Documents per second of a plain multiprocessing.Pool(2) running the same extraction,
     in steady state as docqueue's side: from the first result to the last."""
-    with multiprocessing.Pool(2) as pool:
+    # Spawned, not forked: a child forked from this process (which holds threads
+    # and connections of the docqueue measures) once died at start, and the
+    # pool then hung in terminate() on its lock.
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
         results = pool.imap_unordered(_extract_one, documents, chunksize=1)
         next(results)
         started = time.perf_counter()
