@@ -18,13 +18,16 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Integer,
+    LargeBinary,
     Select,
+    String,
     TextClause,
     TextualSelect,
     Update,
     and_,
     bindparam,
     case,
+    column,
     delete,
     exists,
     func,
@@ -303,21 +306,33 @@ WITH claimed AS (
     SELECT 1 FROM queue_items AS newer
     WHERE newer.document_id = claimed.document_id AND newer.id > claimed.id)
 )
-SELECT * FROM claimed"""
+SELECT claimed.*, d.size AS document_size, d.filename AS document_filename,
+  d.content_type AS document_content_type,
+  CASE WHEN d.size <= :bytes_up_to THEN c.data END AS document_data
+FROM claimed
+LEFT JOIN documents AS d ON d.id = claimed.document_id
+LEFT JOIN document_contents AS c ON c.document_id = claimed.document_id"""
 
 
 # Built once: building it costs more Python than the database takes to run it.
 _CLAIM_BATCH_POSTGRESQL = (
-    select(QueueItem)
+    select(
+        QueueItem,
+        column("document_size", Integer),
+        column("document_data", LargeBinary),
+        column("document_filename", String),
+        column("document_content_type", String),
+    )
     .from_statement(text(_POSTGRESQL_CLAIM_BATCH))
     .execution_options(populate_existing=True)
 )
 
 
 def claim_batch_postgresql(
-    limit: int, worker: str, lease: timedelta
+    limit: int, worker: str, lease: timedelta, bytes_up_to: int
 ) -> tuple[Select, dict[str, Any]]:
-    """PostgreSQL: claim up to ``limit`` due items in one statement, which selects them.
+    """PostgreSQL: claim up to ``limit`` due items in one statement, which selects them,
+    each with its document's size, bytes (when no larger than ``bytes_up_to``) and names.
 
     A statement and its parameters.
     """
@@ -325,6 +340,7 @@ def claim_batch_postgresql(
         "limit": limit,
         "worker": worker,
         "lease_seconds": lease.total_seconds(),
+        "bytes_up_to": bytes_up_to,
     }
 
 

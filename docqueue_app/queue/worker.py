@@ -90,7 +90,9 @@ def process_document_queue(
     # each commit, and a document deleted meanwhile must not make that fail.
     with Session(db.engine, expire_on_commit=False) as session:
         service = DocumentQueueService(session)
-        items = service.claim_due_items(limit, worker_id or current_worker_id(), look_first)
+        items = service.claim_due_items(
+            limit, worker_id or current_worker_id(), look_first, LOAD_GROUP_BYTES // max(limit, 1)
+        )
         beat()
         if not items:
             return counts
@@ -166,14 +168,17 @@ def load_documents(
 ) -> Iterator[tuple[QueueItem, LoadedDocument | None]]:
     """Each item with its document's bytes (None when the document is gone).
 
-    One query reads every document's size, and the bytes of those small enough
-    that all of them together stay under LOAD_GROUP_BYTES: a run of small
-    documents costs that one query. Larger documents are then read in groups of
-    up to LOAD_GROUP_BYTES, each read in a short transaction of its own, so a
-    large one is never held in memory long before its turn.
+    The claim (on PostgreSQL) or one query read every document's size, and the
+    bytes of those small enough that all of them together stay under
+    LOAD_GROUP_BYTES: a run of small documents costs no more. Larger documents
+    are then read in groups of up to LOAD_GROUP_BYTES, each read in a short
+    transaction of its own, so a large one is never held in memory long before
+    its turn.
     """
-    small = LOAD_GROUP_BYTES // max(len(items), 1)
-    documents = _read_documents(session, [item.document_id for item in items], small)
+    documents = _read_with_the_claim(items)
+    if documents is None:
+        small = LOAD_GROUP_BYTES // max(len(items), 1)
+        documents = _read_documents(session, [item.document_id for item in items], small)
     sizes = {document_id: size for document_id, (size, _) in documents.items()}
     for group in _groups_by_size(items, sizes):
         unread = [item.document_id for item in group if _unread(documents, item.document_id)]
@@ -182,6 +187,24 @@ def load_documents(
         for item in group:
             _, loaded = documents.pop(item.document_id, (0, None))
             yield item, loaded
+
+
+def _read_with_the_claim(
+    items: list[QueueItem],
+) -> dict[int, tuple[int, LoadedDocument | None]] | None:
+    """What the claim read of the items' documents (PostgreSQL), as ``_read_documents``
+    answers; None when it read nothing."""
+    reads = [getattr(item, "document_read", None) for item in items]
+    if not items or None in reads:
+        return None
+    return {
+        item.document_id: (
+            read.size,
+            None if read.content is None else LoadedDocument(*read[1:]),
+        )
+        for item, read in zip(items, reads, strict=True)
+        if read.size is not None
+    }
 
 
 def _unread(documents: dict[int, tuple[int, LoadedDocument | None]], document_id: int) -> bool:

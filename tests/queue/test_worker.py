@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from docqueue_app.models import Document, QueueItem, db, utcnow
 from docqueue_app.queue import DocumentQueueService, process_document_queue
+from docqueue_app.queue import worker as worker_module
 from tests.e2e.server import BIN, ROOT
-from tests.helpers import execute_sql, wait_until
+from tests.helpers import backend_name, execute_sql, statements_sent, wait_until
 
 SAMPLE = "tests.processing.sample_processors"
 
@@ -45,6 +46,23 @@ def test_a_pass_processes_due_items_and_reports_counts(app):
         assert process_document_queue()["processed"] == 0
     document = status_of(app, ids[0])
     assert (document.status, document.word_count, document.char_count) == ("completed", 3, 14)
+
+
+def test_a_postgresql_claim_brings_the_bytes_of_small_documents(app, monkeypatch):
+    # A claim of 2 reads bytes of up to LOAD_GROUP_BYTES // 2 = 32 with the claim.
+    monkeypatch.setattr(worker_module, "LOAD_GROUP_BYTES", 64)
+    small = submit(app, b"a few words", "small.txt")
+    large = submit(app, b"many more words " * 10, "large.txt")
+
+    with statements_sent(app) as sent, app.app_context():
+        assert process_document_queue(limit=2, look_first=False)["completed"] == 2
+
+    reads = [statement for statement, _ in sent if statement.startswith("SELECT documents.id")]
+    # PostgreSQL reads only the large one on its own; SQLite reads every size and
+    # the small bytes first, then the large one.
+    assert len(reads) == (1 if backend_name(app) == "postgresql" else 2)
+    assert status_of(app, small).word_count == 3
+    assert status_of(app, large).word_count == 30
 
 
 def test_limit_caps_the_items_claimed(app):
