@@ -32,6 +32,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -365,7 +366,7 @@ def _document_status_of(item_status: str) -> str:
     return f"CASE {item_status} {whens} END"
 
 
-# The result columns an outcome may carry: (name, PostgreSQL array type).
+# The result columns an outcome may carry: (name, its type as PostgreSQL names it).
 _RESULT_COLUMNS = (
     ("text", "text"),
     ("title", "text"),
@@ -444,19 +445,23 @@ def complete_batch_postgresql(
     and its parameters.
     """
     keys = [key for key, _ in outcomes]
-    values = [columns or {} for _, columns in outcomes]
+    results = [columns for _, columns in outcomes]
     parameters: dict[str, Any] = {
         "ids": [item_id for item_id, _, _ in keys],
         "workers": [worker for _, worker, _ in keys],
         "attempts": [attempt for _, _, attempt in keys],
-        "has_results": [columns is not None for _, columns in outcomes],
+        "has_results": [columns is not None for columns in results],
     }
-    for name, _ in _RESULT_COLUMNS:
-        parameters[name] = [columns.get(name) for columns in values]
-    parameters["metadata"] = [
-        None if columns is None else json.dumps(columns.get("metadata")) for _, columns in outcomes
-    ]
+    for name, kind in _RESULT_COLUMNS:
+        encode = json.dumps if kind == "json" else _as_is
+        parameters[name] = [
+            None if columns is None else encode(columns.get(name)) for columns in results
+        ]
     return _COMPLETE_BATCH_POSTGRESQL, parameters
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 # SQLite's record of many successes: three statements whose text never changes.
@@ -484,30 +489,25 @@ FROM (SELECT value ->> 0 AS item_id, value ->> 1 AS attempt FROM json_each(:atte
 WHERE queue_attempts.queue_item_id = ended.item_id AND queue_attempts.attempt = ended.attempt
   AND queue_attempts.finished_at IS NULL""").bindparams(bindparam("now", type_=UTCDateTime))
 
-_SQLITE_LATEST_ITEM = """(SELECT {column} FROM queue_items AS latest WHERE latest.id = (
-    SELECT max(id) FROM queue_items WHERE queue_items.document_id = documents.id))"""
 
-_SQLITE_DOCUMENT_RESULTS = text(f"""
-UPDATE documents SET
-  {
-    ", ".join(
-        f"{name} = result.value -> '$.{name}'"
-        if kind == "json"
-        else f"{name} = result.value ->> '$.{name}'"
-        for name, kind in _RESULT_COLUMNS
+def _sqlite_document_results() -> Update:
+    """Results read from the JSON array :results (one object per document), each
+    document then following its latest item as ``sync_documents`` makes it."""
+    documents = Document.__table__
+    result = func.json_each(bindparam("results")).table_valued("value").alias("result")
+
+    def field(name: str, operator: str = "->>") -> ColumnElement[Any]:
+        return result.c.value.op(operator)(literal_column(f"'$.{name}'"))
+
+    now = bindparam("now", type_=UTCDateTime)
+    values = {
+        name: field(name, "->" if kind == "json" else "->>") for name, kind in _RESULT_COLUMNS
+    }
+    return (
+        update(documents)
+        .where(documents.c.id == field("document_id"))
+        .values(**values, processed_at=now, **_following_latest_item(now))
     )
-},
-  processed_at = :now, updated_at = :now,
-  status = {_SQLITE_LATEST_ITEM.format(column=_document_status_of("latest.status"))},
-  error = {
-    _SQLITE_LATEST_ITEM.format(
-        column=f"CASE latest.status WHEN '{ItemStatus.FAILED.value}' THEN latest.last_error END"
-    )
-}
-FROM json_each(:results) AS result
-WHERE documents.id = result.value ->> '$.document_id'""").bindparams(
-    bindparam("now", type_=UTCDateTime)
-)
 
 
 _SQLITE_INTEGERS = range(-(2**63), 2**63)
@@ -709,6 +709,8 @@ def _following_latest_item(now: Any) -> dict[str, Any]:
         "updated_at": now,
     }
 
+
+_SQLITE_DOCUMENT_RESULTS = _sqlite_document_results()
 
 _SYNC_DOCUMENTS = _sync_documents(
     bindparam("document_ids", expanding=True), bindparam("now", type_=UTCDateTime)
