@@ -75,6 +75,32 @@ def statements_sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
         event.remove(engine, "before_cursor_execute", capture)
 
 
+@contextmanager
+def sqlite_statements_run(app: Flask) -> Iterator[list[str]]:
+    """Every statement SQLite runs on the app's connections while in the block.
+
+    Read from SQLite's own trace, so it holds the statements the app runs on the
+    sqlite3 connection directly (``run_on_sqlite``), which ``statements_sent`` misses.
+    """
+    run: list[str] = []
+
+    def trace(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.set_trace_callback(run.append)
+
+    def untrace(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.set_trace_callback(None)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "checkout", trace)
+    event.listen(engine, "checkin", untrace)
+    try:
+        yield run
+    finally:
+        event.remove(engine, "checkout", trace)
+        event.remove(engine, "checkin", untrace)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

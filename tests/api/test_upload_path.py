@@ -24,7 +24,13 @@ from docqueue_app.models import Document, QueueItem, db
 from docqueue_app.queue import DocumentQueueService
 from docqueue_app.queue.service import NewDocument
 from tests.api import document_count
-from tests.helpers import backend_name, execute_sql, statements_sent, upload
+from tests.helpers import (
+    backend_name,
+    execute_sql,
+    sqlite_statements_run,
+    statements_sent,
+    upload,
+)
 from tests.web.test_pages import submit_form
 
 REFUSED = b"bytes the database refuses"
@@ -75,14 +81,15 @@ def count_rows(app: Flask, table: str) -> int:
 
 def test_an_accepted_upload_reads_nothing_before_writing(app: Flask, client: FlaskClient) -> None:
     upload(client, b"warm the connection pool")
+    on_postgresql = backend_name(app) == "postgresql"
 
-    with statements_sent(app) as sent:
+    with statements_sent(app) if on_postgresql else sqlite_statements_run(app) as sent:
         response = upload(client, b"counted statements")
-    statements = [" ".join(statement.split()) for statement, _ in sent]
+    statements = [" ".join(str(s[0] if on_postgresql else s).split()) for s in sent]
 
     assert response.status_code == 202
     assert not [s for s in statements if s.startswith("SELECT")], statements
-    if backend_name(app) == "postgresql":
+    if on_postgresql:
         # The document, its bytes and its item in one statement: one round trip.
         assert len(statements) == 1, statements
     else:
