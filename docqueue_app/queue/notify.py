@@ -41,11 +41,12 @@ import secrets
 import socket
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -147,19 +148,41 @@ def announce_due_work(session: Session) -> None:
 
     Only SQLite needs this; on PostgreSQL the commit's own trigger notified.
     """
-    url = session.get_bind().url
-    if url.get_backend_name() != "sqlite":
+    targets = _announcement_targets(session.get_bind())
+    if targets is None:
         return
-    database = sqlite_file(url)
+    database, folder = targets
     with _registry_lock:
-        wakes = list(_local_wakes.get(database or _IN_MEMORY, ()))
+        wakes = list(_local_wakes.get(database, ()))
     try:
         for wake in wakes:
             wake()
-        if database is not None:  # else in memory: no other process can see it
-            _send_to_listeners(socket_folder(url))
+        if folder is not None:  # else in memory: no other process can see it
+            _send_to_listeners(folder)
     except Exception as exc:  # the work is committed; a loop that misses the wake polls
         log.warning("waking the claim loops failed: %s", exc)
+
+
+# Engine -> (its database in _local_wakes, its socket folder or None for memory), or
+# None for PostgreSQL. Kept per engine: working them out from the URL (rendering it
+# to hash it) took a third of every announcement, which follows every upload.
+_targets_by_engine: weakref.WeakKeyDictionary[Engine, tuple[str, str | None] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _announcement_targets(engine: Engine) -> tuple[str, str | None] | None:
+    try:
+        return _targets_by_engine[engine]
+    except KeyError:
+        pass
+    url = engine.url
+    targets = None
+    if url.get_backend_name() == "sqlite":
+        database = sqlite_file(url)
+        targets = (database or _IN_MEMORY, None if database is None else socket_folder(url))
+    _targets_by_engine[engine] = targets
+    return targets
 
 
 def _send_to_listeners(folder: str) -> None:
@@ -167,18 +190,25 @@ def _send_to_listeners(folder: str) -> None:
         entries = [entry.path for entry in os.scandir(folder)]
     except FileNotFoundError:
         return  # nobody listens yet
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-        sender.setblocking(False)
-        for path in entries:
-            if path in _own_sockets or not path.endswith(_SOCKET_SUFFIX):
-                continue
-            try:
-                sender.sendto(b"\0", path)
-            except BlockingIOError:
-                pass  # its queue is full: it has wakes waiting already
-            except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)  # its process died without removing it
+    sender = _sender()
+    for path in entries:
+        if path in _own_sockets or not path.endswith(_SOCKET_SUFFIX):
+            continue
+        try:
+            sender.sendto(b"\0", path)
+        except BlockingIOError:
+            pass  # its queue is full: it has wakes waiting already
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # its process died without removing it
+
+
+@functools.cache
+def _sender() -> socket.socket:
+    """The process's one socket for sending wakes (unbound; threads may share it)."""
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    return sender
 
 
 # -- paths of a database on this host -----------------------------------------------
