@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +23,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
@@ -294,25 +293,34 @@ def _begin_sqlite(connection: Any) -> None:
     if connection.dialect.name != "sqlite":
         return
     immediate = connection.get_execution_options().get(SQLITE_WRITE_OPTION)
-    run_on_sqlite(
-        connection.connection.dbapi_connection, "BEGIN IMMEDIATE" if immediate else "BEGIN"
-    )
+    run_on_driver(connection, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def run_on_sqlite(
-    dbapi_connection: sqlite3.Connection, statement: str, parameters: Sequence[Any] = ()
-) -> sqlite3.Cursor:
-    """Run one statement on the sqlite3 connection itself; its errors raised as SQLAlchemy's.
+def run_on_driver(
+    connection: Connection, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()
+) -> Any:
+    """Run one statement on the driver's connection itself (sqlite3, psycopg); its cursor.
 
-    For the statements of every upload and every transaction (BEGIN): SQLAlchemy's
-    execution path (an execution context, a result, events) costs more CPU than
-    SQLite's own work on them, and an upload's four statements through it took a
-    quarter of the upload (py-spy). The errors are SQLAlchemy's, so an outage (a
-    full disk, a lock held too long) is recognised as everywhere else.
+    For the statements of every upload and of every SQLite transaction (BEGIN):
+    SQLAlchemy's execution path (an execution context, a result, events) cost more
+    CPU than the database's own work on them (py-spy: a third of an upload on
+    PostgreSQL, a quarter on SQLite). Errors are raised as SQLAlchemy would have
+    raised them, and a lost connection is invalidated, so outages (a restart, a
+    full disk, a lock held too long) are handled as everywhere else.
     """
+    dbapi_connection = connection.connection.dbapi_connection
     try:
         return dbapi_connection.execute(statement, parameters)
-    except sqlite3.Error as error:
+    except connection.dialect.loaded_dbapi.Error as error:
+        lost = connection.dialect.is_disconnect(error, dbapi_connection, None)
+        if lost:
+            connection.invalidate(error)
         raise DBAPIError.instance(
-            statement, parameters, error, sqlite3.Error, hide_parameters=True
+            statement,
+            parameters,
+            error,
+            connection.dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=connection.dialect,
         ) from error

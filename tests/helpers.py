@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import bindparam, event, text
@@ -76,29 +77,41 @@ def statements_sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
 
 
 @contextmanager
-def sqlite_statements_run(app: Flask) -> Iterator[list[str]]:
-    """Every statement SQLite runs on the app's connections while in the block.
+def statements_run(app: Flask) -> Iterator[list[str]]:
+    """Every statement the driver runs on the app's connections while in the block.
 
-    Read from SQLite's own trace, so it holds the statements the app runs on the
-    sqlite3 connection directly (``run_on_sqlite``), which ``statements_sent`` misses.
+    Read at the driver (SQLite's own trace, psycopg's cursors), so it holds the
+    statements the app runs on the driver's connection directly (``run_on_driver``),
+    which ``statements_sent`` misses.
     """
     run: list[str] = []
 
-    def trace(dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.set_trace_callback(run.append)
+    class RecordingCursor(psycopg.Cursor):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            run.append(str(query))
+            return super().execute(query, *args, **kwargs)
 
-    def untrace(dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.set_trace_callback(None)
+    def record(dbapi_connection: Any, *_: Any) -> None:
+        if isinstance(dbapi_connection, psycopg.Connection):
+            dbapi_connection.cursor_factory = RecordingCursor
+        else:
+            dbapi_connection.set_trace_callback(run.append)
+
+    def stop_recording(dbapi_connection: Any, *_: Any) -> None:
+        if isinstance(dbapi_connection, psycopg.Connection):
+            dbapi_connection.cursor_factory = psycopg.Cursor
+        else:
+            dbapi_connection.set_trace_callback(None)
 
     with app.app_context():
         engine = db.engine
-    event.listen(engine, "checkout", trace)
-    event.listen(engine, "checkin", untrace)
+    event.listen(engine, "checkout", record)
+    event.listen(engine, "checkin", stop_recording)
     try:
         yield run
     finally:
-        event.remove(engine, "checkout", trace)
-        event.remove(engine, "checkin", untrace)
+        event.remove(engine, "checkout", record)
+        event.remove(engine, "checkin", stop_recording)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Integer, String, text
+from sqlalchemy import Connection
 
-from ..models import Document, QueueItem, UTCDateTime, run_on_sqlite, utcnow
+from ..models import Document, QueueItem, UTCDateTime, run_on_driver, utcnow
 from ..states import DEFAULT_PRIORITY, DocumentStatus, ItemStatus, Operation
 
 # A new document and its first item, as stored.
@@ -66,23 +66,24 @@ class StoredDocument:
 
 
 # Rows are handed over in arrays, so the statement's text (and its server-side
-# prepared plan) is the same for one document and for a thousand.
-_POSTGRESQL_STORE = text(
-    """
+# prepared plan) is the same for one document and for a thousand. Plain SQL in
+# psycopg's placeholders, run on its connection (run_on_driver): an upload is this
+# one statement, and SQLAlchemy's path around it cost more CPU than the statement.
+_POSTGRESQL_STORE = """
     WITH incoming AS (
         SELECT *
         FROM unnest(
-            CAST(:filenames AS varchar[]), CAST(:content_types AS varchar[]),
-            CAST(:sizes AS integer[]), CAST(:digests AS varchar[]),
-            CAST(:priorities AS integer[]), CAST(:contents AS bytea[]),
-            CAST(:callback_urls AS text[])
+            CAST(%(filenames)s AS varchar[]), CAST(%(content_types)s AS varchar[]),
+            CAST(%(sizes)s AS integer[]), CAST(%(digests)s AS varchar[]),
+            CAST(%(priorities)s AS integer[]), CAST(%(contents)s AS bytea[]),
+            CAST(%(callback_urls)s AS text[])
         ) WITH ORDINALITY
             AS incoming
                 (filename, content_type, size, sha256, priority, data, callback_url, position)
     ), new_documents AS (
         INSERT INTO documents
             (filename, content_type, size, sha256, status, callback_url, created_at, updated_at)
-        SELECT filename, content_type, size, sha256, :document_status, callback_url, now(), now()
+        SELECT filename, content_type, size, sha256, %(document_status)s, callback_url, now(), now()
         FROM incoming
         ORDER BY position
         ON CONFLICT (sha256) DO NOTHING
@@ -94,8 +95,8 @@ _POSTGRESQL_STORE = text(
     ), new_items AS (
         INSERT INTO queue_items
             (document_id, operation, status, priority, attempts, max_attempts, run_at, created_at)
-        SELECT new_documents.id, :operation, :item_status, incoming.priority, 0, :max_attempts,
-            new_documents.created_at, new_documents.created_at
+        SELECT new_documents.id, %(operation)s, %(item_status)s, incoming.priority, 0,
+            %(max_attempts)s, new_documents.created_at, new_documents.created_at
         FROM new_documents JOIN incoming USING (sha256)
         ORDER BY incoming.position
         RETURNING id, document_id
@@ -103,11 +104,10 @@ _POSTGRESQL_STORE = text(
     SELECT new_documents.sha256, new_documents.id AS document_id, new_items.id AS item_id,
         new_documents.created_at
     FROM new_documents JOIN new_items ON new_items.document_id = new_documents.id
-    """
-).columns(sha256=String, document_id=Integer, item_id=Integer, created_at=UTCDateTime)
+"""
 
 # One row at a time on SQLite: each statement is a call into the library, not a
-# round trip, and run straight on the sqlite3 connection (run_on_sqlite): SQLAlchemy's
+# round trip, and run straight on the sqlite3 connection (run_on_driver): SQLAlchemy's
 # compiling and execution path cost more than the inserts themselves.
 _SQLITE_DOCUMENT = (
     "INSERT INTO documents"
@@ -140,7 +140,8 @@ def store_new_documents(
 def _store_on_postgresql(
     connection: Connection, files: Mapping[str, NewDocument], max_attempts: int
 ) -> dict[str, StoredDocument]:
-    rows = connection.execute(
+    rows = run_on_driver(
+        connection,
         _POSTGRESQL_STORE,
         {
             "filenames": [file.filename for file in files.values()],
@@ -157,7 +158,8 @@ def _store_on_postgresql(
         },
     )
     return {
-        row.sha256: StoredDocument(row.document_id, row.item_id, row.created_at) for row in rows
+        sha256: StoredDocument(document_id, item_id, created_at.astimezone(UTC))
+        for sha256, document_id, item_id, created_at in rows
     }
 
 
@@ -167,11 +169,10 @@ def _store_on_sqlite(
     now = utcnow()
     stamp = UTCDateTime().bind_processor(connection.dialect)(now)  # as the ORM stores it
     stored = {}
-    sqlite = connection.connection.dbapi_connection
     for digest, file in files.items():
         size = len(file.content)
-        inserted = run_on_sqlite(
-            sqlite,
+        inserted = run_on_driver(
+            connection,
             _SQLITE_DOCUMENT,
             (
                 file.filename,
@@ -187,9 +188,9 @@ def _store_on_sqlite(
         if not inserted:
             continue  # stored before
         [(document_id,)] = inserted
-        run_on_sqlite(sqlite, _SQLITE_CONTENT, (document_id, file.content))
-        [(item_id,)] = run_on_sqlite(
-            sqlite,
+        run_on_driver(connection, _SQLITE_CONTENT, (document_id, file.content))
+        [(item_id,)] = run_on_driver(
+            connection,
             _SQLITE_ITEM,
             (document_id, _PROCESS, _ITEM_PENDING, file.priority, max_attempts, stamp, stamp),
         ).fetchall()

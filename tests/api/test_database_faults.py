@@ -347,3 +347,26 @@ def test_pooled_connections_the_server_dropped_while_idle_are_replaced_before_us
     assert upload(client, b"after", "after.txt").status_code == 202
     assert client.get("/api/documents").status_code == 200
     close_connections(app)
+
+
+def test_an_upload_on_a_connection_the_server_just_dropped_gets_503_and_the_next_one_is_stored(
+    postgresql_clean: str,
+) -> None:
+    """The server drops the pool's connection right before an upload's statement (too
+    soon for the idle ping): that upload answers 503 and keeps nothing, and the broken
+    connection is thrown away, so the next upload is stored on a new one."""
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
+    client = app.test_client()
+    assert upload(client, b"before", "before.txt").status_code == 202
+    database = postgresql_clean.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
+        )
+
+    assert_unavailable(upload(client, b"during", "during.txt"), "unreachable")
+    assert upload(client, b"after", "after.txt").status_code == 202
+    assert row_counts(app)["documents"] == 2
+    close_connections(app)

@@ -27,8 +27,7 @@ from tests.api import document_count
 from tests.helpers import (
     backend_name,
     execute_sql,
-    sqlite_statements_run,
-    statements_sent,
+    statements_run,
     upload,
 )
 from tests.web.test_pages import submit_form
@@ -81,15 +80,14 @@ def count_rows(app: Flask, table: str) -> int:
 
 def test_an_accepted_upload_reads_nothing_before_writing(app: Flask, client: FlaskClient) -> None:
     upload(client, b"warm the connection pool")
-    on_postgresql = backend_name(app) == "postgresql"
 
-    with statements_sent(app) if on_postgresql else sqlite_statements_run(app) as sent:
+    with statements_run(app) as run:
         response = upload(client, b"counted statements")
-    statements = [" ".join(str(s[0] if on_postgresql else s).split()) for s in sent]
+    statements = [" ".join(statement.split()) for statement in run]
 
     assert response.status_code == 202
     assert not [s for s in statements if s.startswith("SELECT")], statements
-    if on_postgresql:
+    if backend_name(app) == "postgresql":
         # The document, its bytes and its item in one statement: one round trip.
         assert len(statements) == 1, statements
     else:
