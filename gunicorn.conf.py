@@ -36,8 +36,10 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    from docqueue_app import warm_up
     from docqueue_app.queue.scheduler import get_scheduler
 
+    warm_up(worker.wsgi, worker.cfg.threads)  # before the worker takes requests
     get_scheduler(worker.wsgi).start()  # runs it, or stands by for the host's lock
 
 

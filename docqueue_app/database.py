@@ -290,6 +290,22 @@ def _ping(connection: Any) -> None:
             connection.autocommit = autocommit
 
 
+def open_pooled_connections(app: Flask, count: int) -> None:
+    """Open ``count`` connections into the app's pool now, so that a server's first
+    requests do not each open one. An outage is logged, and left to the requests."""
+    with app.app_context():
+        engine = db.engine
+    connections = []
+    try:
+        for _ in range(count):
+            connections.append(engine.connect())
+    except DBAPIError as error:
+        log.warning("could not open connections at start: %s", describe_outage(error))
+    finally:
+        for connection in connections:
+            connection.close()
+
+
 def init_app(app: Flask) -> None:
     """Call after ``db.init_app``: teardowns run in reverse order, so this one goes first."""
     app.teardown_appcontext(close_session_quietly)

@@ -113,6 +113,12 @@ def _classify_zip(content: bytes, suffix: str) -> str:
     raise UnsupportedContentType(f"a ZIP archive without {DOCX_MAIN_PART}, not a DOCX")
 
 
+def load_text_detection() -> None:
+    """Build now the encoding tables that the first text would otherwise build (a web
+    server's first upload paid 30 ms for them)."""
+    from . import encoding  # noqa: F401
+
+
 def _classify_text(content: bytes, suffix: str) -> str:
     # Imported here: the web app and the worker import this module at start, and
     # the encoding tables are worth building only once a text comes.
