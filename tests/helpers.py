@@ -60,6 +60,20 @@ def execute_sql(app: Flask, sql: str, **params: Any) -> None:
 
 
 @contextmanager
+def engine_events(app: Flask, **listeners: Callable[..., None]) -> Iterator[None]:
+    """The app engine's events (by name) call these listeners while in the block."""
+    with app.app_context():
+        engine = db.engine
+    for name, listener in listeners.items():
+        event.listen(engine, name, listener)
+    try:
+        yield
+    finally:
+        for name, listener in listeners.items():
+            event.remove(engine, name, listener)
+
+
+@contextmanager
 def statements_sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
     """Every statement (and its parameters) the app sends while in the block."""
     sent: list[tuple[str, Any]] = []
@@ -67,13 +81,18 @@ def statements_sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         sent.append((statement, parameters))
 
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with engine_events(app, before_cursor_execute=capture):
         yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
+
+
+@contextmanager
+def connections_opened(app: Flask) -> Iterator[list[Any]]:
+    """Each new database connection the app opens while in the block."""
+    opened: list[Any] = []
+    with engine_events(
+        app, connect=lambda dbapi_connection, _record: opened.append(dbapi_connection)
+    ):
+        yield opened
 
 
 @contextmanager
@@ -103,15 +122,8 @@ def statements_run(app: Flask) -> Iterator[list[str]]:
         else:
             dbapi_connection.set_trace_callback(None)
 
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "checkout", record)
-    event.listen(engine, "checkin", stop_recording)
-    try:
+    with engine_events(app, checkout=record, checkin=stop_recording):
         yield run
-    finally:
-        event.remove(engine, "checkout", record)
-        event.remove(engine, "checkin", stop_recording)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

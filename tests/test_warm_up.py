@@ -4,35 +4,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event
 
 from docqueue_app import create_app, warm_up
-from docqueue_app.models import db
 from tests.conftest import BASE_CONFIG
-from tests.helpers import close_connections, upload
-
-
-@contextmanager
-def connections_opened(app: Flask) -> Iterator[list[Any]]:
-    """Each new database connection the app opens while in the block."""
-    opened: list[Any] = []
-
-    def count(dbapi_connection: Any, _record: Any) -> None:
-        opened.append(dbapi_connection)
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "connect", count)
-    try:
-        yield opened
-    finally:
-        event.remove(engine, "connect", count)
+from tests.helpers import close_connections, connections_opened, upload
 
 
 def test_uploads_after_warm_up_open_no_connection(app: Flask) -> None:
