@@ -42,6 +42,7 @@ class Answer:
     sent: float  # time.monotonic() when sent
     received: float
     status: int | None  # None: the connection itself failed
+    data: bytes
     retry_after: str | None = None
     body: Any = None
 
@@ -64,7 +65,9 @@ class Uploader(threading.Thread):
             try:
                 reply = self.server.upload_reply(filename, data, timeout=UPLOAD_TIMEOUT_SECONDS)
             except OSError as exc:  # refused, reset, timed out: a failure of the server
-                self.answers.append(Answer(filename, sent, time.monotonic(), None, body=repr(exc)))
+                self.answers.append(
+                    Answer(filename, sent, time.monotonic(), None, data, body=repr(exc))
+                )
             else:
                 self.answers.append(
                     Answer(
@@ -72,6 +75,7 @@ class Uploader(threading.Thread):
                         sent,
                         time.monotonic(),
                         reply.status,
+                        data,
                         reply.headers.get("Retry-After"),
                         reply.body,
                     )
@@ -127,6 +131,7 @@ def test_postgresql_restart_under_load_loses_nothing_and_needs_no_restart(
         time.sleep(BEFORE_OUTAGE_SECONDS)
         outage_began = time.monotonic()
         pg_cluster.stop("immediate")
+        stopped = time.monotonic()
         time.sleep(OUTAGE_SECONDS)
         pg_cluster.start()
         back = time.monotonic()
@@ -136,8 +141,16 @@ def test_postgresql_restart_under_load_loses_nothing_and_needs_no_restart(
         assert not uploader.is_alive(), "an upload never returned"
 
         accepted = {a.filename: a.body["id"] for a in uploader.answers if a.status == 202}
+        # What a client does with a 503: send the same bytes again.
+        refused = [a for a in uploader.answers if a.status == 503]
+        retried = {a.filename: (a, server.upload(a.filename, a.data)) for a in refused}
+        assert {status for _, (status, _) in retried.values()} <= {200, 202}, retried
+        landed = {name: a for name, (a, (status, _)) in retried.items() if status == 200}
+        # Only an upload sent before the server was gone can have been committed.
+        assert all(a.sent < stopped for a in landed.values()), sorted(landed)
+        stored = {**accepted, **{name: body["id"] for name, (_, (_, body)) in retried.items()}}
 
-        stats = drain(server, len(accepted))
+        stats = drain(server, len(stored))
         drained_at = time.monotonic() if stats is None else None
 
         # Figures, printed with -s.
@@ -148,6 +161,7 @@ def test_postgresql_restart_under_load_loses_nothing_and_needs_no_restart(
         )
         print(
             f"\nPG restart: {len(uploader.answers)} uploads, {len(accepted)} accepted; "
+            f"{len(retried)} retried after a 503, {len(landed)} of them stored already; "
             f"during the {OUTAGE_SECONDS} s outage: {dict(Counter(a.status for a in during))}; "
             f"first 202 {_seconds(first_accepted, back)} after the cluster started; "
             f"queue drained {_seconds(drained_at, back)} after it started; "
@@ -164,17 +178,17 @@ def test_postgresql_restart_under_load_loses_nothing_and_needs_no_restart(
         assert first_accepted is not None, "no upload was accepted after the cluster came back"
 
         documents = {}
-        for filename, document_id in accepted.items():
+        for filename, document_id in stored.items():
             status, document = server.get(f"/api/documents/{document_id}")
             assert status == 200, (filename, document)
             documents[filename] = document["status"]
         assert set(documents.values()) == {"completed"}, Counter(documents.values())
         runs = Counter(record.read_text().split())
-        assert runs == Counter(dict.fromkeys(accepted, 1)), {
-            name: count for name, count in runs.items() if accepted.get(name) is None or count > 1
+        assert runs == Counter(dict.fromkeys(stored, 1)), {
+            name: count for name, count in runs.items() if stored.get(name) is None or count > 1
         }
         status, listing = server.get("/api/documents?per_page=1")
-        assert listing["total"] == len(accepted), "a 503'd upload left a document behind"
+        assert listing["total"] == len(stored), "a 503'd upload left a document behind"
 
         # Nobody needed a restart: same master, same gunicorn workers, same worker.
         assert server.process.poll() is None and server.process.pid == master
