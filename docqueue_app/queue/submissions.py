@@ -154,24 +154,17 @@ def store_new_documents(
 def _store_on_postgresql(
     connection: Connection, files: Mapping[str, NewDocument], max_attempts: int
 ) -> dict[str, StoredDocument]:
-    columns: dict[str, list[object]] = {
-        "filename": [file.filename for file in files.values()],
-        "content_type": [file.content_type for file in files.values()],
-        "size": [len(file.content) for file in files.values()],
-        "sha256": list(files),
-        "priority": [file.priority for file in files.values()],
-        "data": [file.content for file in files.values()],
-        "callback_url": [file.callback_url for file in files.values()],
-    }
-    statement = _POSTGRESQL_STORE_MANY
-    if len(files) == 1:
-        statement = _POSTGRESQL_STORE_ONE
-        columns = {name: values[0] for name, values in columns.items()}
+    values = [_incoming_row(digest, file) for digest, file in files.items()]
+    if len(values) == 1:
+        statement, incoming = _POSTGRESQL_STORE_ONE, values[0]
+    else:
+        statement = _POSTGRESQL_STORE_MANY
+        incoming = {name: [row[name] for row in values] for name in values[0]}
     rows = run_on_driver(
         connection,
         statement,
         {
-            **columns,
+            **incoming,
             "document_status": _DOCUMENT_PENDING,
             "item_status": _ITEM_PENDING,
             "operation": _PROCESS,
@@ -181,6 +174,19 @@ def _store_on_postgresql(
     return {
         sha256: StoredDocument(document_id, item_id, created_at.astimezone(UTC))
         for sha256, document_id, item_id, created_at in rows
+    }
+
+
+def _incoming_row(digest: str, file: NewDocument) -> dict[str, object]:
+    """One file's row of ``incoming``, by column (PostgreSQL)."""
+    return {
+        "filename": file.filename,
+        "content_type": file.content_type,
+        "size": len(file.content),
+        "sha256": digest,
+        "priority": file.priority,
+        "data": file.content,
+        "callback_url": file.callback_url,
     }
 
 

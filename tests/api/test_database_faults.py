@@ -326,6 +326,19 @@ def test_a_connection_dropped_after_the_answer_does_not_turn_it_into_an_error(
     close_connections(app)
 
 
+def drop_connections_to(database_url: str) -> int:
+    """The server drops every connection to the database of ``database_url``; how many."""
+    database = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        return len(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                [database],
+            ).fetchall()
+        )
+
+
 def test_pooled_connections_the_server_dropped_while_idle_are_replaced_before_use(
     postgresql_clean: str,
 ) -> None:
@@ -334,14 +347,7 @@ def test_pooled_connections_the_server_dropped_while_idle_are_replaced_before_us
     app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
     client = app.test_client()
     assert upload(client, b"before", "before.txt").status_code == 202
-    database = postgresql_clean.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            [database],
-        ).fetchall()
-    assert killed
+    assert drop_connections_to(postgresql_clean)
     time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)  # idle long enough to be pinged
 
     assert upload(client, b"after", "after.txt").status_code == 202
@@ -358,13 +364,7 @@ def test_an_upload_on_a_connection_the_server_just_dropped_gets_503_and_the_next
     app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
     client = app.test_client()
     assert upload(client, b"before", "before.txt").status_code == 202
-    database = postgresql_clean.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            [database],
-        )
+    drop_connections_to(postgresql_clean)
 
     assert_unavailable(upload(client, b"during", "during.txt"), "unreachable")
     assert upload(client, b"after", "after.txt").status_code == 202
