@@ -288,7 +288,11 @@ _CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
 # it processing. Nothing is claimed while the queue is paused, so a claim needs
 # no poll before it. The ids come as an array computed once (an InitPlan):
 # with "IN (subquery)" the planner may hash the subquery's ids and read the
-# whole table to find them.
+# whole table to find them. Whether a document's latest item is the claimed one
+# is a max() per claimed row, which only an index lookup answers: written as
+# NOT EXISTS (a newer item), the planner hashed all of queue_items whenever its
+# statistics took the table for small (a bulk import not yet analyzed), once
+# per claim.
 _POSTGRESQL_CLAIM_BATCH = f"""
 WITH claimed AS (
   UPDATE queue_items SET status = 'in_progress', locked_by = :worker,
@@ -303,9 +307,8 @@ WITH claimed AS (
   UPDATE documents SET status = '{DocumentStatus.PROCESSING.value}', error = NULL,
     updated_at = now()
   FROM claimed
-  WHERE documents.id = claimed.document_id AND NOT EXISTS (
-    SELECT 1 FROM queue_items AS newer
-    WHERE newer.document_id = claimed.document_id AND newer.id > claimed.id)
+  WHERE documents.id = claimed.document_id AND claimed.id = (
+    SELECT max(q.id) FROM queue_items AS q WHERE q.document_id = claimed.document_id)
 )
 SELECT claimed.*, d.size AS document_size, d.filename AS document_filename,
   d.content_type AS document_content_type,
