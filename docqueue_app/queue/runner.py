@@ -15,8 +15,10 @@ flight, and the command exits 0.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -77,26 +79,33 @@ def work_until_idle(
     batch_size: int,
     stop: threading.Event,
     woken: bool = False,
+    look_every: float = 0.0,
 ) -> int:
     """Run passes while they find work; returns the wake generation the idle pass began with.
 
     ``run_pass(look_first)`` processes one batch and returns how many documents
-    it processed. The first pass after a wake (``woken``) claims without
-    polling first, which saves the pickup a round trip; the others poll, which
-    also rescues expired leases at once, so a dead worker's items wait no
-    longer under load than when idle. A full batch means more may be due, so
-    it wakes another loop to help. A wake that came during an empty pass runs
-    one more: its work may have been committed after the pass looked.
+    it processed. A pass that expects work claims without polling first, which
+    saves a round trip: the first after a wake (``woken``), and one after a
+    full batch, unless ``look_every`` seconds have passed since the loop last
+    polled. The polls rescue expired leases, so a dead worker's items wait no
+    longer under load than when idle (one poll per interval). A full batch
+    means more may be due, so it wakes another loop to help. A wake that came
+    during an empty pass runs one more: its work may have been committed after
+    the pass looked.
     """
     look_first = not woken
+    looked_at = -math.inf
     while True:
         seen = wakes.generation
+        if look_first:
+            looked_at = time.monotonic()
         processed = run_pass(look_first)
-        if processed >= batch_size:
+        full = processed >= batch_size
+        if full:
             wakes.wake()
         if stop.is_set() or (not processed and wakes.generation == seen):
             return seen
-        look_first = True
+        look_first = not full or time.monotonic() - looked_at >= look_every
 
 
 def _work_loop(
@@ -123,7 +132,7 @@ def _work_loop(
 
     woken = False
     while not stop.is_set():
-        seen = work_until_idle(run_pass, wakes, batch_size, stop, woken)
+        seen = work_until_idle(run_pass, wakes, batch_size, stop, woken, poll_interval)
         if not stop.is_set():
             woken = wakes.sleep(seen, poll_interval)
 

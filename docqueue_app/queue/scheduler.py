@@ -273,7 +273,9 @@ class QueueScheduler:
             return  # a run already due when the shutdown began must claim nothing
         self.heartbeat()
         try:
-            work_until_idle(self._run_pass, self.wakes, self.batch_size, self._stop)
+            work_until_idle(
+                self._run_pass, self.wakes, self.batch_size, self._stop, look_every=self.interval
+            )
         finally:
             self.last_tick = time.monotonic()
             self._runs.pop(threading.get_ident(), None)

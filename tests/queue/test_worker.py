@@ -213,6 +213,31 @@ def test_cancelling_a_running_item_kills_its_child_and_the_pass_goes_on(make_app
         assert [(h.outcome, h.error) for h in item.history] == [("cancelled", "cancelled")]
 
 
+@pytest.mark.parametrize(
+    ("look_every", "looks"),
+    [(60.0, [False, True, False, False]), (0.0, [False, True, True, True])],
+    ids=["within-an-interval", "interval-passed"],
+)
+def test_a_busy_loop_polls_between_full_batches_once_per_interval(app, look_every, looks):
+    # A full batch means more is likely due: the next pass claims at once, sparing
+    # a round trip, unless the loop has not polled (and so rescued) for an interval.
+    from docqueue_app.queue.notify import WakeSignal
+    from docqueue_app.queue.runner import work_until_idle
+
+    ids = [submit(app, f"busy work {n}".encode(), f"{n}.txt") for n in range(6)]
+    seen = []
+
+    def run_pass(look_first: bool) -> int:
+        seen.append(look_first)
+        with app.app_context():
+            return process_document_queue(limit=2, look_first=look_first)["processed"]
+
+    work_until_idle(run_pass, WakeSignal(), 2, threading.Event(), True, look_every)
+
+    assert seen == looks
+    assert {status_of(app, doc).status for doc in ids} == {"completed"}
+
+
 def test_a_busy_loop_rescues_a_dead_workers_item_without_waiting_for_idle(app):
     # The first pass after a wake claims without polling (and so without rescuing);
     # the passes after it poll again, so a lease that ran out is rescued while the
