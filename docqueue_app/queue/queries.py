@@ -276,6 +276,22 @@ def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
     )
 
 
+def _latest_item_of(document_id: str) -> str:
+    """SQL: the id of the newest item of a document, looked up in the document's index
+    entries, whatever the statistics say.
+
+    Two other plans were seen when PostgreSQL's statistics were wrong, each reading
+    queue_items whole: for NOT EXISTS (a newer item), a hash of the table, when no
+    statistics yet made it look small; for a plain max(id), the primary key walked
+    down from the newest item to the first of that document, when they said each
+    document had many items. The GROUP BY rules the latter out: PostgreSQL answers
+    max() from an ordered index only when there is none.
+    """
+    return f"""(
+    SELECT max(q.id) FROM queue_items AS q WHERE q.document_id = {document_id}
+    GROUP BY q.document_id)"""
+
+
 _NOT_PAUSED = f"NOT COALESCE((SELECT paused FROM queue_state WHERE id = {QUEUE_STATE_ID}), FALSE)"
 _CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
     "FOR UPDATE OF q SKIP LOCKED", now="now()", condition=_NOT_PAUSED
@@ -288,11 +304,7 @@ _CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
 # it processing. Nothing is claimed while the queue is paused, so a claim needs
 # no poll before it. The ids come as an array computed once (an InitPlan):
 # with "IN (subquery)" the planner may hash the subquery's ids and read the
-# whole table to find them. Whether a document's latest item is the claimed one
-# is a max() per claimed row, which only an index lookup answers: written as
-# NOT EXISTS (a newer item), the planner hashed all of queue_items whenever its
-# statistics took the table for small (a bulk import not yet analyzed), once
-# per claim.
+# whole table to find them.
 _POSTGRESQL_CLAIM_BATCH = f"""
 WITH claimed AS (
   UPDATE queue_items SET status = 'in_progress', locked_by = :worker,
@@ -307,8 +319,8 @@ WITH claimed AS (
   UPDATE documents SET status = '{DocumentStatus.PROCESSING.value}', error = NULL,
     updated_at = now()
   FROM claimed
-  WHERE documents.id = claimed.document_id AND claimed.id = (
-    SELECT max(q.id) FROM queue_items AS q WHERE q.document_id = claimed.document_id)
+  WHERE documents.id = claimed.document_id
+    AND claimed.id = {_latest_item_of("claimed.document_id")}
 )
 SELECT claimed.*, d.size AS document_size, d.filename AS document_filename,
   d.content_type AS document_content_type,
@@ -427,8 +439,7 @@ WITH outcome AS (
     updated_at = now()
   FROM newest AS n
   JOIN outcome AS o ON o.id = n.id
-  JOIN queue_items AS latest ON latest.id = (
-    SELECT max(q.id) FROM queue_items AS q WHERE q.document_id = n.document_id)
+  JOIN queue_items AS latest ON latest.id = {_latest_item_of("n.document_id")}
   WHERE d.id = n.document_id
 )
 SELECT c.id, c.document_id, d.callback_url
@@ -694,10 +705,12 @@ def _sync_documents(document_ids: Any, now: Any) -> Update:
 
 def _following_latest_item(now: Any) -> dict[str, Any]:
     """A document's status and error as its latest queue item says (values of an UPDATE)."""
-    # max(), not ORDER BY id DESC LIMIT 1: read from the document's index entries, no sort.
+    # max(), not ORDER BY id DESC LIMIT 1: read from the document's index entries, no
+    # sort. Grouped, as _latest_item_of says why.
     latest = (
         select(func.max(QueueItem.id))
         .where(QueueItem.document_id == Document.id)
+        .group_by(QueueItem.document_id)
         .correlate(Document)
         .scalar_subquery()
     )

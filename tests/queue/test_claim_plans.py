@@ -8,7 +8,8 @@ queue_items through an index range, never a scan of the table nor a sort of it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -152,25 +153,55 @@ def test_a_claim_over_a_backlog_reads_only_index_ranges(
         assert table_scans(plan) == [], plan
 
 
+@contextmanager
+def statistics_claiming_few_documents(app: Flask) -> Iterator[None]:
+    """PostgreSQL's statistics say queue_items holds the items of ten documents."""
+    if backend_name(app) != "postgresql":
+        yield
+        return
+    execute_sql(app, "ALTER TABLE queue_items ALTER COLUMN document_id SET (n_distinct = 10)")
+    execute_sql(app, "ANALYZE queue_items")
+    try:
+        yield
+    finally:
+        execute_sql(app, "ALTER TABLE queue_items ALTER COLUMN document_id RESET (n_distinct)")
+        execute_sql(app, "ANALYZE queue_items")
+
+
 @pytest.mark.parametrize("limit", [10, 100])
-def test_claims_and_outcomes_read_only_index_ranges_when_the_statistics_are_stale(
-    app: Flask, limit: int
+@pytest.mark.parametrize("statistics", ["none-yet", "few-documents"])
+def test_claims_and_outcomes_read_only_index_ranges_when_the_statistics_mislead(
+    app: Flask, limit: int, statistics: str
 ) -> None:
-    # No statistics yet (as after a bulk import, before autovacuum analyzes):
-    # PostgreSQL's planner took queue_items for a small table and hashed all of
-    # it to find whether a claimed item's document had a newer item.
+    # The plans of the latest item of a claimed document, as PostgreSQL's planner
+    # made them when its statistics were wrong:
+    # - none yet (a bulk import not yet analyzed): it took queue_items for a small
+    #   table and hashed all of it, once per claim;
+    # - a few items per document: it walked the primary key down from the newest
+    #   item until it met one of that document, through half the table on average.
     add_items(app, 300, due_in=-timedelta(minutes=1), analyze=False)
     add_items(app, BACKLOG, due_in=timedelta(days=1), first=301, analyze=False)
+    misleading = (
+        statistics_claiming_few_documents(app) if statistics == "few-documents" else nullcontext()
+    )
 
-    claim = in_service(app, lambda service: service.claim_due_items(limit, "w", False))
-    plans = plans_of(app, claim)
-    with app.app_context():
-        items = DocumentQueueService().claim_due_items(limit, "w", False)
-        outcomes = [Outcome.success(item, {"text": f"text {item.id}"}) for item in items]
-    plans += plans_of(app, in_service(app, lambda service: service.record_outcomes(outcomes)))
+    with misleading:
+        claim = in_service(app, lambda service: service.claim_due_items(limit, "w", False))
+        plans = plans_of(app, claim)
+        with app.app_context():
+            items = DocumentQueueService().claim_due_items(limit, "w", False)
+            outcomes = [Outcome.success(item, {"text": f"text {item.id}"}) for item in items]
+        plans += plans_of(app, in_service(app, lambda service: service.record_outcomes(outcomes)))
 
     for plan in plans:
-        assert table_scans(plan) == [], plan
+        assert whole_table_reads(plan) == [], plan
+
+
+def whole_table_reads(plan: str) -> list[str]:
+    """The lines of a plan that read all of queue_items, or may: a scan of the table,
+    or its primary key walked from one end for the first row that passes a filter."""
+    reads = ("Seq Scan on queue_items", "Index Scan Backward using queue_items_pkey")
+    return [line for line in plan.splitlines() if any(read in line for read in reads)]
 
 
 def test_a_claim_of_a_hundred_among_many_due_finds_what_it_claims_by_id(app: Flask) -> None:
