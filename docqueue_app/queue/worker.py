@@ -50,6 +50,8 @@ LOAD_GROUP_BYTES = 8 * 1024 * 1024
 # run out and its items are processed again, later but never lost.
 LEASE_MARGIN_SECONDS = 5.0
 STOPPING_WRITE_SECONDS = 10.0
+# How often an idle bookkeeping thread looks whether the thread it serves has ended.
+OWNER_CHECK_SECONDS = 5.0
 
 _worker_ids: dict[int, str] = {}
 
@@ -276,8 +278,60 @@ def _process_document_content(
     )
 
 
+class Bookkeeper:
+    """The thread that runs the bookkeeping (``OutcomeWriter``) of one claiming thread's
+    passes, one pass after another.
+
+    Kept from pass to pass: starting a thread for every pass was a tenth of a
+    busy worker's time (py-spy, claims of 10) and sat between a woken worker's
+    claim and its first document. It ends once the thread it serves has ended.
+    """
+
+    def __init__(self, owner: threading.Thread) -> None:
+        self.owner = owner
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+        self.thread = threading.Thread(target=self._serve, name="docqueue-outcomes", daemon=True)
+        self.thread.start()
+
+    def run(self, job: Callable[[], None]) -> threading.Event:
+        """Run ``job`` on the bookkeeping thread; the event is set once it has returned."""
+        finished = threading.Event()
+        self.jobs.put((job, finished))
+        return finished
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                job, finished = self.jobs.get(timeout=OWNER_CHECK_SECONDS)
+            except queue.Empty:
+                if self.owner.is_alive():
+                    continue
+                return
+            try:
+                job()
+            except Exception:  # a bug: the pass's items are reclaimed when their leases end
+                log.exception("the bookkeeping of a pass failed")
+            finally:
+                finished.set()
+
+
+_bookkeepers = threading.local()
+
+
+def bookkeeper_of_this_thread() -> Bookkeeper:
+    """The calling thread's bookkeeper, started on first use (and again in a forked
+    process, where the parent's threads are gone)."""
+    bookkeeper = getattr(_bookkeepers, "current", None)
+    if bookkeeper is None or not bookkeeper.thread.is_alive():
+        bookkeeper = _bookkeepers.current = Bookkeeper(threading.current_thread())
+    return bookkeeper
+
+
 class OutcomeWriter:
-    """The pass's bookkeeping thread: writes outcomes, keeps leases, watches for stops.
+    """A pass's bookkeeping, on its claiming thread's ``Bookkeeper``: writes outcomes,
+    keeps leases, watches for stops.
 
     - Outcomes are written in groups, every few milliseconds; leaving the
       ``with`` block waits until every submitted outcome is written. An outcome
@@ -308,15 +362,16 @@ class OutcomeWriter:
         self.in_hand: tuple[int, threading.Event] | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="docqueue-outcomes", daemon=True)
+        self.finished: threading.Event | None = None
 
     def __enter__(self) -> OutcomeWriter:
-        self.thread.start()
+        self.finished = bookkeeper_of_this_thread().run(self._run)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.done.set()
-        self.thread.join()
+        assert self.finished is not None
+        self.finished.wait()
 
     def start(self, item: QueueItem) -> threading.Event | None:
         """The item is about to be processed: its cancel event, or None when stopping."""

@@ -238,6 +238,57 @@ def test_a_busy_loop_polls_between_full_batches_once_per_interval(app, look_ever
     assert {status_of(app, doc).status for doc in ids} == {"completed"}
 
 
+def bookkeeping_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "docqueue-outcomes"]
+
+
+def test_passes_of_one_thread_share_one_bookkeeping_thread_that_ends_with_it(app, monkeypatch):
+    monkeypatch.setattr(worker_module, "OWNER_CHECK_SECONDS", 0.05)
+    ids = [submit(app, f"pass work {n}".encode(), f"{n}.txt") for n in range(4)]
+    seen: list[set[threading.Thread]] = []
+
+    def claim_loop() -> None:
+        for _ in range(2):
+            with app.app_context():
+                assert process_document_queue(limit=2, look_first=False)["completed"] == 2
+            seen.append(set(bookkeeping_threads()))
+
+    before = set(bookkeeping_threads())
+    loop = threading.Thread(target=claim_loop)
+    loop.start()
+    loop.join()
+
+    [first, second] = [threads - before for threads in seen]
+    assert len(first) == 1 and second == first
+    [bookkeeper] = first
+    bookkeeper.join(timeout=10)
+    assert not bookkeeper.is_alive()
+    assert {status_of(app, doc).status for doc in ids} == {"completed"}
+
+
+def test_a_forked_process_gets_a_bookkeeping_thread_of_its_own(app):
+    # Threads do not survive a fork (gunicorn forks its workers): a pass in the
+    # child must not hand its outcomes to the parent's bookkeeper, which is gone.
+    submit(app, b"before the fork", "parent.txt")
+    with app.app_context():
+        assert process_document_queue(look_first=False)["completed"] == 1
+    child_doc = submit(app, b"after the fork", "child.txt")
+    pid = os.fork()
+    if pid == 0:  # the child: exit at once, whatever happens, with what it found
+        code = 1
+        signal.alarm(30)  # a pass waiting on a bookkeeper that is gone would hang
+        try:
+            with app.app_context():
+                db.engine.dispose(close=False)  # the parent's connections stay the parent's
+                code = 0 if process_document_queue(look_first=False)["completed"] == 1 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert status_of(app, child_doc).status == "completed"
+
+
 def test_a_busy_loop_rescues_a_dead_workers_item_without_waiting_for_idle(app):
     # The first pass after a wake claims without polling (and so without rescuing);
     # the passes after it poll again, so a lease that ran out is rescued while the
