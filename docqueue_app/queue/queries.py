@@ -276,8 +276,8 @@ def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
     )
 
 
-def _latest_item_of(document_id: str) -> str:
-    """SQL: the id of the newest item of a document, looked up in the document's index
+def latest_item_id(document_id: Any) -> Select:
+    """The id of the newest item of a document, looked up in the document's index
     entries, whatever the statistics say.
 
     Two other plans were seen when PostgreSQL's statistics were wrong, each reading
@@ -287,6 +287,15 @@ def _latest_item_of(document_id: str) -> str:
     document had many items. The GROUP BY rules the latter out: PostgreSQL answers
     max() from an ordered index only when there is none.
     """
+    return (
+        select(func.max(QueueItem.id))
+        .where(QueueItem.document_id == document_id)
+        .group_by(QueueItem.document_id)
+    )
+
+
+def _latest_item_of(document_id: str) -> str:
+    """``latest_item_id`` as SQL text, for the CTEs written as text."""
     return f"""(
     SELECT max(q.id) FROM queue_items AS q WHERE q.document_id = {document_id}
     GROUP BY q.document_id)"""
@@ -705,15 +714,8 @@ def _sync_documents(document_ids: Any, now: Any) -> Update:
 
 def _following_latest_item(now: Any) -> dict[str, Any]:
     """A document's status and error as its latest queue item says (values of an UPDATE)."""
-    # max(), not ORDER BY id DESC LIMIT 1: read from the document's index entries, no
-    # sort. Grouped, as _latest_item_of says why.
-    latest = (
-        select(func.max(QueueItem.id))
-        .where(QueueItem.document_id == Document.id)
-        .group_by(QueueItem.document_id)
-        .correlate(Document)
-        .scalar_subquery()
-    )
+    # max(), not ORDER BY id DESC LIMIT 1: read from the document's index entries, no sort.
+    latest = latest_item_id(Document.id).correlate(Document).scalar_subquery()
     latest_status = select(QueueItem.status).where(QueueItem.id == latest).scalar_subquery()
     latest_error = select(QueueItem.last_error).where(QueueItem.id == latest).scalar_subquery()
     return {

@@ -682,13 +682,8 @@ class DocumentQueueService(TransactionalService):
 
         ``row`` is anything with the item's ``id`` and ``document_id``.
         """
-        # Grouped: without it PostgreSQL may walk the primary key down to the document
-        # (queries._latest_item_of says when).
-        return self.session.scalar(
-            select(func.max(QueueItem.id))
-            .where(QueueItem.document_id == row.document_id, QueueItem.id > row.id)
-            .group_by(QueueItem.document_id)
-        )
+        latest = self.session.scalar(queries.latest_item_id(row.document_id))
+        return latest if latest is not None and latest > row.id else None
 
     # -- admin actions ----------------------------------------------------------
 

@@ -282,9 +282,10 @@ class Bookkeeper:
     """The thread that runs the bookkeeping (``OutcomeWriter``) of one claiming thread's
     passes, one pass after another.
 
-    Kept from pass to pass: starting a thread for every pass was a tenth of a
-    busy worker's time (py-spy, claims of 10) and sat between a woken worker's
-    claim and its first document. It ends once the thread it serves has ended.
+    Kept from pass to pass: a thread started for every pass sat between a woken
+    worker's claim and its first document (and was a tenth of a busy claiming
+    thread's wall time, py-spy, claims of 10). It ends once the thread it serves
+    has ended.
     """
 
     def __init__(self, owner: threading.Thread) -> None:
