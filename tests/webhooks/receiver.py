@@ -1,6 +1,7 @@
 """A real webhook receiver on loopback: an HTTP server in a thread that records every POST.
 
-It answers the statuses it is told to, in order (then ``default``), or hangs:
+Given a TLS context, it serves HTTPS (the handshake happens as each connection
+is accepted). It answers the statuses it is told to, in order (then ``default``), or hangs:
 while ``hanging`` it reads the request, records it and waits, answering nothing,
 as a receiver that accepts connections and never replies.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self.answers: list[int] = []  # statuses to answer, in order
         self.default = 204
@@ -33,6 +35,10 @@ class Receiver:
         self.released = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_of(self))
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -42,7 +48,7 @@ class Receiver:
         return self.server.server_address[1]
 
     def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def start(self) -> Receiver:
         self._thread.start()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+import trustme
 
+from docqueue_app.webhooks import sender
 from docqueue_app.webhooks.sender import post
 from tests.e2e.server import free_port
+from tests.webhooks.receiver import Receiver
 
 # The status line, sent a byte at a time: each byte comes well within a socket
 # timeout of a second, but the whole takes far longer than the attempt may.
@@ -84,3 +88,63 @@ def test_a_name_that_does_not_resolve_fails_for_good_without_a_connection():
         result.error
         == "not sent: the destination is refused: no-such-host.invalid does not resolve"
     )
+
+
+@pytest.fixture
+def trusted_authority(tmp_path, monkeypatch) -> Iterator[trustme.CA]:
+    """A private certificate authority, trusted as a user trusts one: SSL_CERT_FILE."""
+    authority = trustme.CA()
+    bundle = tmp_path / "private-ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    sender._tls_context.cache_clear()  # built once per process, from the roots of then
+    yield authority
+    sender._tls_context.cache_clear()
+
+
+@pytest.fixture
+def https_receiver() -> Iterator[Callable[[trustme.CA, str], Receiver]]:
+    """HTTPS receivers on loopback, each with a certificate for a name from an authority."""
+    started: list[Receiver] = []
+
+    def start(authority: trustme.CA, name: str) -> Receiver:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert(name).configure_cert(context)
+        started.append(Receiver(tls=context).start())
+        return started[-1]
+
+    yield start
+    for receiver in started:
+        receiver.close()
+
+
+def test_https_delivers_to_a_receiver_whose_certificate_names_the_host(
+    trusted_authority, https_receiver
+):
+    receiver = https_receiver(trusted_authority, "localhost")
+    result = post(receiver.url(host="localhost"), b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.status_code) == (True, 204)
+    [request] = receiver.requests
+    assert request.headers["Host"] == f"localhost:{receiver.port}"
+
+
+def test_https_refuses_a_certificate_for_another_name_and_sends_nothing(
+    trusted_authority, https_receiver
+):
+    # The connection goes to the address checked, but the name checked in the
+    # certificate is the URL's: a certificate for another host is refused.
+    receiver = https_receiver(trusted_authority, "receiver.example")
+    result = post(receiver.url(host="localhost"), b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.permanent) == (False, False)
+    assert result.error.startswith("TLS certificate refused: Hostname mismatch")
+    assert receiver.requests == []
+
+
+def test_https_refuses_a_certificate_from_an_authority_not_trusted(
+    trusted_authority, https_receiver
+):
+    receiver = https_receiver(trustme.CA(), "localhost")
+    result = post(receiver.url(host="localhost"), b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.permanent) == (False, False)
+    assert result.error == "TLS certificate refused: unable to get local issuer certificate"
+    assert receiver.requests == []
