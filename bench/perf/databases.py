@@ -197,17 +197,28 @@ class Probe:
 
 
 @contextmanager
-def docqueue_context(database: Database) -> Iterator[Any]:
-    """An app context of docqueue on ``database`` (no scheduler); its connections closed after."""
+def docqueue_app(database: Database) -> Iterator[Any]:
+    """docqueue's app on ``database`` (no scheduler); its connections closed after."""
     from docqueue_app import create_app
     from docqueue_app.models import db
 
     app = create_app(
         {"DATABASE_URL": database.url, "SECRET_KEY": "bench", "SCHEDULER_ENABLED": False}
     )
-    with app.app_context():
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@contextmanager
+def docqueue_context(database: Database) -> Iterator[Any]:
+    """An app context of docqueue on ``database`` (no scheduler); its connections closed after."""
+    from docqueue_app.models import db
+
+    with docqueue_app(database) as app, app.app_context():
         try:
             yield app
         finally:
             db.session.remove()
-            db.engine.dispose()
