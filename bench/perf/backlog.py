@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from .common import median
-from .databases import Database, docqueue_app, fill_queue
+from .databases import Database, app_on, fill_queue
 
 NOT_DUE = timedelta(days=1)
 DUE = timedelta(seconds=-1)
@@ -96,7 +96,9 @@ class Backlog:
             return (time.perf_counter() - started) * 1000, claimed
 
 
-def _alternating(queues: list[Backlog], calls: int, one_call: Callable[[Backlog], float]) -> list:
+def _alternating(
+    queues: list[Backlog], calls: int, one_call: Callable[[Backlog], float]
+) -> list[float]:
     """The median of each queue's ``calls`` timed calls, the queues taking turns."""
     timings: list[list[float]] = [[] for _ in queues]
     for _ in range(calls):
@@ -131,7 +133,7 @@ def backlog_curve(
     """Median idle-poll and claim milliseconds at each backlog size (ascending), each
     beside the same medians on ``smallest_database``, kept at ``sizes[0]``."""
     points = []
-    with docqueue_app(database) as app, docqueue_app(smallest_database) as smallest_app:
+    with app_on(database) as app, app_on(smallest_database) as smallest_app:
         grown, smallest = Backlog(database, app), Backlog(smallest_database, smallest_app)
         smallest.grow_to(sizes[0])
         for queue in (grown, smallest):

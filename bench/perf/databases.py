@@ -197,7 +197,7 @@ class Probe:
 
 
 @contextmanager
-def docqueue_app(database: Database) -> Iterator[Any]:
+def app_on(database: Database) -> Iterator[Any]:
     """docqueue's app on ``database`` (no scheduler); its connections closed after."""
     from docqueue_app import create_app
     from docqueue_app.models import db
@@ -217,7 +217,7 @@ def docqueue_context(database: Database) -> Iterator[Any]:
     """An app context of docqueue on ``database`` (no scheduler); its connections closed after."""
     from docqueue_app.models import db
 
-    with docqueue_app(database) as app, app.app_context():
+    with app_on(database) as app, app.app_context():
         try:
             yield app
         finally:
