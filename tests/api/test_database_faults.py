@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,6 +190,54 @@ def test_a_write_lock_held_past_the_busy_timeout_gives_503(
     assert upload(client, b"after the lock").status_code == 202
     assert row_counts(app)["documents"] == 1
     assert run_queue(app)["completed"] == 1
+
+
+def test_writes_of_one_process_take_turns_past_the_busy_timeout(
+    sqlite_app: Callable[..., Flask],
+) -> None:
+    """A slow write transaction (a slow disk, say) makes the other threads of its
+    process wait their turn, not fail: SQLite's busy timeout only bounds the wait
+    for other processes. Without the turns, the second upload got a 503 after 0.5 s."""
+    app = sqlite_app(SQLALCHEMY_ENGINE_OPTIONS=SHORT_BUSY_TIMEOUT)
+    committing = threading.Event()
+
+    def slow_upload() -> None:
+        assert upload(app.test_client(), b"slow to commit").status_code == 202
+
+    slow = threading.Thread(target=slow_upload)
+
+    @event.listens_for(_engine(app), "commit")
+    def commit_slowly(_connection: Any) -> None:
+        if threading.current_thread() is slow:
+            committing.set()
+            time.sleep(1.5)  # three busy timeouts, holding the write lock
+
+    slow.start()
+    assert committing.wait(10)
+    response = upload(app.test_client(), b"behind it")
+    slow.join()
+
+    assert response.status_code == 202, response.get_json()
+    assert row_counts(app)["documents"] == 2
+
+
+def test_a_write_waits_out_another_process_and_keeps_the_busy_timeout(
+    sqlite_app: Callable[..., Flask], write_lock_holder: Callable[[], None]
+) -> None:
+    """The write lock is asked for every millisecond at first (models._take_write_lock),
+    then with SQLite's own wait: a lock let go within the busy timeout is waited out,
+    and the connection's busy timeout is as configured afterwards."""
+    app = sqlite_app(SQLALCHEMY_ENGINE_OPTIONS=SHORT_BUSY_TIMEOUT)
+    releasing = threading.Timer(0.3, write_lock_holder)  # past the first, finer tries
+    releasing.start()
+    response = upload(app.test_client(), b"after another process")
+    releasing.join()
+
+    assert response.status_code == 202, response.get_json()
+    with app.app_context():
+        busy_timeout_ms = db.session.scalar(text("PRAGMA busy_timeout"))
+        db.session.rollback()
+    assert busy_timeout_ms == SHORT_BUSY_TIMEOUT["connect_args"]["timeout"] * 1000
 
 
 # -- PostgreSQL ---------------------------------------------------------------------
