@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .config import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -102,6 +103,20 @@ class TransactionalService:
                 raise
         for action in session.info.pop(_AFTER_COMMIT, ()):
             action()
+
+    @contextmanager
+    def _write_on_connection(self, **execution_options: Any) -> Iterator[Connection]:
+        """``_write`` on a connection of its own, for statements that need no ORM session.
+
+        The uploads' store runs here: the session's transaction bookkeeping cost
+        more than a tenth of an in-process upload (PostgreSQL 0.61-0.68 ms per
+        upload with it, 0.52-0.56 without; SQLite 0.52-0.65 and 0.47-0.48).
+        """
+        session = self._fresh_session()
+        with _write_turns.turn(session), session.get_bind().connect() as connection:
+            connection.execution_options(**{SQLITE_WRITE_OPTION: True, **execution_options})
+            with connection.begin():
+                yield connection
 
     def _write_one_statement(self) -> AbstractContextManager[Session]:
         """``_write`` for a transaction of one statement (``one_statement_options``)."""

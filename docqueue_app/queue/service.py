@@ -64,7 +64,7 @@ from ..states import (
     Operation,
     WebhookEvent,
 )
-from ..transactions import TransactionalService
+from ..transactions import TransactionalService, one_statement_options
 from ..webhooks.events import DocumentEvent, record_events
 from . import queries
 from .notify import announce_due_work, notify_in_transaction
@@ -207,15 +207,13 @@ class DocumentQueueService(TransactionalService):
         """Each file's submission, by sha256: its document created now, or the one stored before.
 
         Nothing is read before writing: the insert skips bytes stored already,
-        and only those are looked up after. On PostgreSQL the one statement runs
-        in autocommit (a statement is a transaction of its own), which saves the
-        BEGIN and COMMIT round trips.
+        and only those are looked up after, in a transaction of their own. On
+        PostgreSQL the one statement runs in autocommit (a statement is a
+        transaction of its own), which saves the BEGIN and COMMIT round trips.
         """
-        with self._write_one_statement() as session:
-            written = store_new_documents(session.connection(), files, self.max_attempts)
-            existing = self._documents_by_sha256(
-                [digest for digest in files if digest not in written]
-            )
+        with self._write_on_connection(**one_statement_options(self.session)) as connection:
+            written = store_new_documents(connection, files, self.max_attempts)
+        existing = self._documents_by_sha256([digest for digest in files if digest not in written])
         if written:
             announce_due_work(self.session)
         submissions = {
@@ -232,8 +230,9 @@ class DocumentQueueService(TransactionalService):
     def _documents_by_sha256(self, digests: list[str]) -> dict[str, Document]:
         if not digests:
             return {}
-        documents = self.session.scalars(select(Document).where(Document.sha256.in_(digests)))
-        return {document.sha256: document for document in documents}
+        with self._read() as session:
+            documents = session.scalars(select(Document).where(Document.sha256.in_(digests)))
+            return {document.sha256: document for document in documents}
 
     def _created(self, file: NewDocument, digest: str, row: StoredDocument) -> Submission:
         """A new document and its item as written, built without reading them back."""
