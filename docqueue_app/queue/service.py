@@ -399,7 +399,7 @@ class DocumentQueueService(TransactionalService):
                 return []
         if self._dialect() == "postgresql":
             return self._claim_batch_postgresql(limit, worker_id, bytes_up_to)
-        return self._claim_batch_sqlite(limit, worker_id, now, paused_unknown=not look_first)
+        return self._claim_batch_sqlite(limit, worker_id, now)
 
     def _claim_batch_postgresql(self, limit: int, worker: str, bytes_up_to: int) -> list[QueueItem]:
         with self._write_one_statement() as session:
@@ -410,15 +410,16 @@ class DocumentQueueService(TransactionalService):
                 items.append(item)
             return _with_claims(items, worker)
 
-    def _claim_batch_sqlite(
-        self, limit: int, worker: str, now: datetime | None, paused_unknown: bool
-    ) -> list[QueueItem]:
-        with self._write():
-            if paused_unknown and self._paused():
-                return []
+    def _claim_batch_sqlite(self, limit: int, worker: str, now: datetime | None) -> list[QueueItem]:
+        with self._write() as session:
             now = now or self._now()
-            batch = queries.claimable_batch(self._dialect(), now, limit)
-            return _with_claims(self._claim(batch, worker, now), worker)
+            items = list(
+                session.scalars(*queries.claim_batch_sqlite(limit, worker, now, self.lease))
+            )
+            if items:
+                for statement in queries.follow_claims_sqlite([item.id for item in items], now):
+                    session.execute(*statement)
+            return _with_claims(items, worker)
 
     def _claim(self, ids: Any, worker: str, now: datetime) -> list[QueueItem]:
         """Run the claim statement and record the attempts it opened; the claimed items."""
