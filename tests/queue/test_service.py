@@ -16,7 +16,7 @@ from docqueue_app.queue import (
     Outcome,
     process_document_queue,
 )
-from tests.helpers import execute_sql
+from tests.helpers import engine_events, execute_sql
 
 
 @pytest.fixture
@@ -487,6 +487,25 @@ class TestPause:
         claimed = service.claim_due_items(10, "w", look_first)
         assert {i.document_id for i in claimed} >= {doc_id}
         assert document(doc_id).status == "processing"
+
+    def test_a_pause_that_lands_between_the_poll_and_the_claim_is_honoured(self, app, service):
+        # The poll found work and no pause; another process pauses the queue
+        # before the claim's transaction begins: the claim itself must see it.
+        doc_id = new_document(service)
+        service.set_paused(False)
+        paused_after_the_poll: list[bool] = []
+
+        def pause_once_polled(_conn, _cursor, statement: str, *_: object) -> None:
+            if " AS lost" in statement and not paused_after_the_poll:
+                paused_after_the_poll.append(True)
+                execute_sql(app, "UPDATE queue_state SET paused = :paused", paused=True)
+
+        with engine_events(app, after_cursor_execute=pause_once_polled):
+            assert service.claim_due_items(10, "w", look_first=True) == []
+
+        assert paused_after_the_poll
+        assert service.is_paused()
+        assert item_of(doc_id).status == "pending"
 
 
 class TestOneDocumentNeverStopsTheQueue:
