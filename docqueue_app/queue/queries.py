@@ -130,10 +130,7 @@ def _sqlite_claimable() -> str:
 
 
 _SQLITE_CLAIMABLE = _sqlite_claimable()
-_POSTGRESQL_CLAIMABLE = {
-    True: _postgresql_claimable("FOR UPDATE OF q SKIP LOCKED"),
-    False: _postgresql_claimable(""),
-}
+_POSTGRESQL_CLAIMABLE = _postgresql_claimable("")
 
 
 def _poll(now: str, due_hint: str = "", lease_hint: str = "") -> str:
@@ -165,15 +162,14 @@ def poll(dialect: str) -> TextualSelect:
     return statement.columns(now=UTCDateTime, paused=Boolean, lost=Boolean, due=Boolean)
 
 
-def claimable_batch(dialect: str, now: datetime, limit: int, lock: bool = True) -> TextualSelect:
+def claimable_batch(dialect: str, now: datetime, limit: int) -> TextualSelect:
     """Ids of up to ``limit`` claimable items: the highest priorities, oldest first.
 
-    The result's rows are in no guaranteed order; which rows they are is.
-    ``lock`` (PostgreSQL) skips rows another transaction is claiming and locks
-    those returned, so concurrent claims never take the same item.
+    The result's rows are in no guaranteed order; which rows they are is. A
+    read: the claims walk the same index in statements of their own
+    (``claim_batch_postgresql``, ``claim_batch_sqlite``).
     """
-    # SQLite needs no row locks: BEGIN IMMEDIATE already keeps claims apart.
-    sql = _SQLITE_CLAIMABLE if dialect == "sqlite" else _POSTGRESQL_CLAIMABLE[lock]
+    sql = _SQLITE_CLAIMABLE if dialect == "sqlite" else _POSTGRESQL_CLAIMABLE
     return (
         text(sql)
         .bindparams(bindparam("now", now, type_=UTCDateTime), bindparam("limit", limit))
@@ -253,8 +249,9 @@ def finished_before(cutoff: datetime, statuses: Iterable[ItemStatus], limit: int
 def claim(ids: Any, worker: str, now: datetime, lease: timedelta) -> Update:
     """The one claim statement: the given due items become in progress under ``worker``.
 
-    ``ids`` is a locking query of claimable ids (``claimable_batch``, or one
-    chosen item of ``due_items``); a claim counts an attempt and starts a lease.
+    ``ids`` is a locking query of one chosen item of ``due_items``; a claim counts
+    an attempt and starts a lease. Batches are claimed by ``claim_batch_postgresql``
+    and ``claim_batch_sqlite``.
     """
     return (
         update(QueueItem)
@@ -302,6 +299,32 @@ def _latest_item_of(document_id: str) -> str:
 
 
 _NOT_PAUSED = f"NOT COALESCE((SELECT paused FROM queue_state WHERE id = {QUEUE_STATE_ID}), FALSE)"
+
+
+# A batch claim's three writes, as SQL text shared by both back ends' claims: the
+# items, then (reading the claimed rows from ``claimed``) their attempts and documents.
+def _claiming(now: str, expires: str) -> str:
+    """The SET of a claim: in progress under :worker, an attempt counted, a lease started."""
+    return f"""status = '{ItemStatus.IN_PROGRESS.value}', locked_by = :worker,
+    lease_expires_at = {expires}, attempts = queue_items.attempts + 1, started_at = {now},
+    finished_at = NULL"""
+
+
+def _opening_attempts(claimed: str) -> str:
+    """Each claimed item opens its attempt's history row."""
+    return f"""INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at)
+  SELECT id, attempts, locked_by, started_at FROM {claimed}"""
+
+
+def _showing_processing(claimed: str, now: str) -> str:
+    """Each document whose latest item was claimed shows it processing."""
+    return f"""UPDATE documents SET status = '{DocumentStatus.PROCESSING.value}', error = NULL,
+    updated_at = {now}
+  FROM {claimed}
+  WHERE documents.id = claimed.document_id
+    AND claimed.id = {_latest_item_of("claimed.document_id")}"""
+
+
 _CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
     "FOR UPDATE OF q SKIP LOCKED", now="now()", condition=_NOT_PAUSED
 )
@@ -316,20 +339,13 @@ _CLAIMABLE_UNLESS_PAUSED = _postgresql_claimable(
 # whole table to find them.
 _POSTGRESQL_CLAIM_BATCH = f"""
 WITH claimed AS (
-  UPDATE queue_items SET status = 'in_progress', locked_by = :worker,
-    lease_expires_at = now() + :lease_seconds * interval '1 second',
-    attempts = queue_items.attempts + 1, started_at = now(), finished_at = NULL
+  UPDATE queue_items SET {_claiming("now()", "now() + :lease_seconds * interval '1 second'")}
   WHERE queue_items.id = ANY(ARRAY({_CLAIMABLE_UNLESS_PAUSED}))
   RETURNING queue_items.*
 ), opened AS (
-  INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at)
-  SELECT id, attempts, locked_by, started_at FROM claimed
+  {_opening_attempts("claimed")}
 ), followed AS (
-  UPDATE documents SET status = '{DocumentStatus.PROCESSING.value}', error = NULL,
-    updated_at = now()
-  FROM claimed
-  WHERE documents.id = claimed.document_id
-    AND claimed.id = {_latest_item_of("claimed.document_id")}
+  {_showing_processing("claimed", "now()")}
 )
 SELECT claimed.*, d.size AS document_size, d.filename AS document_filename,
   d.content_type AS document_content_type,
@@ -369,7 +385,8 @@ def claim_batch_postgresql(
     }
 
 
-# SQLite's claim in one statement, built once: the claimable ids (the walk of
+# SQLite's claim, the same writes as PostgreSQL's in three statements built once
+# (it has no data-modifying CTEs): the claimable ids (the walk of
 # ix_queue_items_claim) become in progress under :worker unless the queue is paused,
 # and come back as they are now. Built per call through the ORM's update(), its
 # cache key and compilation were a fifth of a busy worker's CPU (py-spy --gil,
@@ -378,8 +395,7 @@ _CLAIM_BATCH_SQLITE = (
     select(QueueItem)
     .from_statement(
         text(f"""
-UPDATE queue_items SET status = 'in_progress', locked_by = :worker,
-  lease_expires_at = :expires, attempts = attempts + 1, started_at = :now, finished_at = NULL
+UPDATE queue_items SET {_claiming(":now", ":expires")}
 WHERE id IN ({_SQLITE_CLAIMABLE}) AND {_NOT_PAUSED}
 RETURNING *""").bindparams(
             bindparam("now", type_=UTCDateTime), bindparam("expires", type_=UTCDateTime)
@@ -389,21 +405,14 @@ RETURNING *""").bindparams(
 )
 
 
-# What follows a SQLite claim, as the CTEs of PostgreSQL's claim do it: each claimed
-# item (the JSON array :ids) opens its attempt's history row, and each document whose
-# latest item it is shows it processing. Text that never changes: built per claim
-# (the sync_documents update, a list of bound ids), these were a third of the claim.
-_SQLITE_OPEN_CLAIMED_ATTEMPTS = text("""
-INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at)
-SELECT id, attempts, locked_by, started_at FROM queue_items
-WHERE id IN (SELECT value FROM json_each(:ids))""")
-
-_SQLITE_SHOW_CLAIMED_DOCUMENTS = text(f"""
-UPDATE documents SET status = '{DocumentStatus.PROCESSING.value}', error = NULL, updated_at = :now
-WHERE id IN (
-  SELECT claimed.document_id FROM queue_items AS claimed
-  WHERE claimed.id IN (SELECT value FROM json_each(:ids))
-    AND claimed.id = {_latest_item_of("claimed.document_id")})""").bindparams(
+# The claimed items, read from the JSON array :ids. Text that never changes: built
+# per claim (the sync_documents update, a list of bound ids), the attempts and the
+# documents were a third of the claim.
+_SQLITE_CLAIMED = (
+    "(SELECT * FROM queue_items WHERE id IN (SELECT value FROM json_each(:ids))) AS claimed"
+)
+_SQLITE_OPEN_CLAIMED_ATTEMPTS = text(_opening_attempts(_SQLITE_CLAIMED))
+_SQLITE_SHOW_CLAIMED_DOCUMENTS = text(_showing_processing(_SQLITE_CLAIMED, ":now")).bindparams(
     bindparam("now", type_=UTCDateTime)
 )
 

@@ -329,7 +329,7 @@ class DocumentQueueService(TransactionalService):
         """
         self.rescue_expired_leases()
         with self._read() as session:
-            ids = queries.claimable_batch(self._dialect(), self._now(), limit, lock=False)
+            ids = queries.claimable_batch(self._dialect(), self._now(), limit)
             chosen = ids.subquery()
             return list(
                 session.scalars(
