@@ -362,9 +362,10 @@ WITH claimed AS (
 ), followed AS (
   {_showing_processing("claimed", "now()")}
 )
-SELECT claimed.*, d.size AS document_size, d.filename AS document_filename,
-  d.content_type AS document_content_type,
-  CASE WHEN d.size <= :bytes_up_to THEN c.data END AS document_data
+SELECT claimed.*, d.size AS document_size,
+  CASE WHEN d.size <= :bytes_up_to THEN c.data END AS document_data,
+  d.filename AS document_filename, d.content_type AS document_content_type,
+  d.callback_url IS NOT NULL AS document_has_callback
 FROM claimed
 LEFT JOIN documents AS d ON d.id = claimed.document_id
 LEFT JOIN document_contents AS c ON c.document_id = claimed.document_id"""
@@ -381,6 +382,7 @@ def _claim_batch_postgresql(limit: int) -> Select:
             column("document_data", LargeBinary),
             column("document_filename", String),
             column("document_content_type", String),
+            column("document_has_callback", Boolean),
         )
         .from_statement(text(_postgresql_claim_batch(limit)))
         .execution_options(populate_existing=True)
@@ -391,7 +393,8 @@ def claim_batch_postgresql(
     limit: int, worker: str, lease: timedelta, bytes_up_to: int
 ) -> tuple[Select, dict[str, Any]]:
     """PostgreSQL: claim up to ``limit`` due items in one statement, which selects them,
-    each with its document's size, bytes (when no larger than ``bytes_up_to``) and names.
+    each with its document's size, bytes (when no larger than ``bytes_up_to``), names
+    and whether it has a callback_url (a ``ClaimedDocument``).
 
     A statement and its parameters.
     """

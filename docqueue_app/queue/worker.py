@@ -202,7 +202,9 @@ def _read_with_the_claim(
     return {
         item.document_id: (
             read.size,
-            None if read.content is None else LoadedDocument(*read[1:]),
+            None
+            if read.content is None
+            else LoadedDocument(read.content, read.filename, read.content_type),
         )
         for item, read in zip(items, reads, strict=True)
         if read.size is not None

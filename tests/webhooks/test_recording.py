@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from docqueue_app.models import WebhookDelivery, db, utcnow
 from docqueue_app.queue import DocumentQueueService, Outcome
 from docqueue_app.states import WebhookEvent
-from tests.helpers import execute_sql, statements_sent
+from tests.helpers import backend_name, engine_events, execute_sql, statements_sent
 from tests.webhooks.support import deliveries, drain, settings, upload_text
 
 HOOK = "https://receiver.example/hook"
@@ -84,3 +86,35 @@ def _payload(delivery_id: str) -> str:
     return db.session.scalar(
         db.select(WebhookDelivery.payload).where(WebhookDelivery.delivery_id == delivery_id)
     )
+
+
+def _completions_in_a_transaction(app):
+    """Per statement that completed items during the block: whether it ran inside a
+    transaction (False: in autocommit, a transaction of its own)."""
+    seen: list[bool] = []
+
+    def record(connection, _cursor, statement: str, *_: object) -> None:
+        if "UPDATE queue_items" in statement and "'completed'" in statement:
+            driver = connection.connection.dbapi_connection
+            autocommit = getattr(driver, "autocommit", False) is True
+            seen.append(not autocommit)
+
+    return seen, record
+
+
+@pytest.mark.parametrize("webhook", ["global", "callback", "none"])
+def test_completions_commit_together_with_the_deliveries_they_owe(make_app, receiver, webhook):
+    # A pass of successes that owes no webhook is one statement on PostgreSQL,
+    # run in autocommit (no BEGIN and COMMIT round trips); one that owes a
+    # delivery commits it with the completion, so that no event is lost.
+    app = make_app(**settings(WEBHOOK_URL=receiver.url("/all") if webhook == "global" else None))
+    callback = receiver.url("/one") if webhook == "callback" else None
+    upload_text(app.test_client(), "a document that completes", callback_url=callback)
+    seen, record = _completions_in_a_transaction(app)
+
+    with engine_events(app, before_cursor_execute=record):
+        drain(app)
+
+    alone = webhook == "none" and backend_name(app) == "postgresql"
+    assert seen == [not alone]
+    assert len(deliveries(app)) == (0 if webhook == "none" else 1)
