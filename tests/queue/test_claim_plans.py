@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from psycopg import sql
 
 from docqueue_app.models import QueueItem, db, utcnow
 from docqueue_app.queue import DocumentQueueService
@@ -77,6 +78,33 @@ def plan_of(app: Flask, statement: str, parameters: Any) -> str:
     return "\n".join(str(row[-1]) for row in rows)
 
 
+def generic_plan_of(app: Flask, statement: str, parameters: dict[str, Any]) -> str:
+    """PostgreSQL's generic plan of a statement: the plan a prepared statement keeps
+    once PostgreSQL prefers it (what a worker's claim runs with after a few claims)."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", placeholder, statement)
+    values = sql.SQL(", ").join(sql.Literal(parameters[name]) for name in names)
+    with app.app_context():
+        connection = db.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            cursor.execute(f"PREPARE generic AS {prepared}")
+            cursor.execute(sql.SQL("EXPLAIN EXECUTE generic({})").format(values))
+            rows = cursor.fetchall()
+            cursor.execute("DEALLOCATE generic")
+            connection.rollback()
+        finally:
+            connection.close()
+    return "\n".join(str(row[-1]) for row in rows)
+
+
 def table_scans(plan: str) -> list[str]:
     """The lines of a plan that read a whole table or sort many rows."""
     whole_table = (
@@ -114,7 +142,14 @@ def plans_of(app: Flask, action: Callable[[], Any]) -> list[str]:
         if "queue_items" in statement or "documents" in statement
     ]
     assert queue_statements, "the action sent no statement to the queue tables"
-    return [plan_of(app, statement, parameters) for statement, parameters in queue_statements]
+    plans = [plan_of(app, statement, parameters) for statement, parameters in queue_statements]
+    # A worker's claim runs with its generic plan once PostgreSQL prefers it.
+    plans += [
+        generic_plan_of(app, statement, parameters)
+        for statement, parameters in queue_statements
+        if "WITH claimed AS" in statement
+    ]
+    return plans
 
 
 def in_service(app: Flask, call: Callable[[DocumentQueueService], Any]) -> Callable[[], Any]:
