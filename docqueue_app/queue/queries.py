@@ -348,7 +348,7 @@ def _showing_processing(claimed: str, now: str) -> str:
 # anew: 0.4-0.5 ms of planning beside 0.5-0.9 ms of running a claim of 10
 # (EXPLAIN ANALYZE). A worker claims with one batch size, so its claim is one
 # prepared statement, planned once.
-def _postgresql_claim_batch(limit: int) -> str:
+def _claim_batch_sql(limit: int) -> str:
     claimable = _postgresql_claimable(
         "FOR UPDATE OF q SKIP LOCKED", now="now()", condition=_NOT_PAUSED, limit=str(int(limit))
     )
@@ -384,7 +384,7 @@ def _claim_batch_postgresql(limit: int) -> Select:
             column("document_content_type", String),
             column("document_has_callback", Boolean),
         )
-        .from_statement(text(_postgresql_claim_batch(limit)))
+        .from_statement(text(_claim_batch_sql(limit)))
         .execution_options(populate_existing=True)
     )
 

@@ -519,12 +519,11 @@ class DocumentQueueService(TransactionalService):
             return self._record_outcomes([unstorable])
 
     def _record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
-        if self._only_completions(outcomes):
-            return self._record_completions(outcomes)
         failures = [o for o in outcomes if o.error is not None]
         settled = []
         events: list[DocumentEvent] = []
-        with self._write():
+        write = self._write_one_statement if self._one_statement(outcomes) else self._write
+        with write():
             # Successes need the time only inside statements: no round trip for it.
             clock = database_clock(self._dialect())
             completed, unsynced = self._record_successes(
@@ -538,26 +537,16 @@ class DocumentQueueService(TransactionalService):
             record_events(self.session, events)
         return completed + len(settled)
 
-    def _only_completions(self, outcomes: Sequence[Outcome]) -> bool:
-        """PostgreSQL successes whose documents owe no webhook (no global URL, and the
-        claim saw no callback_url): their whole record is one statement."""
+    def _one_statement(self, outcomes: Sequence[Outcome]) -> bool:
+        """Whether recording ``outcomes`` is one statement, run in autocommit: PostgreSQL
+        successes whose documents owe no webhook (no global URL, and the claim saw no
+        callback_url, which is set at upload and never changed). A BEGIN and COMMIT
+        around it were two of the four round trips of a pass at claims of 10."""
         return (
             self._dialect() == "postgresql"
             and not current_app.config["WEBHOOK_URL"]
             and all(o.error is None and o.has_callback is False for o in outcomes)
         )
-
-    def _record_completions(self, outcomes: Sequence[Outcome]) -> int:
-        """``_only_completions``: one statement, in autocommit. Its BEGIN and COMMIT were
-        two of the four round trips of a pass at claims of 10."""
-        with self._write_one_statement():
-            rows = self._complete_postgresql(list(outcomes))
-        events: list[DocumentEvent] = []
-        recorded = self._completed(list(outcomes), rows, events)
-        if any(event.has_callback for event in events):  # not expected: set at upload only
-            with self._write():
-                record_events(self.session, events)
-        return len(recorded)
 
     def _record_successes(
         self, outcomes: list[Outcome], events: list[DocumentEvent]

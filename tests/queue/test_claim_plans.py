@@ -64,17 +64,24 @@ def add_items(
         execute_sql(app, "ANALYZE")
 
 
+@contextmanager
+def driver_cursor(app: Flask) -> Iterator[Any]:
+    """A cursor on one of the app's driver connections; what it did is rolled back."""
+    with app.app_context():
+        connection = db.engine.raw_connection()
+    try:
+        yield connection.cursor()
+        connection.rollback()
+    finally:
+        connection.close()
+
+
 def plan_of(app: Flask, statement: str, parameters: Any) -> str:
     """The database's plan for a statement exactly as the app sent it (not run)."""
     explain = "EXPLAIN QUERY PLAN " if backend_name(app) == "sqlite" else "EXPLAIN "
-    with app.app_context():
-        connection = db.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(explain + statement, parameters)
-            rows = cursor.fetchall()
-        finally:
-            connection.close()
+    with driver_cursor(app) as cursor:
+        cursor.execute(explain + statement, parameters)
+        rows = cursor.fetchall()
     return "\n".join(str(row[-1]) for row in rows)
 
 
@@ -90,18 +97,12 @@ def generic_plan_of(app: Flask, statement: str, parameters: dict[str, Any]) -> s
 
     prepared = re.sub(r"%\((\w+)\)s", placeholder, statement)
     values = sql.SQL(", ").join(sql.Literal(parameters[name]) for name in names)
-    with app.app_context():
-        connection = db.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            cursor.execute(f"PREPARE generic AS {prepared}")
-            cursor.execute(sql.SQL("EXPLAIN EXECUTE generic({})").format(values))
-            rows = cursor.fetchall()
-            cursor.execute("DEALLOCATE generic")
-            connection.rollback()
-        finally:
-            connection.close()
+    with driver_cursor(app) as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE generic AS {prepared}")
+        cursor.execute(sql.SQL("EXPLAIN EXECUTE generic({})").format(values))
+        rows = cursor.fetchall()
+        cursor.execute("DEALLOCATE generic")
     return "\n".join(str(row[-1]) for row in rows)
 
 
@@ -326,20 +327,14 @@ def plan_choices(app: Flask, statement: str, parameters: Any, runs: int) -> tupl
     """(generic, custom) plans PostgreSQL made for ``statement`` prepared once on one
     connection and run ``runs`` times there, as a worker runs its claim (psycopg
     prepares a statement it has run five times); rolled back after."""
-    with app.app_context():
-        connection = db.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            for _ in range(runs):
-                cursor.execute(statement, parameters, prepare=True)
-            cursor.execute(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-                " WHERE statement LIKE '%%WITH claimed AS%%'"
-            )
-            (choices,) = cursor.fetchall()
-            connection.rollback()
-        finally:
-            connection.close()
+    with driver_cursor(app) as cursor:
+        for _ in range(runs):
+            cursor.execute(statement, parameters, prepare=True)
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%WITH claimed AS%%'"
+        )
+        (choices,) = cursor.fetchall()
     return choices
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -88,7 +89,8 @@ def _payload(delivery_id: str) -> str:
     )
 
 
-def _completions_in_a_transaction(app):
+@contextmanager
+def completions_in_a_transaction(app):
     """Per statement that completed items during the block: whether it ran inside a
     transaction (False: in autocommit, a transaction of its own)."""
     seen: list[bool] = []
@@ -96,10 +98,10 @@ def _completions_in_a_transaction(app):
     def record(connection, _cursor, statement: str, *_: object) -> None:
         if "UPDATE queue_items" in statement and "'completed'" in statement:
             driver = connection.connection.dbapi_connection
-            autocommit = getattr(driver, "autocommit", False) is True
-            seen.append(not autocommit)
+            seen.append(getattr(driver, "autocommit", False) is not True)
 
-    return seen, record
+    with engine_events(app, before_cursor_execute=record):
+        yield seen
 
 
 @pytest.mark.parametrize("webhook", ["global", "callback", "none"])
@@ -110,9 +112,7 @@ def test_completions_commit_together_with_the_deliveries_they_owe(make_app, rece
     app = make_app(**settings(WEBHOOK_URL=receiver.url("/all") if webhook == "global" else None))
     callback = receiver.url("/one") if webhook == "callback" else None
     upload_text(app.test_client(), "a document that completes", callback_url=callback)
-    seen, record = _completions_in_a_transaction(app)
-
-    with engine_events(app, before_cursor_execute=record):
+    with completions_in_a_transaction(app) as seen:
         drain(app)
 
     alone = webhook == "none" and backend_name(app) == "postgresql"
