@@ -72,8 +72,10 @@ def _freeze_boot_objects() -> None:
 def _add_request_handling(app: Flask) -> None:
     """The blueprints, /metrics and the scheduler that starts when the app serves."""
     from . import admin, api, metrics, web
+    from .form_parsing import DocqueueRequest
     from .queue import read_queue_stats, scheduler
 
+    app.request_class = DocqueueRequest
     api.init_app(app)
     web.init_app(app)
     admin.init_app(app)
