@@ -96,25 +96,27 @@ def connections_opened(app: Flask) -> Iterator[list[Any]]:
 
 
 @contextmanager
-def statements_run(app: Flask) -> Iterator[list[str]]:
-    """Every statement the driver runs on the app's connections while in the block.
+def statements_run(app: Flask) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the driver runs on the app's connections while in the block,
+    with its parameters.
 
-    Read at the driver (SQLite's own trace, psycopg's cursors), so it holds the
-    statements the app runs on the driver's connection directly (``run_on_driver``),
-    which ``statements_sent`` misses.
+    Read at the driver (psycopg's cursors; SQLite's own trace, whose text has the
+    parameters written in, so they come as ``()``), so it holds the statements the
+    app runs on the driver's connection directly (``run_on_driver``), which
+    ``statements_sent`` misses.
     """
-    run: list[str] = []
+    run: list[tuple[str, Any]] = []
 
     class RecordingCursor(psycopg.Cursor):
-        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-            run.append(str(query))
-            return super().execute(query, *args, **kwargs)
+        def execute(self, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+            run.append((str(query), params))
+            return super().execute(query, params, *args, **kwargs)
 
     def record(dbapi_connection: Any, *_: Any) -> None:
         if isinstance(dbapi_connection, psycopg.Connection):
             dbapi_connection.cursor_factory = RecordingCursor
         else:
-            dbapi_connection.set_trace_callback(run.append)
+            dbapi_connection.set_trace_callback(lambda statement: run.append((statement, ())))
 
     def stop_recording(dbapi_connection: Any, *_: Any) -> None:
         if isinstance(dbapi_connection, psycopg.Connection):

@@ -4,6 +4,7 @@ from typing import Any
 
 from .service import (
     Claim,
+    ClaimedItem,
     DocumentNotFound,
     DocumentQueueService,
     InvalidTransition,
@@ -20,6 +21,7 @@ def read_queue_stats() -> dict[str, Any]:
 
 __all__ = [
     "Claim",
+    "ClaimedItem",
     "DocumentNotFound",
     "DocumentQueueService",
     "InvalidTransition",

@@ -34,7 +34,7 @@ import socket
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from flask import current_app
@@ -50,6 +50,8 @@ from ..models import (
     DocumentContent,
     QueueItem,
     QueueState,
+    UTCDateTime,
+    run_on_driver,
     utcnow,
 )
 from ..schemas import describe_validation_errors, load_processor_result
@@ -112,13 +114,13 @@ class Outcome:
     has_callback: bool | None = None
 
     @classmethod
-    def of(cls, item: QueueItem, **details: Any) -> Outcome:
+    def of(cls, item: QueueItem | ClaimedItem, **details: Any) -> Outcome:
         read = getattr(item, "document_read", None)
         has_callback = None if read is None else read.has_callback
         return cls(_id_of(item), _claim_of(item), has_callback=has_callback, **details)
 
     @classmethod
-    def success(cls, item: QueueItem, result: Any) -> Outcome:
+    def success(cls, item: QueueItem | ClaimedItem, result: Any) -> Outcome:
         """A processor's result; one not of the shape SPEC §5 asks fails permanently."""
         try:
             checked = load_processor_result(result)
@@ -140,6 +142,59 @@ class ClaimedDocument(NamedTuple):
     filename: str | None
     content_type: str | None
     has_callback: bool | None  # set at upload, never changed: what the outcome owes
+
+
+@dataclass(eq=False, slots=True)
+class ClaimedItem:
+    """A queue item as a claim returned it: the row's columns as they are now, the
+    claim (the fencing token) and, on PostgreSQL, what the claim read of its document.
+
+    Not an ORM object: building one per claimed row (31 µs each) took twice the
+    CPU of running the claim itself on the driver (14 µs a row, claims of 100).
+    It reads like a ``QueueItem`` and is accepted wherever a claimed one is.
+    """
+
+    id: int
+    document_id: int
+    operation: str
+    status: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    locked_by: str | None
+    lease_expires_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    claim: Claim | None = None
+    document_read: ClaimedDocument | None = None
+
+    @classmethod
+    def of_row(
+        cls, columns: Iterable[tuple[str, Any]], document: Sequence[Any] = ()
+    ) -> ClaimedItem:
+        """From the driver's row: the item's columns by name (timestamps as the ORM's
+        ``UTCDateTime`` reads them), then the ``ClaimedDocument``'s, if the claim read it."""
+        values = {
+            name: _read_timestamp(value) if name in _ITEM_TIMESTAMPS else value
+            for name, value in columns
+        }
+        read = ClaimedDocument(*document) if document else None
+        return cls(**values, document_read=read)
+
+
+_ITEM_TIMESTAMPS = frozenset(
+    column.key for column in QueueItem.__table__.columns if isinstance(column.type, UTCDateTime)
+)
+
+
+def _read_timestamp(value: datetime | str | None) -> datetime | None:
+    """A timestamp as the driver read it (SQLite: naive UTC text) in UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return None if value is None else value.astimezone(UTC)
 
 
 def default_worker_id() -> str:
@@ -374,7 +429,7 @@ class DocumentQueueService(TransactionalService):
 
     def claim_due_items(
         self, limit: int, worker_id: str, look_first: bool = True, bytes_up_to: int = 0
-    ) -> list[QueueItem]:
+    ) -> list[ClaimedItem]:
         """Claim up to ``limit`` due items in one statement (the worker's fast path).
 
         Returned in claim order; nothing is claimed while the queue is paused.
@@ -406,25 +461,39 @@ class DocumentQueueService(TransactionalService):
             return self._claim_batch_postgresql(limit, worker_id, bytes_up_to)
         return self._claim_batch_sqlite(limit, worker_id, now)
 
-    def _claim_batch_postgresql(self, limit: int, worker: str, bytes_up_to: int) -> list[QueueItem]:
-        with self._write_one_statement() as session:
-            claim = queries.claim_batch_postgresql(limit, worker, self.lease, bytes_up_to)
-            items = []
-            for item, *document in session.execute(*claim):
-                item.document_read = ClaimedDocument(*document)
-                items.append(item)
-            return _with_claims(items, worker)
+    def _claim_batch_postgresql(
+        self, limit: int, worker: str, bytes_up_to: int
+    ) -> list[ClaimedItem]:
+        statement, parameters = queries.claim_batch_postgresql(
+            limit, worker, self.lease, bytes_up_to
+        )
+        with self._write_on_connection(**one_statement_options(self.session)) as connection:
+            cursor = run_on_driver(connection, statement, parameters)
+            names = [column.name for column in cursor.description]
+            rows = cursor.fetchall()
+        split = len(names) - queries.CLAIMED_DOCUMENT_COLUMNS
+        items = [
+            ClaimedItem.of_row(zip(names[:split], row[:split], strict=True), row[split:])
+            for row in rows
+        ]
+        return _with_claims(items, worker)
 
-    def _claim_batch_sqlite(self, limit: int, worker: str, now: datetime | None) -> list[QueueItem]:
-        with self._write() as session:
+    def _claim_batch_sqlite(
+        self, limit: int, worker: str, now: datetime | None
+    ) -> list[ClaimedItem]:
+        with self._write_on_connection() as connection:
+            stored = UTCDateTime().bind_processor(connection.dialect)
             now = now or self._now()
-            items = list(
-                session.scalars(*queries.claim_batch_sqlite(limit, worker, now, self.lease))
-            )
+            claim = queries.claim_batch_sqlite(limit, worker, stored(now), stored(now + self.lease))
+            cursor = run_on_driver(connection, *claim)
+            names = [column[0] for column in cursor.description]
+            items = [ClaimedItem.of_row(zip(names, row, strict=True)) for row in cursor.fetchall()]
             if items:
-                for statement in queries.follow_claims_sqlite([item.id for item in items], now):
-                    session.execute(*statement)
-            return _with_claims(items, worker)
+                for follow in queries.follow_claims_sqlite(
+                    [item.id for item in items], stored(now)
+                ):
+                    run_on_driver(connection, *follow)
+        return _with_claims(items, worker)
 
     def _claim(self, ids: Any, worker: str, now: datetime) -> list[QueueItem]:
         """Run the claim statement and record the attempts it opened; the claimed items."""
@@ -458,7 +527,7 @@ class DocumentQueueService(TransactionalService):
             held = set(session.scalars(select(QueueItem.id).where(queries.held_by_any(keys))))
         return set(claims) - held
 
-    def release_items(self, items: Iterable[QueueItem]) -> int:
+    def release_items(self, items: Iterable[QueueItem | ClaimedItem]) -> int:
         """Hand claimed but unstarted items back as pending, their attempt not counted.
 
         When the document got a newer pending item meanwhile, the released item
@@ -480,12 +549,16 @@ class DocumentQueueService(TransactionalService):
 
     # -- outcomes ---------------------------------------------------------------
 
-    def mark_completed(self, item: QueueItem, result: dict[str, Any] | None = None) -> bool:
+    def mark_completed(
+        self, item: QueueItem | ClaimedItem, result: dict[str, Any] | None = None
+    ) -> bool:
         """Record success (and the extraction ``result`` on the document)."""
         outcome = Outcome.of(item) if result is None else Outcome.success(item, result)
         return self.record_outcomes([outcome]) == 1
 
-    def mark_failed(self, item: QueueItem, error_message: str, permanent: bool = False) -> bool:
+    def mark_failed(
+        self, item: QueueItem | ClaimedItem, error_message: str, permanent: bool = False
+    ) -> bool:
         """Record a failure: back to pending after a backoff, or ``failed`` for good."""
         outcome = Outcome.of(item, error=error_message, permanent=permanent)
         return self.record_outcomes([outcome]) == 1
@@ -948,13 +1021,15 @@ class DocumentQueueService(TransactionalService):
         return changed
 
 
-def _id_of(item: QueueItem) -> int:
+def _id_of(item: QueueItem | ClaimedItem) -> int:
     """The item's id without a database round trip (the row may be gone already)."""
+    if isinstance(item, ClaimedItem):
+        return item.id
     identity = inspect(item).identity
     return identity[0] if identity else item.id
 
 
-def _claim_of(item: QueueItem) -> Claim:
+def _claim_of(item: QueueItem | ClaimedItem) -> Claim:
     """The fencing token of a claimed item; for an item loaded fresh, its current holder."""
     claim = getattr(item, "claim", None)
     if claim is None:
@@ -1005,10 +1080,9 @@ def _storable_json(value: Any) -> Any:
     return value
 
 
-def _with_claims(items: list[QueueItem], worker: str) -> list[QueueItem]:
+def _with_claims(items: list[ClaimedItem], worker: str) -> list[ClaimedItem]:
     """The items just claimed by ``worker`` in claim order, each given its claim (the
-    fencing token). Called before the commit: a session that expires on commit would
-    otherwise reload every item, one SELECT each."""
+    fencing token)."""
     for item in items:
         item.claim = Claim(worker, item.attempts)
     return queries.in_claim_order(items)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ..database import OUTAGES, Backoff, report_failure
 from ..metrics import PROCESSING_SECONDS, record_outcome
-from ..models import Document, DocumentContent, QueueItem, db
+from ..models import Document, DocumentContent, db
 from ..processing import (
     PermanentProcessingError,
     ProcessingCancelled,
@@ -33,7 +33,7 @@ from ..processing import (
     run_processor,
 )
 from ..transactions import one_statement_options
-from .service import Claim, DocumentQueueService, Outcome, default_worker_id
+from .service import Claim, ClaimedItem, DocumentQueueService, Outcome, default_worker_id
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,7 @@ def process_document_queue(
     config = current_app.config
     limit = config["BATCH_SIZE"] if limit is None else limit
     counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
-    # Objects stay as claimed (no expiry on commit): the pass reads them after
-    # each commit, and a document deleted meanwhile must not make that fail.
-    with Session(db.engine, expire_on_commit=False) as session:
+    with Session(db.engine) as session:
         service = DocumentQueueService(session)
         items = service.claim_due_items(
             limit, worker_id or current_worker_id(), look_first, LOAD_GROUP_BYTES // max(limit, 1)
@@ -125,7 +123,7 @@ def _no_heartbeat() -> None:
 
 
 def process_item(
-    item: QueueItem, document: LoadedDocument, cancel: threading.Event | None = None
+    item: ClaimedItem, document: LoadedDocument, cancel: threading.Event | None = None
 ) -> Outcome | None:
     """Run the processor on one claimed item's document and say how it went.
 
@@ -146,7 +144,7 @@ def process_item(
     return Outcome.success(item, result)
 
 
-def outcome_label(outcome: Outcome, item: QueueItem) -> str:
+def outcome_label(outcome: Outcome, item: ClaimedItem) -> str:
     if outcome.error is None:
         return "completed"
     gave_up = outcome.permanent or outcome.claim.attempt >= item.max_attempts
@@ -166,8 +164,8 @@ class LoadedDocument(NamedTuple):
 
 
 def load_documents(
-    session: Session, items: list[QueueItem]
-) -> Iterator[tuple[QueueItem, LoadedDocument | None]]:
+    session: Session, items: list[ClaimedItem]
+) -> Iterator[tuple[ClaimedItem, LoadedDocument | None]]:
     """Each item with its document's bytes (None when the document is gone).
 
     The claim (on PostgreSQL) or one query read every document's size, and the
@@ -192,7 +190,7 @@ def load_documents(
 
 
 def _read_with_the_claim(
-    items: list[QueueItem],
+    items: list[ClaimedItem],
 ) -> dict[int, tuple[int, LoadedDocument | None]] | None:
     """What the claim read of the items' documents (PostgreSQL), as ``_read_documents``
     answers; None when it read nothing."""
@@ -245,8 +243,8 @@ def _read_documents(
     return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
 
-def _groups_by_size(items: list[QueueItem], sizes: dict[int, int]) -> Iterator[list[QueueItem]]:
-    group: list[QueueItem] = []
+def _groups_by_size(items: list[ClaimedItem], sizes: dict[int, int]) -> Iterator[list[ClaimedItem]]:
+    group: list[ClaimedItem] = []
     group_bytes = 0
     for item in items:
         size = sizes.get(item.document_id, 0)
@@ -348,7 +346,7 @@ class OutcomeWriter:
       at once, not after the document in hand.
     """
 
-    def __init__(self, app: Flask, items: list[QueueItem], stop: threading.Event | None) -> None:
+    def __init__(self, app: Flask, items: list[ClaimedItem], stop: threading.Event | None) -> None:
         self.app = app
         self.claims: dict[int, Claim] = {item.id: item.claim for item in items}
         self.lease_seconds: float = app.config["LEASE_SECONDS"]
@@ -361,7 +359,7 @@ class OutcomeWriter:
         self.stop = stop or threading.Event()
         # Items not yet started, and the one in hand with its cancel event; the
         # main loop and this thread both change them, under the lock.
-        self.unstarted: list[QueueItem] = list(items)
+        self.unstarted: list[ClaimedItem] = list(items)
         self.in_hand: tuple[int, threading.Event] | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -376,7 +374,7 @@ class OutcomeWriter:
         assert self.finished is not None
         self.finished.wait()
 
-    def start(self, item: QueueItem) -> threading.Event | None:
+    def start(self, item: ClaimedItem) -> threading.Event | None:
         """The item is about to be processed: its cancel event, or None when stopping."""
         with self.lock:
             if self.stop.is_set() or item not in self.unstarted:

@@ -83,7 +83,7 @@ def test_an_accepted_upload_reads_nothing_before_writing(app: Flask, client: Fla
 
     with statements_run(app) as run:
         response = upload(client, b"counted statements")
-    statements = [" ".join(statement.split()) for statement in run]
+    statements = [" ".join(statement.split()) for statement, _ in run]
 
     assert response.status_code == 202
     assert not [s for s in statements if s.startswith("SELECT")], statements

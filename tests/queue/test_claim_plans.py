@@ -22,7 +22,7 @@ from docqueue_app.queue import DocumentQueueService
 from docqueue_app.queue.service import Outcome
 from docqueue_app.states import MAX_PRIORITY, MIN_PRIORITY
 from tests.conftest import app_factory
-from tests.helpers import backend_name, execute_sql, statements_sent
+from tests.helpers import backend_name, execute_sql, statements_run
 
 PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 BACKLOG = 20_000  # enough for PostgreSQL's planner to prefer an index to a scan
@@ -134,8 +134,9 @@ def table_scans(plan: str) -> list[str]:
 
 
 def plans_of(app: Flask, action: Callable[[], Any]) -> list[str]:
-    """The plans of the statements ``action`` sends that read queue tables."""
-    with statements_sent(app) as sent:
+    """The plans of the statements ``action`` runs that read queue tables (read at the
+    driver: PostgreSQL's claim runs on the driver's connection)."""
+    with statements_run(app) as sent:
         action()
     queue_statements = [
         (statement, parameters)
@@ -348,7 +349,7 @@ def test_a_worker_s_claim_is_planned_once_not_at_every_claim(
     # 0.4-0.5 ms of planning beside 0.5-0.9 ms of running a claim of 10.
     app = postgresql_app
     add_items(app, BACKLOG, due_in=-timedelta(minutes=1))  # a drain: all of it due
-    with statements_sent(app) as sent:
+    with statements_run(app) as sent:
         in_service(app, lambda service: service.claim_due_items(limit, "w", False))()
     [(statement, parameters)] = [sql for sql in sent if "WITH claimed AS" in sql[0]]
 

@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from docqueue_app.models import Document, QueueItem, db, utcnow
@@ -63,6 +64,27 @@ def test_a_postgresql_claim_brings_the_bytes_of_small_documents(app, monkeypatch
     assert len(reads) == (1 if backend_name(app) == "postgresql" else 2)
     assert status_of(app, small).word_count == 3
     assert status_of(app, large).word_count == 30
+
+
+def test_a_claim_builds_no_orm_objects(app):
+    # Loading a QueueItem per claimed row cost twice the CPU of the claim itself
+    # (31 µs a row against 14, claims of 100): a claim returns plain ClaimedItems.
+    for n in range(3):
+        submit(app, f"doc {n}".encode(), f"{n}.txt")
+    loaded = []
+
+    def record(item, _context):
+        loaded.append(item)
+
+    event.listen(QueueItem, "load", record)
+    try:
+        with app.app_context():
+            items = DocumentQueueService().claim_due_items(3, "w", look_first=False)
+    finally:
+        event.remove(QueueItem, "load", record)
+
+    assert loaded == []
+    assert [item.status for item in items] == ["in_progress"] * 3
 
 
 def test_limit_caps_the_items_claimed(app):
