@@ -96,27 +96,28 @@ def connections_opened(app: Flask) -> Iterator[list[Any]]:
 
 
 @contextmanager
-def statements_run(app: Flask) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement the driver runs on the app's connections while in the block,
-    with its parameters.
+def statements_at_the_driver(app: Flask, record: Callable[[Any, str, Any], None]) -> Iterator[None]:
+    """Calls ``record(driver connection, statement, parameters)`` for every statement
+    the driver runs on the app's connections while in the block.
 
     Read at the driver (psycopg's cursors; SQLite's own trace, whose text has the
-    parameters written in, so they come as ``()``), so it holds the statements the
+    parameters written in, so they come as ``()``), so it sees the statements the
     app runs on the driver's connection directly (``run_on_driver``), which
-    ``statements_sent`` misses.
+    SQLAlchemy's events miss.
     """
-    run: list[tuple[str, Any]] = []
 
     class RecordingCursor(psycopg.Cursor):
         def execute(self, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-            run.append((str(query), params))
+            record(self.connection, str(query), params)
             return super().execute(query, params, *args, **kwargs)
 
-    def record(dbapi_connection: Any, *_: Any) -> None:
+    def start_recording(dbapi_connection: Any, *_: Any) -> None:
         if isinstance(dbapi_connection, psycopg.Connection):
             dbapi_connection.cursor_factory = RecordingCursor
         else:
-            dbapi_connection.set_trace_callback(lambda statement: run.append((statement, ())))
+            dbapi_connection.set_trace_callback(
+                lambda statement: record(dbapi_connection, statement, ())
+            )
 
     def stop_recording(dbapi_connection: Any, *_: Any) -> None:
         if isinstance(dbapi_connection, psycopg.Connection):
@@ -124,7 +125,18 @@ def statements_run(app: Flask) -> Iterator[list[tuple[str, Any]]]:
         else:
             dbapi_connection.set_trace_callback(None)
 
-    with engine_events(app, checkout=record, checkin=stop_recording):
+    with engine_events(app, checkout=start_recording, checkin=stop_recording):
+        yield
+
+
+@contextmanager
+def statements_run(app: Flask) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the driver runs on the app's connections while in the block,
+    with its parameters (``statements_at_the_driver``)."""
+    run: list[tuple[str, Any]] = []
+    with statements_at_the_driver(
+        app, lambda _, statement, params: run.append((statement, params))
+    ):
         yield run
 
 

@@ -197,6 +197,14 @@ def _read_timestamp(value: datetime | str | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
 
+class CompletedItem(NamedTuple):
+    """An item a record of successes completed, as its statement returns it."""
+
+    id: int
+    document_id: int
+    callback_url: str | None
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -660,7 +668,7 @@ class DocumentQueueService(TransactionalService):
         synced = {values["document_id"] for values in results}
         return len(recorded), [doc for doc in document_of.values() if doc not in synced]
 
-    def _complete_postgresql(self, outcomes: list[Outcome]) -> list[Any]:
+    def _complete_postgresql(self, outcomes: list[Outcome]) -> list[CompletedItem]:
         """The whole record of ``outcomes`` in one statement (queries.complete_batch_postgresql)."""
         statement, parameters = queries.complete_batch_postgresql(
             [
@@ -668,7 +676,8 @@ class DocumentQueueService(TransactionalService):
                 for o in outcomes
             ]
         )
-        return list(self.session.execute(statement, parameters))
+        rows = run_on_driver(self.session.connection(), statement, parameters).fetchall()
+        return [CompletedItem(*row) for row in rows]
 
     @staticmethod
     def _completed(

@@ -11,7 +11,7 @@ import pytest
 from docqueue_app.models import WebhookDelivery, db, utcnow
 from docqueue_app.queue import DocumentQueueService, Outcome
 from docqueue_app.states import WebhookEvent
-from tests.helpers import backend_name, engine_events, execute_sql, statements_sent
+from tests.helpers import backend_name, execute_sql, statements_at_the_driver, statements_run
 from tests.webhooks.support import deliveries, drain, settings, upload_text
 
 HOOK = "https://receiver.example/hook"
@@ -74,7 +74,7 @@ def test_outcomes_with_no_webhook_configured_cost_no_query_of_their_own(make_app
         for n in range(5):
             service.submit_document(f"{n}.txt", b"document %d" % n, "text/plain")
         items = service.claim_due_items(5, "worker")
-        with statements_sent(app) as sent:
+        with statements_run(app) as sent:
             assert service.record_outcomes([Outcome.success(i, RESULT) for i in items]) == 5
     webhook_statements = [
         sql for sql, _ in sent if "webhook_deliveries" in sql or "callback_url IS NOT NULL" in sql
@@ -95,12 +95,12 @@ def completions_in_a_transaction(app):
     transaction (False: in autocommit, a transaction of its own)."""
     seen: list[bool] = []
 
-    def record(connection, _cursor, statement: str, *_: object) -> None:
+    def record(driver, statement: str, _parameters: object) -> None:
         if "UPDATE queue_items" in statement and "'completed'" in statement:
-            driver = connection.connection.dbapi_connection
-            seen.append(getattr(driver, "autocommit", False) is not True)
+            autocommit = getattr(driver, "autocommit", None)  # psycopg's
+            seen.append(driver.in_transaction if autocommit is None else not autocommit)
 
-    with engine_events(app, before_cursor_execute=record):
+    with statements_at_the_driver(app, record):
         yield seen
 
 
