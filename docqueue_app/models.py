@@ -342,6 +342,12 @@ def _try_write_lock(dbapi_connection: Any, seconds: float) -> bool:
         pause = min(pause * 2, WRITE_LOCK_STEP_SECONDS)
 
 
+def stored_timestamp(connection: Connection, moment: datetime) -> Any:
+    """``moment`` as a ``UTCDateTime`` column stores it on the connection's database
+    (SQLite: naive UTC text), for statements run on the driver."""
+    return UTCDateTime().bind_processor(connection.dialect)(moment)
+
+
 def run_on_driver(
     connection: Connection, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()
 ) -> Any:

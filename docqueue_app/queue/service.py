@@ -52,6 +52,7 @@ from ..models import (
     QueueState,
     UTCDateTime,
     run_on_driver,
+    stored_timestamp,
     utcnow,
 )
 from ..schemas import describe_validation_errors, load_processor_result
@@ -490,16 +491,15 @@ class DocumentQueueService(TransactionalService):
         self, limit: int, worker: str, now: datetime | None
     ) -> list[ClaimedItem]:
         with self._write_on_connection() as connection:
-            stored = UTCDateTime().bind_processor(connection.dialect)
             now = now or self._now()
-            claim = queries.claim_batch_sqlite(limit, worker, stored(now), stored(now + self.lease))
+            stamp = stored_timestamp(connection, now)
+            expires = stored_timestamp(connection, now + self.lease)
+            claim = queries.claim_batch_sqlite(limit, worker, stamp, expires)
             cursor = run_on_driver(connection, *claim)
             names = [column[0] for column in cursor.description]
             items = [ClaimedItem.of_row(zip(names, row, strict=True)) for row in cursor.fetchall()]
             if items:
-                for follow in queries.follow_claims_sqlite(
-                    [item.id for item in items], stored(now)
-                ):
+                for follow in queries.follow_claims_sqlite([item.id for item in items], stamp):
                     run_on_driver(connection, *follow)
         return _with_claims(items, worker)
 
@@ -647,16 +647,18 @@ class DocumentQueueService(TransactionalService):
     def _complete_sqlite(
         self, outcomes: list[Outcome], events: list[DocumentEvent]
     ) -> tuple[int, list[int]]:
-        now = utcnow()
-        rows = self.session.execute(*queries.complete_sqlite([o.key for o in outcomes], now)).all()
+        connection = self.session.connection()
+        now = stored_timestamp(connection, utcnow())
+        claims = [o.key for o in outcomes]
+        rows = [
+            CompletedItem(*row)
+            for row in run_on_driver(connection, *queries.complete_sqlite(claims, now))
+        ]
         recorded = self._completed(outcomes, rows, events)
         if not recorded:
             return 0, []
-        self.session.execute(
-            *queries.close_completed_attempts_sqlite(
-                [(o.item_id, o.claim.attempt) for o in recorded], now
-            )
-        )
+        attempts = [(o.item_id, o.claim.attempt) for o in recorded]
+        run_on_driver(connection, *queries.close_completed_attempts_sqlite(attempts, now))
         document_of = {row.id: row.document_id for row in rows}
         results = [
             {"document_id": document_of[o.item_id], **_document_result_values(o.result)}
@@ -664,7 +666,7 @@ class DocumentQueueService(TransactionalService):
             if o.result is not None
         ]
         if results:
-            self.session.execute(*queries.document_results_sqlite(results, now))
+            run_on_driver(connection, *queries.document_results_sqlite(results, now))
         synced = {values["document_id"] for values in results}
         return len(recorded), [doc for doc in document_of.values() if doc not in synced]
 

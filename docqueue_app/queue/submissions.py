@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
-from ..models import Document, QueueItem, UTCDateTime, run_on_driver, utcnow
+from ..models import Document, QueueItem, run_on_driver, stored_timestamp, utcnow
 from ..states import DEFAULT_PRIORITY, DocumentStatus, ItemStatus, Operation
 
 # A new document and its first item, as stored.
@@ -194,7 +194,7 @@ def _store_on_sqlite(
     connection: Connection, files: Mapping[str, NewDocument], max_attempts: int
 ) -> dict[str, StoredDocument]:
     now = utcnow()
-    stamp = UTCDateTime().bind_processor(connection.dialect)(now)  # as the ORM stores it
+    stamp = stored_timestamp(connection, now)
     stored = {}
     for digest, file in files.items():
         size = len(file.content)
