@@ -478,13 +478,7 @@ class DocumentQueueService(TransactionalService):
         )
         with self._write_on_connection(**one_statement_options(self.session)) as connection:
             cursor = run_on_driver(connection, statement, parameters)
-            names = [column.name for column in cursor.description]
-            rows = cursor.fetchall()
-        split = len(names) - queries.CLAIMED_DOCUMENT_COLUMNS
-        items = [
-            ClaimedItem.of_row(zip(names[:split], row[:split], strict=True), row[split:])
-            for row in rows
-        ]
+            items = _claimed_items(cursor, queries.CLAIMED_DOCUMENT_COLUMNS)
         return _with_claims(items, worker)
 
     def _claim_batch_sqlite(
@@ -495,9 +489,7 @@ class DocumentQueueService(TransactionalService):
             stamp = stored_timestamp(connection, now)
             expires = stored_timestamp(connection, now + self.lease)
             claim = queries.claim_batch_sqlite(limit, worker, stamp, expires)
-            cursor = run_on_driver(connection, *claim)
-            names = [column[0] for column in cursor.description]
-            items = [ClaimedItem.of_row(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            items = _claimed_items(run_on_driver(connection, *claim))
             if items:
                 for follow in queries.follow_claims_sqlite([item.id for item in items], stamp):
                     run_on_driver(connection, *follow)
@@ -1089,6 +1081,17 @@ def _storable_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_storable_json(v) for v in value]
     return value
+
+
+def _claimed_items(cursor: Any, document_columns: int = 0) -> list[ClaimedItem]:
+    """The rows a claim returned on the driver: each item's columns, then (PostgreSQL)
+    the last ``document_columns``, what the claim read of its document."""
+    names = [column[0] for column in cursor.description]
+    split = len(names) - document_columns
+    return [
+        ClaimedItem.of_row(zip(names[:split], row[:split], strict=True), row[split:])
+        for row in cursor.fetchall()
+    ]
 
 
 def _with_claims(items: list[ClaimedItem], worker: str) -> list[ClaimedItem]:
