@@ -30,13 +30,13 @@ import multipart
 from flask import Request
 from werkzeug.datastructures import FileStorage, Headers
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser
+from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 
 # Werkzeug's default_stream_factory keeps a file of up to this size in memory.
 IN_MEMORY_BYTES = 500 * 1024
-# The charsets a text field may name; any other is read as UTF-8 (Werkzeug's list).
-FIELD_CHARSETS = frozenset({"ascii", "us-ascii", "utf-8", "iso-8859-1"})
+# Werkzeug's own reading of a text field's charset (its list of those it trusts).
+_WERKZEUG_PARTS = MultiPartParser()
 
 
 class MultipartFormDataParser(FormDataParser):
@@ -94,9 +94,7 @@ class MultipartFormDataParser(FormDataParser):
     def _field_value(self, part: multipart.MultipartPart, headers: Headers) -> str:
         if self.max_form_memory_size is not None and part.size > self.max_form_memory_size:
             raise RequestEntityTooLarge()
-        _, options = parse_options_header(headers.get("content-type"))
-        charset = options.get("charset", "").lower()
-        return part.raw.decode(charset if charset in FIELD_CHARSETS else "utf-8", "replace")
+        return part.raw.decode(_WERKZEUG_PARTS.get_part_charset(headers), "replace")
 
 
 class DocqueueRequest(Request):
