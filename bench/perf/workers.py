@@ -6,6 +6,7 @@ imports stay inside the functions so that a worker loads only what it uses.
 
 - ``raw-postgresql URL BATCH`` / ``raw-sqlite PATH BATCH``: claim-and-complete loops
   (see bench/perf/raw.py), until nothing is left.
+- ``raw-docqueue-writes KIND URL-OR-PATH BATCH``: the same loop writing docqueue's rows.
 - ``pgqueuer URL BATCH``: a pgqueuer QueueManager in drain mode.
 - ``huey PATH WORKERS``: a huey consumer with WORKERS worker processes.
 """
@@ -27,6 +28,12 @@ def _raw_sqlite(path: str, batch: str) -> None:
     drain_sqlite(path, int(batch))
 
 
+def _raw_docqueue_writes(kind: str, where: str, batch: str) -> None:
+    from .raw import drain_with_docqueue_writes
+
+    drain_with_docqueue_writes(kind, where, int(batch))
+
+
 def _pgqueuer(url: str, batch: str) -> None:
     import asyncio
 
@@ -45,6 +52,7 @@ def _huey(path: str, workers: str) -> None:
 WORKERS = {
     "raw-postgresql": _raw_postgresql,
     "raw-sqlite": _raw_sqlite,
+    "raw-docqueue-writes": _raw_docqueue_writes,
     "pgqueuer": _pgqueuer,
     "huey": _huey,
 }
