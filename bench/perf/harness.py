@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .databases import templates
-from .report import Row, table, write_chart, write_json
+from .report import CONTEXT, Row, table, write_chart, write_json
 from .targets import TARGETS, Bench, Settings
 
 STEADY_STATE_RULE = (
@@ -47,7 +47,10 @@ def run(settings: Settings, only: list[str], out: Path) -> list[Row]:
     print()
     if bench.backlog:
         print(_backlog_curve(bench))
-    print(f"{len(rows)} rows, {sum(row.met is True for row in rows)} met, in {seconds:.0f} s")
+    targets = [row for row in rows if row.goal != CONTEXT]
+    met = sum(row.met is True for row in targets)
+    context = len(rows) - len(targets)
+    print(f"{len(targets)} targets, {met} met ({context} rows of context), in {seconds:.0f} s")
     print(f"results: {out / 'bench.json'}, chart: {chart_problem or out / 'bench.png'}")
     return rows
 

@@ -55,6 +55,9 @@ class Row:
     samples: dict[str, list[float]] = field(default_factory=dict)
 
 
+CONTEXT = "(context)"
+
+
 def ratio_row(
     target: str,
     backend: str,
@@ -66,8 +69,13 @@ def ratio_row(
     at_most: float | None = None,
     value: Callable[[Any], float] = float,
 ) -> Row:
-    """measured / reference (medians over the rounds) against a bound on the ratio."""
-    goal = f">= {at_least:g} x" if at_least is not None else f"<= {at_most:g} x"
+    """measured / reference (medians over the rounds) against a bound on the ratio; with
+    no bound, a ``CONTEXT`` row: a figure that explains the targets, met by nothing."""
+    goal = CONTEXT
+    if at_least is not None:
+        goal = f">= {at_least:g} x"
+    elif at_most is not None:
+        goal = f"<= {at_most:g} x"
     row = Row(target, backend, unit, goal, reference_label=reference_label)
     reason = measured.reason or reference.reason
     if reason is not None or not measured.values or not reference.values:
@@ -79,7 +87,7 @@ def ratio_row(
         "reference": [value(v) for v in reference.values],
     }
     row.ratio = row.measured / row.reference if row.reference else None
-    if row.ratio:
+    if row.ratio and goal != CONTEXT:
         row.margin = row.ratio / at_least if at_least is not None else at_most / row.ratio
         row.met = row.margin >= 1
     return row

@@ -63,14 +63,17 @@ class Bench:
 def drain_rows(bench: Bench, kind: str) -> list[Row]:
     jobs = bench.settings.jobs
     ours_100, ours_10, raw_10, raw_100, peer = (Series() for _ in range(5))
+    ceiling_10, ceiling_100 = Series(), Series()
     plan = [
         (ours_100, bench.fresh(kind, lambda db: drain.docqueue_drain(db, jobs, 100))),
         (ours_10, bench.fresh(kind, lambda db: drain.docqueue_drain(db, jobs, 10))),
         (raw_10, bench.fresh(kind, lambda db: raw.drain(db, jobs, 10))),
+        (ceiling_10, bench.fresh(kind, lambda db: raw.drain_docqueue_writes(db, jobs, 10))),
     ]
     if kind == "postgresql":
         plan += [
             (raw_100, bench.fresh(kind, lambda db: raw.drain(db, jobs, 100))),
+            (ceiling_100, bench.fresh(kind, lambda db: raw.drain_docqueue_writes(db, jobs, 100))),
             (peer, bench.fresh(kind, lambda db: peers.pgqueuer_drain(db, jobs))),
         ]
         peer_label = f"pgqueuer, batch {peers.PGQUEUER_BATCH}"
@@ -97,8 +100,10 @@ def drain_rows(bench: Bench, kind: str) -> list[Row]:
             f"raw {kind}",
             at_least=0.6,
         ),
+        *_ceiling_rows(kind, 10, ours_10, ceiling_10, raw_10),
     ]
     if kind == "postgresql":  # the issue sets this goal on PostgreSQL only
+        rows += _ceiling_rows(kind, 100, ours_100, ceiling_100, raw_100)
         raw_row = ratio_row(
             "1 drain, claims of 100 / raw loop, claims of 100",
             kind,
@@ -110,6 +115,25 @@ def drain_rows(bench: Bench, kind: str) -> list[Row]:
         )
         rows.insert(0, raw_row)
     return rows
+
+
+def _ceiling_rows(
+    kind: str, claims: int, ours: Series, ceiling: Series, raw_loop: Series
+) -> list[Row]:
+    """Context for the raw-loop targets: docqueue's drain against the raw loop writing
+    docqueue's rows (the ceiling on its schema), and that ceiling against the raw loop."""
+    label = "raw loop writing docqueue's rows"
+    return [
+        ratio_row(f"1 drain, claims of {claims} / {label}", kind, "jobs/s", ours, ceiling, label),
+        ratio_row(
+            f"1 {label} / raw loop, claims of {claims}",
+            kind,
+            "jobs/s",
+            ceiling,
+            raw_loop,
+            f"raw {kind}",
+        ),
+    ]
 
 
 def production_rows(bench: Bench, kind: str) -> list[Row]:
