@@ -2,8 +2,9 @@
 
 A smoke test of bench/perf, not a benchmark: nothing here looks at speed. It checks
 that every target of issue 14 gets a measured row (peers may be missing where the
-bench extra is not installed: their rows then say so), and that the table, the JSON
-file and the chart are written.
+bench extra is not installed: their rows then say so), met or missed, that the rows of
+context (ceilings and floors, with no goal) get their ratio, and that the table, the
+JSON file and the chart are written.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.perf.harness import run
+from bench.perf.report import CONTEXT
 from bench.perf.targets import TARGETS, Settings
 
 TINY = {
@@ -47,7 +49,9 @@ def test_bench_measures_every_target_at_a_tiny_size(
     unmeasured = [(row.target, row.note) for row in rows if row.measured is None]
     assert [entry for entry in unmeasured if not _peer_missing(entry[1])] == []
     assert {row.target.split()[0] for row in rows} == TARGET_NUMBERS
-    assert all(row.met is not None for row in rows if row.measured is not None)
+    measured = [row for row in rows if row.measured is not None]
+    assert all(row.met is not None for row in measured if row.goal != CONTEXT)
+    assert all(row.ratio is not None for row in measured if row.goal == CONTEXT)
     printed = capsys.readouterr().out
     assert "| target | back end | measured | reference | ratio | goal | result |" in printed
     assert all(row.target in printed for row in rows)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from .common import (
     CALLS_FILE_ENV,
     NOOP_PROCESSOR,
     RECORDING_PROCESSOR,
+    bench_env,
     docqueue_env,
     rss_kib,
     running,
@@ -91,6 +94,22 @@ def spawn_to_first_document(database: Database) -> float:
         with running([start_worker(env)]):
             wait_until(lambda: log.size() > 0, timeout=60, every=0.001)
         return log.last_call() - started
+
+
+# What any worker built on docqueue's stack imports before it can do anything: the
+# Flask-SQLAlchemy that docqueue_app.models.db is (SPEC §3) and, on PostgreSQL, the
+# driver. A fresh interpreter importing them is the floor under target 7.
+STACK_IMPORTS = {
+    "postgresql": "import flask_sqlalchemy, psycopg",
+    "sqlite": "import flask_sqlalchemy",
+}
+
+
+def stack_import_seconds(kind: str) -> float:
+    """Seconds for a fresh interpreter of the venv to import docqueue's stack and exit."""
+    started = time.time()
+    subprocess.run([sys.executable, "-c", STACK_IMPORTS[kind]], check=True, env=bench_env())
+    return time.time() - started
 
 
 def worker_rss_kib(database: Database, early: int, late: int) -> tuple[int, int]:

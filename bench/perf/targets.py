@@ -292,8 +292,13 @@ def backlog_rows(bench: Bench, kind: str) -> list[Row]:
 
 
 def startup_rows(bench: Bench, kind: str) -> list[Row]:
-    spawn = Series()
-    bench.interleave([(spawn, bench.fresh(kind, latency.spawn_to_first_document))])
+    spawn, stack = Series(), Series()
+    bench.interleave(
+        [
+            (spawn, bench.fresh(kind, latency.spawn_to_first_document)),
+            (stack, lambda: latency.stack_import_seconds(kind)),
+        ]
+    )
     early, late = bench.settings.rss_documents
     rss = Series()
     rss.run(bench.fresh(kind, lambda db: latency.worker_rss_kib(db, early, late)))
@@ -303,6 +308,14 @@ def startup_rows(bench: Bench, kind: str) -> list[Row]:
         series.values = [pair[index] / 1024 for pair in rss.values]
     return [
         bound_row("7 worker spawn -> first document", kind, "s", spawn, 0.3),
+        ratio_row(
+            "7 worker spawn -> first document / a fresh interpreter importing the stack",
+            kind,
+            "s",
+            spawn,
+            stack,
+            latency.STACK_IMPORTS[kind].removeprefix("import "),
+        ),
         ratio_row(
             f"7 worker RSS after {late:,} documents / after {early:,}",
             kind,
