@@ -77,6 +77,10 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 # connection dropped silently, by a failover or a firewall, is noticed in about
 # 30 s instead of the kernel's 15 minutes), and a statement timeout (nothing
 # docqueue runs takes a minute; a statement that does is stuck behind a lock).
+# Sessions run in UTC, as docqueue's timestamps are, whatever the server's default:
+# psycopg then reads a timestamptz tagged with datetime.UTC itself, which costs
+# nothing to convert, where a zone such as Etc/UTC cost a claim of 100 more CPU in
+# reading its five timestamps a row than running the claim (0.39 against 0.22 ms).
 POSTGRESQL_CONNECT_ARGS = {
     "connect_timeout": 5,
     "keepalives": 1,
@@ -84,7 +88,7 @@ POSTGRESQL_CONNECT_ARGS = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
-    "options": "-c statement_timeout=60s",
+    "options": "-c statement_timeout=60s -c TimeZone=UTC",
 }
 
 # Multipart framing around the file: headers, boundaries and the small form fields.

@@ -26,6 +26,7 @@ admin) also records the webhook deliveries its document's event owes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -33,8 +34,8 @@ import re
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from flask import current_app
@@ -176,23 +177,20 @@ class ClaimedItem:
         """The fencing token: the claim just set both columns."""
         return Claim(self.locked_by, self.attempts)
 
-    @classmethod
-    def of_row(
-        cls, columns: Iterable[tuple[str, Any]], document: Sequence[Any] = ()
-    ) -> ClaimedItem:
-        """From the driver's row: the item's columns by name (timestamps as the ORM's
-        ``UTCDateTime`` reads them), then the ``ClaimedDocument``'s, if the claim read it."""
-        values = {
-            name: _read_timestamp(value) if name in _ITEM_TIMESTAMPS else value
-            for name, value in columns
-        }
-        read = ClaimedDocument(*document) if document else None
-        return cls(**values, document_read=read)
-
 
 _ITEM_TIMESTAMPS = frozenset(
     column.key for column in QueueItem.__table__.columns if isinstance(column.type, UTCDateTime)
 )
+_ITEM_FIELDS = tuple(field.name for field in fields(ClaimedItem) if field.name != "document_read")
+
+
+@functools.lru_cache(maxsize=8)
+def _item_layout(columns: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Where each of a ``ClaimedItem``'s fields is among a claim's item ``columns``, and
+    which fields are timestamps: worked out once per statement, not per row."""
+    positions = tuple(columns.index(name) for name in _ITEM_FIELDS)
+    timestamps = tuple(n for n, name in enumerate(_ITEM_FIELDS) if name in _ITEM_TIMESTAMPS)
+    return positions, timestamps
 
 
 _UTC_DATETIME = UTCDateTime()
@@ -200,6 +198,8 @@ _UTC_DATETIME = UTCDateTime()
 
 def _read_timestamp(value: datetime | str | None) -> datetime | None:
     """A timestamp as the driver read it (SQLite: naive UTC text), as the ORM reads it."""
+    if value is None or getattr(value, "tzinfo", None) is UTC:
+        return value  # PostgreSQL's, in docqueue's UTC sessions: already so
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return _UTC_DATETIME.process_result_value(value, None)
@@ -1092,13 +1092,16 @@ def _storable_json(value: Any) -> Any:
 def _claimed_items(cursor: Any, document_columns: int = 0) -> list[ClaimedItem]:
     """The rows a claim returned on the driver, in claim order: each item's columns,
     then (PostgreSQL) the last ``document_columns``, what the claim read of its document."""
-    names = [column[0] for column in cursor.description]
+    names = tuple(column[0] for column in cursor.description)
     split = len(names) - document_columns
-    item_columns = names[:split]
-    items = [
-        ClaimedItem.of_row(zip(item_columns, row[:split], strict=True), row[split:])
-        for row in cursor.fetchall()
-    ]
+    positions, timestamps = _item_layout(names[:split])
+    items = []
+    for row in cursor.fetchall():
+        values = [row[position] for position in positions]
+        for field in timestamps:  # as the ORM's UTCDateTime reads them
+            values[field] = _read_timestamp(values[field])
+        document = ClaimedDocument(*row[split:]) if document_columns else None
+        items.append(ClaimedItem(*values, document_read=document))
     return queries.in_claim_order(items)
 
 

@@ -9,10 +9,12 @@ service would read from this host; the database's clock is the real one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 
+import psycopg
 import pytest
 from flask import Flask
+from sqlalchemy import text
 
 from docqueue_app import create_app, database
 from docqueue_app.models import QueueItem, db, utcnow
@@ -84,3 +86,38 @@ def test_a_host_an_hour_behind_gives_leases_their_full_length(
     monkeypatch.undo()
     with app.app_context():
         assert DocumentQueueService().rescue_expired_leases() == 0
+
+
+@pytest.fixture
+def server_time_zone(postgresql_clean: str) -> Iterator[str]:
+    """The test database's default time zone set to one far from UTC (new sessions only)."""
+    name = postgresql_clean.rsplit("/", 1)[1]
+    with psycopg.connect(postgresql_clean, autocommit=True) as connection:
+        connection.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Kolkata'")
+    try:
+        yield "Asia/Kolkata"
+    finally:
+        with psycopg.connect(postgresql_clean, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{name}" RESET timezone')
+
+
+def test_sessions_run_in_utc_whatever_the_servers_default(
+    server_time_zone: str, postgresql_clean: str
+) -> None:
+    # docqueue's timestamps are UTC; a claim reads its rows' timestamps as the
+    # driver tags them, which costs nothing only when the session is in UTC.
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
+    try:
+        upload(app.test_client())
+        with app.app_context():
+            assert db.session.execute(text("SHOW TimeZone")).scalar() == "UTC"
+            [claimed] = DocumentQueueService().claim_due_items(1, "w")
+        item = the_item(app)
+        assert claimed.started_at.tzinfo is UTC
+        assert (claimed.started_at, claimed.lease_expires_at, claimed.run_at) == (
+            item.started_at,
+            item.lease_expires_at,
+            item.run_at,
+        )
+    finally:
+        close_connections(app)
