@@ -42,20 +42,23 @@ PROCESSING_SECONDS = Histogram(
 )
 
 # Every label shows from the start (at 0), so rates and alerts have a series to read.
-for _result in ("accepted", "duplicate"):
-    UPLOADS.labels(result=_result)
-for _outcome in ("completed", "retried", "failed"):
-    PROCESSING_OUTCOMES.labels(outcome=_outcome)
+# Each labelled series is looked up once: ``labels()`` checks and locks on every call,
+# and a worker counts every document.
+_UPLOAD_COUNTERS = {result: UPLOADS.labels(result=result) for result in ("accepted", "duplicate")}
+_OUTCOME_COUNTERS = {
+    outcome: PROCESSING_OUTCOMES.labels(outcome=outcome)
+    for outcome in ("completed", "retried", "failed")
+}
 
 blueprint = Blueprint("metrics", __name__)
 
 
 def record_upload(duplicate: bool) -> None:
-    UPLOADS.labels(result="duplicate" if duplicate else "accepted").inc()
+    _UPLOAD_COUNTERS["duplicate" if duplicate else "accepted"].inc()
 
 
 def record_outcome(outcome: str) -> None:
-    PROCESSING_OUTCOMES.labels(outcome=outcome).inc()
+    _OUTCOME_COUNTERS[outcome].inc()
 
 
 class QueueDepthCollector(Collector):
