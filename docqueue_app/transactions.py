@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -117,10 +117,6 @@ class TransactionalService:
             connection.execution_options(**{SQLITE_WRITE_OPTION: True, **execution_options})
             with connection.begin():
                 yield connection
-
-    def _write_one_statement(self) -> AbstractContextManager[Session]:
-        """``_write`` for a transaction of one statement (``one_statement_options``)."""
-        return self._write(**one_statement_options(self.session))
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from flask import current_app
 from marshmallow import ValidationError
-from sqlalchemy import delete, func, inspect, select
+from sqlalchemy import Connection, delete, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -598,11 +598,12 @@ class DocumentQueueService(TransactionalService):
             return self._record_outcomes([unstorable])
 
     def _record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+        if self._one_statement(outcomes):
+            return self._record_in_one_statement(outcomes)
         failures = [o for o in outcomes if o.error is not None]
         settled = []
         events: list[DocumentEvent] = []
-        write = self._write_one_statement if self._one_statement(outcomes) else self._write
-        with write():
+        with self._write():
             # Successes need the time only inside statements: no round trip for it.
             clock = database_clock(self._dialect())
             completed, unsynced = self._record_successes(
@@ -627,6 +628,25 @@ class DocumentQueueService(TransactionalService):
             and all(o.error is None and o.has_callback is False for o in outcomes)
         )
 
+    def _record_in_one_statement(self, outcomes: Sequence[Outcome]) -> int:
+        """``_record_outcomes`` when ``_one_statement``: the statement in autocommit on
+        a connection of its own, without the session, whose transaction bookkeeping
+        cost more CPU than the statement's own (111 against 39 us a record).
+
+        Their documents owe no webhook: the claim said none has a callback_url, which
+        is set at upload and never changed. Should one have it all the same, its
+        deliveries are recorded at once after (in autocommit they were anyway).
+        """
+        with self._write_on_connection(**one_statement_options(self.session)) as connection:
+            rows = self._complete_postgresql(list(outcomes), connection)
+        events: list[DocumentEvent] = []
+        recorded = self._completed(list(outcomes), rows, events)
+        owed = [event for event in events if event.has_callback]
+        if owed:
+            with self._write():
+                record_events(self.session, owed)
+        return len(recorded)
+
     def _record_successes(
         self, outcomes: list[Outcome], events: list[DocumentEvent]
     ) -> tuple[int, list[int]]:
@@ -639,7 +659,8 @@ class DocumentQueueService(TransactionalService):
         if not outcomes:
             return 0, []
         if self._dialect() == "postgresql":
-            return len(self._completed(outcomes, self._complete_postgresql(outcomes), events)), []
+            rows = self._complete_postgresql(outcomes, self.session.connection())
+            return len(self._completed(outcomes, rows, events)), []
         return self._complete_sqlite(outcomes, events)
 
     def _complete_sqlite(
@@ -668,7 +689,10 @@ class DocumentQueueService(TransactionalService):
         synced = {values["document_id"] for values in results}
         return len(recorded), [doc for doc in document_of.values() if doc not in synced]
 
-    def _complete_postgresql(self, outcomes: list[Outcome]) -> list[CompletedItem]:
+    @staticmethod
+    def _complete_postgresql(
+        outcomes: list[Outcome], connection: Connection
+    ) -> list[CompletedItem]:
         """The whole record of ``outcomes`` in one statement (queries.complete_batch_postgresql)."""
         statement, parameters = queries.complete_batch_postgresql(
             [
@@ -676,7 +700,7 @@ class DocumentQueueService(TransactionalService):
                 for o in outcomes
             ]
         )
-        rows = run_on_driver(self.session.connection(), statement, parameters).fetchall()
+        rows = run_on_driver(connection, statement, parameters).fetchall()
         return [CompletedItem(*row) for row in rows]
 
     @staticmethod

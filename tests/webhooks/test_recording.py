@@ -83,6 +83,27 @@ def test_outcomes_with_no_webhook_configured_cost_no_query_of_their_own(make_app
     assert deliveries(app) == []
 
 
+def test_a_callback_url_the_claim_did_not_see_still_gets_its_delivery(make_app):
+    # A pass whose claim saw no callback_url records its successes alone (PostgreSQL:
+    # one statement in autocommit). callback_url is set at upload and never changed;
+    # written behind the service's back all the same, the completion says so and the
+    # delivery is recorded.
+    app = make_app(**settings(WEBHOOK_URL=None))
+    with app.app_context():
+        service = DocumentQueueService()
+        document, _ = service.submit_document("late.txt", b"its callback comes late", "text/plain")
+        [item] = service.claim_due_items(1, "worker")
+        execute_sql(app, "UPDATE documents SET callback_url = :url", url=HOOK)
+        assert service.record_outcomes([Outcome.success(item, RESULT)]) == 1
+
+    [delivery] = deliveries(app)
+    assert (delivery.event, delivery.document_id, delivery.url) == (
+        WebhookEvent.COMPLETED,
+        document.id,
+        HOOK,
+    )
+
+
 def _payload(delivery_id: str) -> str:
     return db.session.scalar(
         db.select(WebhookDelivery.payload).where(WebhookDelivery.delivery_id == delivery_id)
