@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,14 @@ def test_bench_measures_every_target_at_a_tiny_size(
     assert [row["target"] for row in saved["rows"]] == [row.target for row in rows]
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_the_in_process_drain_processes_every_job() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess_drain", "sqlite", "10", "25"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "sqlite, claims of 10: 25 jobs" in finished.stdout
