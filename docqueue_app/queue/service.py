@@ -638,9 +638,9 @@ class DocumentQueueService(TransactionalService):
         deliveries are recorded at once after (in autocommit they were anyway).
         """
         with self._write_on_connection(**one_statement_options(self.session)) as connection:
-            rows = self._complete_postgresql(list(outcomes), connection)
+            rows = self._complete_postgresql(outcomes, connection)
         events: list[DocumentEvent] = []
-        recorded = self._completed(list(outcomes), rows, events)
+        recorded = self._completed(outcomes, rows, events)
         owed = [event for event in events if event.has_callback]
         if owed:
             with self._write():
@@ -691,7 +691,7 @@ class DocumentQueueService(TransactionalService):
 
     @staticmethod
     def _complete_postgresql(
-        outcomes: list[Outcome], connection: Connection
+        outcomes: Sequence[Outcome], connection: Connection
     ) -> list[CompletedItem]:
         """The whole record of ``outcomes`` in one statement (queries.complete_batch_postgresql)."""
         statement, parameters = queries.complete_batch_postgresql(
@@ -705,7 +705,7 @@ class DocumentQueueService(TransactionalService):
 
     @staticmethod
     def _completed(
-        outcomes: list[Outcome], rows: Sequence[Any], events: list[DocumentEvent]
+        outcomes: Sequence[Outcome], rows: Sequence[Any], events: list[DocumentEvent]
     ) -> list[Outcome]:
         """The outcomes of the items completed (``rows``: id, document_id, callback_url);
         each one's document owes a "completed" event, which goes to ``events``.
