@@ -349,7 +349,10 @@ def stored_timestamp(connection: Connection, moment: datetime) -> Any:
 
 
 def run_on_driver(
-    connection: Connection, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()
+    connection: Connection,
+    statement: str,
+    parameters: Sequence[Any] | Mapping[str, Any] = (),
+    **driver_options: Any,
 ) -> Any:
     """Run one statement on the driver's connection itself (sqlite3, psycopg); its cursor.
 
@@ -359,10 +362,11 @@ def run_on_driver(
     PostgreSQL, a quarter on SQLite). Errors are raised as SQLAlchemy would have
     raised them, and a lost connection is invalidated, so outages (a restart, a
     full disk, a lock held too long) are handled as everywhere else.
+    ``driver_options`` go to the driver's ``execute`` (psycopg: ``binary=True``).
     """
     dbapi_connection = connection.connection.dbapi_connection
     try:
-        return dbapi_connection.execute(statement, parameters)
+        return dbapi_connection.execute(statement, parameters, **driver_options)
     except connection.dialect.loaded_dbapi.Error as error:
         lost = connection.dialect.is_disconnect(error, dbapi_connection, None)
         if lost:

@@ -63,12 +63,14 @@ def test_bench_measures_every_target_at_a_tiny_size(
         assert (tmp_path / "bench.png").stat().st_size > 0
 
 
-def test_the_in_process_drain_processes_every_job() -> None:
+@pytest.mark.parametrize("documents", ["text", "pdf"])
+def test_the_in_process_drain_processes_every_job(documents: str) -> None:
+    command = ["bench.inprocess_drain", "sqlite", "10", "25", "--documents", documents]
     finished = subprocess.run(
-        [sys.executable, "-m", "bench.inprocess_drain", "sqlite", "10", "25"],
+        [sys.executable, "-m", *command],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).resolve().parents[1],
     )
-    assert "sqlite, claims of 10: 25 jobs" in finished.stdout
+    assert f"sqlite, claims of 10, {documents}: 25 jobs" in finished.stdout

@@ -8,6 +8,7 @@ Each has the processor signature ``f(content, filename, content_type) -> dict``.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import re
 import resource
@@ -23,6 +24,11 @@ def echo_text(content: bytes, filename: str, content_type: str) -> dict:
         "page_count": None,
         "metadata": {"content_type": content_type},
     }
+
+
+def report_digest(content: bytes, filename: str, content_type: str) -> dict:
+    """Succeeds: the text is the sha256 of the bytes it was given."""
+    return {"text": hashlib.sha256(content).hexdigest(), "title": None, "page_count": None}
 
 
 def report_pid(content: bytes, filename: str, content_type: str) -> dict:

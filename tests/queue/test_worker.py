@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -64,6 +65,21 @@ def test_a_postgresql_claim_brings_the_bytes_of_small_documents(app, monkeypatch
     assert len(reads) == (1 if backend_name(app) == "postgresql" else 2)
     assert status_of(app, small).word_count == 3
     assert status_of(app, large).word_count == 30
+
+
+@pytest.mark.parametrize("with_the_claim", [True, False], ids=["with-the-claim", "read-after"])
+def test_the_processor_gets_every_byte_as_uploaded(make_app, monkeypatch, with_the_claim):
+    # PostgreSQL sends the claim's rows in binary; documents too large to come with
+    # the claim are read after it. Both must hand over the bytes untouched.
+    monkeypatch.setattr(worker_module, "LOAD_GROUP_BYTES", 1 << 20 if with_the_claim else 64)
+    app = make_app(PROCESSOR=f"{SAMPLE}:report_digest")
+    data = bytes(range(256)) * 3 + b"\x00\\x00\r\n" + bytes(range(255, -1, -1))
+    document_id = submit(app, data, "every-byte.bin")
+    with app.app_context():
+        assert process_document_queue(limit=2, look_first=False)["completed"] == 1
+    with app.app_context(), Session(db.engine) as session:
+        text = session.get(Document, document_id).text
+    assert text == hashlib.sha256(data).hexdigest()
 
 
 def test_a_claim_builds_no_orm_objects(app):
