@@ -96,15 +96,18 @@ _POSTGRESQL_STORE = """
     FROM new_documents JOIN new_items ON new_items.document_id = new_documents.id
 """
 # Many files: each column an array, so the statement's text (and its server-side
-# prepared plan) is the same for two documents and for a thousand.
+# prepared plan) is the same for two documents and for a thousand. The arrays go in
+# the binary format (``%b``): in text, psycopg escapes each document's bytes to hex
+# and scans the escape with a regular expression for quoting, 5.4 million
+# instructions for a 42 KB document (callgrind), more than all the rest of storing it.
 _POSTGRESQL_STORE_MANY = _POSTGRESQL_STORE.format(
     incoming="""
         SELECT *
         FROM unnest(
-            CAST(%(filename)s AS varchar[]), CAST(%(content_type)s AS varchar[]),
-            CAST(%(size)s AS integer[]), CAST(%(sha256)s AS varchar[]),
-            CAST(%(priority)s AS integer[]), CAST(%(data)s AS bytea[]),
-            CAST(%(callback_url)s AS text[])
+            CAST(%(filename)b AS varchar[]), CAST(%(content_type)b AS varchar[]),
+            CAST(%(size)b AS integer[]), CAST(%(sha256)b AS varchar[]),
+            CAST(%(priority)b AS integer[]), CAST(%(data)b AS bytea[]),
+            CAST(%(callback_url)b AS text[])
         ) WITH ORDINALITY
             AS incoming
                 (filename, content_type, size, sha256, priority, data, callback_url, position)"""

@@ -194,6 +194,27 @@ def test_submit_documents_stores_each_new_file_once_and_answers_in_order(
     assert service.get_queue_stats()["pending"] == 3
 
 
+def test_submit_documents_stores_every_byte_and_name_as_given(app: Flask, app_ctx: Flask) -> None:
+    # PostgreSQL receives the files as arrays in the binary format: no value may be
+    # changed by escaping or quoting on the way, whatever its bytes or characters.
+    files = [
+        NewDocument('{a, "b"}\\ NULL.bin', bytes(range(256)) * 2, "application/octet-stream"),
+        NewDocument("NULL", b"\x00" * 5 + b"\\x00,{}", "text/plain", callback_url=None),
+        NewDocument("ünïcødé 文書.txt", "ünïcødé 文書".encode(), "text/plain; charset=utf-8"),
+    ]
+
+    documents = [document for document, _ in DocumentQueueService().submit_documents(files)]
+
+    stored = {
+        row.document_id: row.data
+        for row in db.session.execute(text("SELECT document_id, data FROM document_contents"))
+    }
+    for file, document in zip(files, documents, strict=True):
+        assert (document.filename, document.content_type) == (file.filename, file.content_type)
+        assert bytes(stored[document.id]) == file.content
+        assert document.callback_url is None
+
+
 def test_submit_documents_stores_all_files_or_none(
     app: Flask, app_ctx: Flask, refuse_bytes: None
 ) -> None:
