@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ..database import OUTAGES, Backoff, report_failure
 from ..metrics import PROCESSING_SECONDS, record_outcome
-from ..models import Document, DocumentContent, db
+from ..models import Document, DocumentContent, db, run_on_driver
 from ..processing import (
     PermanentProcessingError,
     ProcessingCancelled,
@@ -227,18 +227,31 @@ def _documents_read(bytes_up_to_size: bool) -> Select:
 
 # Built once: building them costs more Python than a small read takes in the database.
 _READ_ALL, _READ_SMALL = _documents_read(False), _documents_read(True)
+# PostgreSQL's, run on the driver for rows in the binary format: in text the bytes
+# travel as hex, twice their size, which the server writes and the worker decodes
+# (24 instructions a byte in libpq's PQunescapeBytea, callgrind).
+_READ_ON_POSTGRESQL = (
+    "SELECT d.id, d.size, CASE WHEN d.size <= %(up_to_size)s THEN c.data END,"
+    " d.filename, d.content_type"
+    " FROM documents AS d JOIN document_contents AS c ON c.document_id = d.id"
+    " WHERE d.id = ANY(%(document_ids)s)"
+)
+_ANY_SIZE = 2**63 - 1
 
 
 def _read_documents(
     session: Session, document_ids: list[int], up_to_size: int | None = None
 ) -> dict[int, tuple[int, LoadedDocument | None]]:
     """document id -> (size, its bytes and names); bytes only up to ``up_to_size``, if given."""
-    session.connection(execution_options=one_statement_options(session))
-    parameters: dict[str, Any] = {"document_ids": sorted(set(document_ids))}
-    if up_to_size is not None:
-        parameters["up_to_size"] = up_to_size
-    statement = _READ_ALL if up_to_size is None else _READ_SMALL
-    rows = session.execute(statement, parameters).all()
+    connection = session.connection(execution_options=one_statement_options(session))
+    ids = sorted(set(document_ids))
+    if connection.dialect.name == "postgresql":
+        sizes = _ANY_SIZE if up_to_size is None else up_to_size
+        parameters = {"document_ids": ids, "up_to_size": sizes}
+        rows = run_on_driver(connection, _READ_ON_POSTGRESQL, parameters, binary=True).fetchall()
+    else:
+        statement = _READ_ALL if up_to_size is None else _READ_SMALL
+        rows = session.execute(statement, {"document_ids": ids, "up_to_size": up_to_size}).all()
     session.commit()
     return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
