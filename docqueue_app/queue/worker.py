@@ -11,6 +11,7 @@ reclaimed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -20,12 +21,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from flask import Flask, current_app
-from sqlalchemy import Select, bindparam, case, null, select
 from sqlalchemy.orm import Session
 
 from ..database import OUTAGES, Backoff, report_failure
 from ..metrics import PROCESSING_SECONDS, record_outcome
-from ..models import Document, DocumentContent, db, run_on_driver
+from ..models import db, run_on_driver
 from ..processing import (
     PermanentProcessingError,
     ProcessingCancelled,
@@ -213,29 +213,21 @@ def _unread(documents: dict[int, tuple[int, LoadedDocument | None]], document_id
     return document_id in documents and documents[document_id][1] is None
 
 
-def _documents_read(bytes_up_to_size: bool) -> Select:
-    """Documents' sizes, names and bytes (only those of up to :up_to_size, if asked)."""
-    data: Any = DocumentContent.data
-    if bytes_up_to_size:
-        data = case((Document.size <= bindparam("up_to_size"), data), else_=null())
-    return (
-        select(Document.id, Document.size, data, Document.filename, Document.content_type)
-        .join(DocumentContent, DocumentContent.document_id == Document.id)
-        .where(Document.id.in_(bindparam("document_ids", expanding=True)))
-    )
-
-
-# Built once: building them costs more Python than a small read takes in the database.
-_READ_ALL, _READ_SMALL = _documents_read(False), _documents_read(True)
-# PostgreSQL's, run on the driver for rows in the binary format: in text the bytes
-# travel as hex, twice their size, which the server writes and the worker decodes
-# (24 instructions a byte in libpq's PQunescapeBytea, callgrind).
-_READ_ON_POSTGRESQL = (
-    "SELECT d.id, d.size, CASE WHEN d.size <= %(up_to_size)s THEN c.data END,"
-    " d.filename, d.content_type"
-    " FROM documents AS d JOIN document_contents AS c ON c.document_id = d.id"
-    " WHERE d.id = ANY(%(document_ids)s)"
-)
+# Documents' sizes, names and bytes (the bytes only of those of up to up_to_size), on
+# the driver (run_on_driver): PostgreSQL's rows then come in binary, not as hex.
+_READ_DOCUMENTS = """
+    SELECT d.id, d.size, CASE WHEN d.size <= {up_to_size} THEN c.data END,
+        d.filename, d.content_type
+    FROM documents AS d JOIN document_contents AS c ON c.document_id = d.id
+    WHERE {among_ids}"""
+_READ_DOCUMENTS_ON = {
+    "postgresql": _READ_DOCUMENTS.format(
+        up_to_size="%(up_to_size)s", among_ids="d.id = ANY(%(document_ids)s)"
+    ),
+    "sqlite": _READ_DOCUMENTS.format(
+        up_to_size=":up_to_size", among_ids="d.id IN (SELECT value FROM json_each(:document_ids))"
+    ),
+}
 _ANY_SIZE = 2**63 - 1
 
 
@@ -244,14 +236,13 @@ def _read_documents(
 ) -> dict[int, tuple[int, LoadedDocument | None]]:
     """document id -> (size, its bytes and names); bytes only up to ``up_to_size``, if given."""
     connection = session.connection(execution_options=one_statement_options(session))
+    dialect = connection.dialect.name
     ids = sorted(set(document_ids))
-    if connection.dialect.name == "postgresql":
-        sizes = _ANY_SIZE if up_to_size is None else up_to_size
-        parameters = {"document_ids": ids, "up_to_size": sizes}
-        rows = run_on_driver(connection, _READ_ON_POSTGRESQL, parameters, binary=True).fetchall()
-    else:
-        statement = _READ_ALL if up_to_size is None else _READ_SMALL
-        rows = session.execute(statement, {"document_ids": ids, "up_to_size": up_to_size}).all()
+    parameters = {
+        "document_ids": ids if dialect == "postgresql" else json.dumps(ids),
+        "up_to_size": _ANY_SIZE if up_to_size is None else up_to_size,
+    }
+    rows = run_on_driver(connection, _READ_DOCUMENTS_ON[dialect], parameters).fetchall()
     session.commit()
     return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
