@@ -15,12 +15,12 @@ from werkzeug.exceptions import NotFound
 
 from .models import (
     Document,
-    DocumentContent,
     QueueAttempt,
     QueueItem,
     WebhookDelivery,
     db,
     latest_items,
+    run_on_driver,
 )
 
 
@@ -145,11 +145,22 @@ def document_deliveries(document_id: int, limit: int) -> list[WebhookDelivery]:
     return list(db.session.scalars(query))
 
 
+# On the driver (run_on_driver), so that PostgreSQL sends the bytes in binary: through
+# the ORM they came as hex text, twice their size, decoded at 24 instructions a byte
+# (about 80 ms of the web server's CPU for a 10 MB download).
+_ORIGINAL_BYTES = {
+    "postgresql": "SELECT data FROM document_contents WHERE document_id = %s",
+    "sqlite": "SELECT data FROM document_contents WHERE document_id = ?",
+}
+
+
 def original_bytes(document_id: int) -> bytes:
-    content = db.session.get(DocumentContent, document_id)
-    if content is None:
+    connection = db.session.connection()
+    statement = _ORIGINAL_BYTES[connection.dialect.name]
+    row = run_on_driver(connection, statement, (document_id,)).fetchone()
+    if row is None:
         raise _not_found(document_id)
-    return content.data
+    return row[0]
 
 
 def _not_found(document_id: int) -> NotFound:

@@ -96,9 +96,12 @@ def connections_opened(app: Flask) -> Iterator[list[Any]]:
 
 
 @contextmanager
-def statements_at_the_driver(app: Flask, record: Callable[[Any, str, Any], None]) -> Iterator[None]:
-    """Calls ``record(driver connection, statement, parameters)`` for every statement
-    the driver runs on the app's connections while in the block.
+def statements_at_the_driver(
+    app: Flask, record: Callable[[Any, str, Any, bool], None]
+) -> Iterator[None]:
+    """Calls ``record(driver connection, statement, parameters, binary)`` for every
+    statement the driver runs on the app's connections while in the block (``binary``:
+    psycopg was asked for its rows in PostgreSQL's binary format).
 
     Read at the driver (psycopg's cursors; SQLite's own trace, whose text has the
     parameters written in, so they come as ``()``), so it sees the statements the
@@ -108,7 +111,8 @@ def statements_at_the_driver(app: Flask, record: Callable[[Any, str, Any], None]
 
     class RecordingCursor(psycopg.Cursor):
         def execute(self, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-            record(self.connection, str(query), params)
+            binary = kwargs.get("binary") or self.format == psycopg.pq.Format.BINARY
+            record(self.connection, str(query), params, bool(binary))
             return super().execute(query, params, *args, **kwargs)
 
     def start_recording(dbapi_connection: Any, *_: Any) -> None:
@@ -116,7 +120,7 @@ def statements_at_the_driver(app: Flask, record: Callable[[Any, str, Any], None]
             dbapi_connection.cursor_factory = RecordingCursor
         else:
             dbapi_connection.set_trace_callback(
-                lambda statement: record(dbapi_connection, statement, ())
+                lambda statement: record(dbapi_connection, statement, (), False)
             )
 
     def stop_recording(dbapi_connection: Any, *_: Any) -> None:
@@ -135,8 +139,22 @@ def statements_run(app: Flask) -> Iterator[list[tuple[str, Any]]]:
     with its parameters (``statements_at_the_driver``)."""
     run: list[tuple[str, Any]] = []
     with statements_at_the_driver(
-        app, lambda _, statement, params: run.append((statement, params))
+        app, lambda _, statement, params, __: run.append((statement, params))
     ):
+        yield run
+
+
+@contextmanager
+def statements_with_binary_rows(app: Flask) -> Iterator[list[str]]:
+    """The statements run while in the block whose rows psycopg was asked for in
+    PostgreSQL's binary format (``statements_at_the_driver``)."""
+    run: list[str] = []
+
+    def record(_: Any, statement: str, __: Any, binary: bool) -> None:
+        if binary:
+            run.append(statement)
+
+    with statements_at_the_driver(app, record):
         yield run
 
 

@@ -116,7 +116,7 @@ def completions_in_a_transaction(app):
     transaction (False: in autocommit, a transaction of its own)."""
     seen: list[bool] = []
 
-    def record(driver, statement: str, _parameters: object) -> None:
+    def record(driver, statement: str, _parameters: object, _binary: bool) -> None:
         if "UPDATE queue_items" in statement and "'completed'" in statement:
             autocommit = getattr(driver, "autocommit", None)  # psycopg's
             seen.append(driver.in_transaction if autocommit is None else not autocommit)
