@@ -18,7 +18,7 @@ from pathlib import Path
 from .common import PROJECT_ROOT
 from .databases import BACKENDS
 from .harness import run
-from .targets import TARGETS, Settings
+from .targets import DRAIN_JOBS, TARGETS, Settings
 
 
 def _list(text: str) -> list[str]:
@@ -27,7 +27,7 @@ def _list(text: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("BENCH_JOBS", 3000)))
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("BENCH_JOBS", DRAIN_JOBS)))
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)))
     parser.add_argument("--backends", type=_list, default=list(BACKENDS))
     parser.add_argument(
