@@ -18,7 +18,7 @@ from pathlib import Path
 from .common import PROJECT_ROOT
 from .databases import BACKENDS
 from .harness import run
-from .targets import DRAIN_JOBS, TARGETS, Settings
+from .targets import DRAIN_JOBS, PICKUP_SAMPLES, TARGETS, Settings
 
 
 def _list(text: str) -> list[str]:
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--production-documents", type=int, default=400)
     parser.add_argument("--enqueue-documents", type=int, default=500)
     parser.add_argument("--http-uploads", type=int, default=400)
-    parser.add_argument("--pickup-samples", type=int, default=50)
+    parser.add_argument("--pickup-samples", type=int, default=PICKUP_SAMPLES)
     parser.add_argument(
         "--backlog-sizes",
         type=lambda text: [int(size) for size in _list(text)],
