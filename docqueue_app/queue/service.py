@@ -53,6 +53,7 @@ from ..models import (
     QueueState,
     UTCDateTime,
     run_on_driver,
+    run_walking_indexes_on_driver,
     stored_timestamp,
     utcnow,
 )
@@ -484,7 +485,7 @@ class DocumentQueueService(TransactionalService):
             limit, worker, self.lease, bytes_up_to
         )
         with self._write_on_connection(**one_statement_options(self.session)) as connection:
-            cursor = run_on_driver(connection, statement, parameters)
+            cursor = run_walking_indexes_on_driver(connection, statement, parameters)
             return _claimed_items(cursor, queries.CLAIMED_DOCUMENT_COLUMNS)
 
     def _claim_batch_sqlite(
