@@ -74,3 +74,16 @@ def test_the_in_process_drain_processes_every_job(documents: str) -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert f"sqlite, claims of 10, {documents}: 25 jobs" in finished.stdout
+
+
+def test_the_history_drain_compares_a_burst_onto_a_history_with_one_onto_nothing() -> None:
+    command = ["bench.history_drain", "--history", "300", "--jobs", "200", "--rounds", "1"]
+    finished = subprocess.run(
+        [sys.executable, "-m", *command, "--batch", "10", "--backends", "sqlite"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "sqlite, claims of 10: 200 jobs onto 300 finished" in finished.stdout
+    assert "ratio" in finished.stdout
