@@ -409,6 +409,15 @@ def run_walking_indexes_on_driver(
     return cursor
 
 
+def walk_indexes(connection: Connection) -> None:
+    """PostgreSQL: the rest of the connection's transaction is planned as
+    ``run_walking_indexes_on_driver`` plans its statement, so each ORDER BY in it
+    must be one an index answers (a sort no index spares would be paid all the same,
+    but chosen over any other plan)."""
+    if connection.dialect.name == "postgresql":
+        run_on_driver(connection, _WITHOUT_SORTS)
+
+
 @contextlib.contextmanager
 def _raised_as_sqlalchemy_would(
     connection: Connection, statement: str, parameters: Any

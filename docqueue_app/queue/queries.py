@@ -139,12 +139,17 @@ _POSTGRESQL_CLAIMABLE = _postgresql_claimable("")
 
 
 def _poll(now: str, due_hint: str = "", lease_hint: str = "") -> str:
+    # Each question is the first row in the order of the index that answers it:
+    # under models.walk_indexes that index is the one PostgreSQL reads. (Not
+    # EXISTS, whose ORDER BY and LIMIT PostgreSQL drops.)
     return f"""
     SELECT {now} AS now,
       (SELECT paused FROM queue_state WHERE id = {QUEUE_STATE_ID}) AS paused,
-      EXISTS (SELECT 1 FROM queue_items AS q {lease_hint}
-              WHERE q.status = 'in_progress' AND q.lease_expires_at <= {now}) AS lost,
-      EXISTS (SELECT 1 FROM queue_items AS q {due_hint} WHERE {_DUE.format(now=now)}) AS due"""
+      (SELECT q.lease_expires_at FROM queue_items AS q {lease_hint}
+       WHERE q.status = 'in_progress' AND q.lease_expires_at <= {now}
+       ORDER BY q.lease_expires_at LIMIT 1) IS NOT NULL AS lost,
+      (SELECT q.run_at FROM queue_items AS q {due_hint} WHERE {_DUE.format(now=now)}
+       ORDER BY q.run_at LIMIT 1) IS NOT NULL AS due"""
 
 
 _POLL_SQL = {
@@ -159,7 +164,8 @@ def poll(dialect: str) -> TextualSelect:
     """The look before a claim, in one statement: now, paused, any lease expired, any due.
 
     The time is the database's (PostgreSQL's now(), or SQLite's host clock);
-    each question is answered from an index range in O(log n).
+    each question is answered from an index range in O(log n), on PostgreSQL
+    when run under ``models.walk_indexes``.
     """
     statement = text(_POLL_SQL[dialect])
     if dialect == "sqlite":
@@ -180,9 +186,6 @@ def claimable_batch(dialect: str, now: datetime, limit: int) -> TextualSelect:
         .bindparams(bindparam("now", now, type_=UTCDateTime), bindparam("limit", limit))
         .columns(id=Integer)
     )
-
-
-CLAIM_ORDER = (QueueItem.priority.desc(), QueueItem.run_at, QueueItem.id)
 
 
 _Item = TypeVar("_Item")  # a QueueItem, or a claim's ClaimedItem

@@ -56,6 +56,7 @@ from ..models import (
     run_walking_indexes_on_driver,
     stored_timestamp,
     utcnow,
+    walk_indexes,
 )
 from ..schemas import describe_validation_errors, load_processor_result
 from ..states import (
@@ -406,15 +407,10 @@ class DocumentQueueService(TransactionalService):
         """
         self.rescue_expired_leases()
         with self._read() as session:
-            ids = queries.claimable_batch(self._dialect(), self._now(), limit)
-            chosen = ids.subquery()
-            return list(
-                session.scalars(
-                    select(QueueItem)
-                    .join(chosen, chosen.c.id == QueueItem.id)
-                    .order_by(*queries.CLAIM_ORDER)
-                ).all()
-            )
+            walk_indexes(session.connection())  # as the claim does
+            chosen = queries.claimable_batch(self._dialect(), self._now(), limit).subquery()
+            items = session.scalars(select(QueueItem).join(chosen, chosen.c.id == QueueItem.id))
+            return queries.in_claim_order(items)
 
     def mark_in_progress(self, item: QueueItem, worker_id: str | None = None) -> bool:
         """Claim one item; False when another worker got it first (or it is not due).
@@ -465,6 +461,7 @@ class DocumentQueueService(TransactionalService):
             # One read-only statement decides the poll; its time serves the claim
             # too (a database time a few milliseconds old).
             with self._read() as session:
+                walk_indexes(session.connection())
                 look = session.execute(queries.poll(self._dialect())).one()
             if look.paused:
                 return []
