@@ -11,7 +11,7 @@ holding ``--history`` finished items (each with its attempt) whose statistics we
 taken, as autovacuum takes them, while none was pending, so they have not seen the
 burst. That is a queue's everyday state: most of its items are finished, and a
 burst outnumbers nothing the statistics know. The rate is the steady-state rate of
-every throughput measure (bench.perf.common.steady_rate); printed are the medians
+every throughput measure (bench.perf.drain.docqueue_drain); printed are the medians
 of the rounds and their ratio, which stays near 1 when claims and outcomes read
 index ranges whatever the statistics say.
 """
@@ -23,8 +23,8 @@ import statistics
 from contextlib import closing
 from datetime import timedelta
 
-from bench.perf.common import NOOP_PROCESSOR, docqueue_env, running, start_worker, steady_rate
 from bench.perf.databases import BACKENDS, Database, Templates, fill_queue, templates
+from bench.perf.drain import docqueue_drain
 
 _FINISH = (
     "UPDATE queue_items SET status = 'completed', attempts = 1, started_at = created_at,"
@@ -34,7 +34,6 @@ _FINISH = (
     "UPDATE documents SET status = 'completed'",
 )
 _ANALYZE = {"postgresql": "VACUUM ANALYZE", "sqlite": "ANALYZE"}
-_PENDING = "SELECT count(*) FROM queue_items WHERE status IN ('pending', 'in_progress')"
 
 
 def add_finished_history(database: Database, items: int) -> None:
@@ -48,17 +47,10 @@ def add_finished_history(database: Database, items: int) -> None:
 
 def drain(made: Templates, kind: str, history: int, jobs: int, batch: int) -> float:
     """Jobs per second of two workers draining ``jobs`` queued after ``history``."""
-    with made.fresh(kind) as database, closing(database.connect()) as probe:
+    with made.fresh(kind) as database:
         if history:
             add_finished_history(database, history)
-        fill_queue(database, history + 1, jobs, due_in=timedelta(seconds=-1))
-        env = docqueue_env(database.url, NOOP_PROCESSOR, "none")
-
-        def done() -> int:
-            return jobs - probe.execute(_PENDING).fetchone()[0]
-
-        with running([start_worker(env, batch) for _ in range(2)]) as workers:
-            return steady_rate(done, jobs, workers)
+        return docqueue_drain(database, jobs, batch, first=history + 1)
 
 
 def main() -> None:

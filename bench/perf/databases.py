@@ -182,6 +182,7 @@ class Probe:
 
     FINISHED = "SELECT count(*) FROM queue_items WHERE status IN ('completed', 'failed')"
     FAILED = "SELECT count(*) FROM queue_items WHERE status = 'failed'"
+    UNFINISHED = "SELECT count(*) FROM queue_items WHERE status IN ('pending', 'in_progress')"
 
     def __init__(self, database: Database) -> None:
         self.connection = database.connect()
@@ -191,6 +192,9 @@ class Probe:
 
     def failed(self) -> int:
         return self.connection.execute(self.FAILED).fetchone()[0]
+
+    def unfinished(self) -> int:
+        return self.connection.execute(self.UNFINISHED).fetchone()[0]
 
     def close(self) -> None:
         self.connection.close()
