@@ -50,9 +50,11 @@ HEAVY_MODULES = PARSERS_AND_TOOLS + HTTP_PARTS
 
 # `docqueue ARGS...`; its last line on stdout lists the heavy modules it loaded.
 DOCQUEUE = """
-import atexit, json, sys
+import atexit, gc, json, sys
 
 heavy = json.loads(sys.argv.pop(1))
+# (atexit runs the last registered first: these print in the opposite order)
+atexit.register(lambda: print(json.dumps({"collecting": gc.isenabled()})))
 atexit.register(lambda: print(json.dumps(sorted(set(heavy) & set(sys.modules)))))
 sys.argv[0] = "docqueue"
 from docqueue_app.cli import main
@@ -101,8 +103,8 @@ def finish(process: subprocess.Popen) -> dict[str, Any]:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr
-    *output, loaded = stdout.splitlines()
-    return {"output": "\n".join(output), "loaded": json.loads(loaded)}
+    *output, loaded, garbage = stdout.splitlines()
+    return {"output": "\n".join(output), "loaded": json.loads(loaded), **json.loads(garbage)}
 
 
 def run_command(database_url: str, *args: str) -> dict[str, Any]:
@@ -147,7 +149,10 @@ def test_standalone_worker_runs_without_the_web_app(app: Flask, database_url: st
         wait_until(lambda: queue_stats(app)["completed"] == 1, timeout=60)
     finally:
         worker.send_signal(signal.SIGTERM)
-    assert finish(worker)["loaded"] == []
+    report = finish(worker)
+    assert report["loaded"] == []
+    # The collector, off while the worker starts, runs again once it works.
+    assert report["collecting"] is True
 
 
 def test_sigterm_while_the_worker_starts_exits_0_with_nothing_claimed(
