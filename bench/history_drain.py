@@ -26,7 +26,8 @@ from datetime import timedelta
 from bench.perf.databases import BACKENDS, Database, Templates, fill_queue, templates
 from bench.perf.drain import docqueue_drain
 
-_FINISH = (
+# Every queued item finished (completed, with its attempt), as a long history is.
+FINISH_EVERY_ITEM = (
     "UPDATE queue_items SET status = 'completed', attempts = 1, started_at = created_at,"
     " finished_at = created_at",
     "INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at, finished_at,"
@@ -40,7 +41,7 @@ def add_finished_history(database: Database, items: int) -> None:
     """``items`` finished documents, then the statistics taken while none is pending."""
     fill_queue(database, 1, items, due_in=timedelta(hours=-1))
     with closing(database.connect()) as connection:
-        for statement in _FINISH:
+        for statement in FINISH_EVERY_ITEM:
             connection.execute(statement)
         connection.execute(_ANALYZE[database.kind])
 

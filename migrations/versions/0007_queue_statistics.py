@@ -28,20 +28,17 @@ ANALYZE_AFTER_CHANGED_ROWS = 1000
 
 
 def upgrade():
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    for table in QUEUE_TABLES:
-        op.execute(
-            f"ALTER TABLE {table} SET (autovacuum_analyze_scale_factor = 0,"
-            f" autovacuum_analyze_threshold = {ANALYZE_AFTER_CHANGED_ROWS})"
-        )
+    _alter_queue_tables(
+        "SET (autovacuum_analyze_scale_factor = 0,"
+        f" autovacuum_analyze_threshold = {ANALYZE_AFTER_CHANGED_ROWS})"
+    )
 
 
 def downgrade():
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    for table in QUEUE_TABLES:
-        op.execute(
-            f"ALTER TABLE {table} RESET (autovacuum_analyze_scale_factor,"
-            " autovacuum_analyze_threshold)"
-        )
+    _alter_queue_tables("RESET (autovacuum_analyze_scale_factor, autovacuum_analyze_threshold)")
+
+
+def _alter_queue_tables(change: str) -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for table in QUEUE_TABLES:
+            op.execute(f"ALTER TABLE {table} {change}")

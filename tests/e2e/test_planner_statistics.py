@@ -16,6 +16,7 @@ default round is a minute) without touching the shared server.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
 from flask import Flask
@@ -24,8 +25,12 @@ from flask_migrate import upgrade
 from docqueue_app.queue import DocumentQueueService
 from tests.conftest import app_factory
 from tests.e2e.pg_cluster import PostgresCluster
-from tests.helpers import statements_run
-from tests.queue.test_claim_plans import add_history_then_a_backlog, plan_of
+from tests.queue.test_claim_plans import (
+    add_history_then_a_backlog,
+    in_service,
+    plan_of,
+    queue_statements_sent,
+)
 
 HISTORY = 100_000  # by default, autovacuum would wait for 10,050 changed rows
 BURST = 3_000
@@ -45,13 +50,11 @@ def autovacuum_every_second(cluster: PostgresCluster) -> None:
         connection.execute("SELECT pg_reload_conf()")
 
 
-def a_claim_of_ten(app: Flask) -> tuple[str, dict, list[str]]:
+def a_claim_of_ten(app: Flask) -> tuple[str, Any, list]:
     """A claim of 10 as a worker sends it (run once): its statement, parameters and settings."""
-    with statements_run(app) as sent, app.app_context():
-        DocumentQueueService().claim_due_items(10, "w", look_first=False)
-    settings = [statement for statement, _ in sent if "set_config(" in statement]
-    [(statement, parameters)] = [(s, p) for s, p in sent if "WITH claimed AS" in s]
-    return statement, parameters, settings
+    claim = in_service(app, lambda service: service.claim_due_items(10, "w", look_first=False))
+    [sent] = [sent for sent in queue_statements_sent(app, claim) if "WITH claimed AS" in sent[0]]
+    return sent
 
 
 def test_a_burst_onto_a_long_history_is_claimed_by_index_once_autovacuum_has_looked(

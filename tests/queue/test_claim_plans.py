@@ -20,6 +20,7 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
+from bench.history_drain import FINISH_EVERY_ITEM
 from docqueue_app.models import QueueItem, db, utcnow
 from docqueue_app.queue import DocumentQueueService
 from docqueue_app.queue.service import Outcome
@@ -144,12 +145,13 @@ def table_scans(plan: str) -> list[str]:
     return bad
 
 
-def plans_of(app: Flask, action: Callable[[], Any]) -> list[str]:
-    """The plans of the statements ``action`` runs that read queue tables (read at the
-    driver: PostgreSQL's claim runs on the driver's connection)."""
+def queue_statements_sent(app: Flask, action: Callable[[], Any]) -> list[tuple[str, Any, list]]:
+    """The statements ``action`` runs that read queue tables (read at the driver:
+    PostgreSQL's claim runs on the driver's connection), each as (statement,
+    parameters, the planner settings its transaction made before it)."""
     with statements_run(app) as sent:
         action()
-    queue_statements = []  # each with the planner settings its transaction made before it
+    queue_statements = []
     settings: list[str] = []
     for statement, parameters in sent:
         if statement.strip().upper() in ("BEGIN", "COMMIT", "ROLLBACK"):
@@ -159,6 +161,12 @@ def plans_of(app: Flask, action: Callable[[], Any]) -> list[str]:
         elif "queue_items" in statement or "documents" in statement:
             queue_statements.append((statement, parameters, list(settings)))
     assert queue_statements, "the action sent no statement to the queue tables"
+    return queue_statements
+
+
+def plans_of(app: Flask, action: Callable[[], Any]) -> list[str]:
+    """The plans of the statements ``action`` runs that read queue tables."""
+    queue_statements = queue_statements_sent(app, action)
     plans = [plan_of(app, *sent_with_settings) for sent_with_settings in queue_statements]
     # A worker's claim runs with its generic plan once PostgreSQL prefers it.
     plans += [
@@ -257,18 +265,8 @@ def add_history_then_a_backlog(
     (as autovacuum takes them) while none was pending; then ``backlog`` items due in
     ``due_in``, which they have not seen."""
     add_items(app, history, due_in=-timedelta(hours=1), analyze=False)
-    execute_sql(
-        app,
-        "UPDATE queue_items SET status = 'completed', attempts = 1, started_at = :now,"
-        " finished_at = :now",
-        now=utcnow(),
-    )
-    execute_sql(
-        app,
-        "INSERT INTO queue_attempts (queue_item_id, attempt, worker, started_at, finished_at,"
-        " outcome) SELECT id, 1, 'w', started_at, finished_at, 'completed' FROM queue_items",
-    )
-    execute_sql(app, "UPDATE documents SET status = 'completed'")
+    for statement in FINISH_EVERY_ITEM:
+        execute_sql(app, statement)
     execute_sql(app, "ANALYZE")
     add_items(app, backlog, due_in=due_in, first=history + 1, analyze=False)
 
