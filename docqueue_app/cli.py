@@ -27,7 +27,27 @@ from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 from . import create_app
 from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
-queue_cli = AppGroup("queue", help="Work and inspect the document queue.")
+# A command stopped by a database outage (unreachable, read-only, full, busy, not
+# migrated) exits with this, after one line on stderr saying which.
+OUTAGE_EXIT_CODE = 3
+
+
+class QueueCommands(AppGroup):
+    """The ``queue`` commands: an outage ends one with a line on stderr, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            from .database import describe_outage, is_outage
+
+            if not is_outage(error):
+                raise
+            click.echo(f"Error: {describe_outage(error)}.", err=True)
+            ctx.exit(OUTAGE_EXIT_CODE)
+
+
+queue_cli = QueueCommands("queue", help="Work and inspect the document queue.")
 
 
 def echo_json(payload: Any) -> None:
@@ -106,8 +126,7 @@ def purge_command(older_than_days: float, statuses: tuple[str, ...]) -> None:
 
 
 # `docqueue import` exits 0 when every file was stored (or was a duplicate), 1 when
-# some file was refused, and this when a database outage stopped it part way.
-IMPORT_STOPPED_EXIT_CODE = 3
+# some file was refused, and OUTAGE_EXIT_CODE when a database outage stopped it.
 
 
 @click.command("import")
@@ -155,7 +174,7 @@ def import_command(
         )
     echo_json(result.counts.as_dict())
     if result.stopped_by is not None:
-        click.get_current_context().exit(IMPORT_STOPPED_EXIT_CODE)
+        click.get_current_context().exit(OUTAGE_EXIT_CODE)
     click.get_current_context().exit(1 if result.counts.rejected else 0)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -47,32 +48,57 @@ RETRY_AFTER_SECONDS = 5
 # SQLSTATEs that are outages although psycopg files them under other classes.
 _READ_ONLY_TRANSACTION = "25006"  # a standby, or default_transaction_read_only
 _OUTAGE_SQLSTATES = frozenset({_READ_ONLY_TRANSACTION})
+# A table or column docqueue needs is not there: its migrations have not run (yet).
+_MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # undefined table, column
+# SQLite's: "no such table: x", "no such column: x", "table x has no column named y".
+_MISSING_SCHEMA_MESSAGE = re.compile(r"^no such (table|column): | has no column named ")
+NOT_MIGRATED = "not migrated"
 
 # Health states of the database (/healthz, /readyz).
 OK, UNREACHABLE, READ_ONLY = "ok", "unreachable", "read_only"
 
 
 def is_outage(error: BaseException) -> bool:
-    """True when ``error`` means the database cannot take work now, not that the data is bad."""
+    """True when ``error`` means the database cannot take work now, not that the data is bad.
+
+    A database not migrated yet is one: a worker started before ``db upgrade``
+    waits for it as for a restart, and a request meanwhile answers 503.
+    """
     if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
         return True
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True
-        return getattr(error.orig, "sqlstate", None) in _OUTAGE_SQLSTATES
+        return getattr(error.orig, "sqlstate", None) in _OUTAGE_SQLSTATES or is_not_migrated(error)
     return False
+
+
+def is_not_migrated(error: BaseException) -> bool:
+    """True when a table or column docqueue needs is missing from the database."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if getattr(error.orig, "sqlstate", None) in _MISSING_SCHEMA_SQLSTATES:
+        return True
+    message = str(error.orig)
+    return isinstance(error, OperationalError) and bool(_MISSING_SCHEMA_MESSAGE.search(message))
 
 
 def describe_outage(error: BaseException) -> str:
     """A short reason for the log: the kind of outage and the driver's first line."""
     message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    return f"the database is {outage_kind(error)}: {message}"
+    return f"the database is {outage_kind(error)}{_remedy(error)}: {message}"
+
+
+def _remedy(error: BaseException) -> str:
+    return " (run `docqueue db upgrade`)" if is_not_migrated(error) else ""
 
 
 def outage_kind(error: BaseException) -> str:
-    """``read-only``, ``full``, ``busy`` or ``unreachable``."""
+    """``not migrated``, ``read-only``, ``full``, ``busy`` or ``unreachable``."""
     message = str(getattr(error, "orig", None) or error).lower()
     sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+    if is_not_migrated(error):
+        return NOT_MIGRATED
     if "readonly" in message or "read-only" in message or sqlstate == _READ_ONLY_TRANSACTION:
         return "read-only"
     if "full" in message or sqlstate.startswith("53"):
@@ -230,7 +256,8 @@ def answer_outage(error: Exception) -> Response:
     _log_request_outage(error)
     unavailable = ServiceUnavailable(
         # The kind only: a driver's message can name hosts and paths.
-        description=f"The database is {outage_kind(error)}: nothing was changed; try again later.",
+        description=f"The database is {outage_kind(error)}{_remedy(error)}: nothing was changed;"
+        " try again later.",
         retry_after=RETRY_AFTER_SECONDS,
     )
     return current_app.handle_http_exception(unavailable)

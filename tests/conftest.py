@@ -113,6 +113,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database ``db upgrade`` never ran on: an empty file, an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        return
+    request.getfixturevalue("postgres_url")  # reachable, else skipped (failed under CI=true)
+    name = f"{PG_TEST_DATABASE}_unmigrated"
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin(f'CREATE DATABASE "{name}"')
+    yield _postgres_url(name)
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def postgresql_clean(postgres_url: str) -> str:
     with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from docqueue_app.cli import OUTAGE_EXIT_CODE
 from docqueue_app.queue import DocumentQueueService
-from tests.e2e.server import BIN
+from tests.e2e.server import BIN, free_port
+from tests.helpers import wait_until
 
 
 def submit(app, data: bytes = b"some words here") -> int:
@@ -98,3 +101,72 @@ def command_names(help_text: str) -> set[str]:
     """The commands a click --help lists."""
     listing = help_text.split("Commands:", 1)[1]
     return {line.split()[0] for line in listing.splitlines() if line.startswith("  ")}
+
+
+ONE_SHOT_COMMANDS = [
+    ["queue", "process"],
+    ["queue", "stats"],
+    ["queue", "retry-failed"],
+    ["queue", "purge", "--older-than-days", "1"],
+    ["import", "."],
+]
+
+
+def assert_stopped_by_the_database(result: subprocess.CompletedProcess, kind: str) -> None:
+    """Exit 3 with a line on stderr saying what is wrong with the database; no traceback."""
+    assert result.returncode == OUTAGE_EXIT_CODE, result.stderr
+    assert f"the database is {kind}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "[SQL:" not in result.stderr
+
+
+@pytest.mark.parametrize("launcher", [["docqueue"], ["flask", "--app", "docqueue_app"]])
+@pytest.mark.parametrize("command", ONE_SHOT_COMMANDS, ids=" ".join)
+def test_a_command_meeting_an_unreachable_database_says_so_in_one_line(tmp_path, launcher, command):
+    (tmp_path / "a.txt").write_text("to import")
+    env = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/docqueue"}
+    script, *app_option = launcher
+    result = run_script(script, *app_option, *command, cwd=tmp_path, env=env)
+    assert_stopped_by_the_database(result, "unreachable")
+
+
+@pytest.mark.parametrize("command", ONE_SHOT_COMMANDS, ids=" ".join)
+def test_a_command_on_a_database_not_migrated_names_the_command_that_fixes_it(
+    tmp_path, unmigrated_database_url, command
+):
+    (tmp_path / "a.txt").write_text("to import")
+    env = {"DATABASE_URL": unmigrated_database_url}
+    result = run_script("docqueue", *command, cwd=tmp_path, env=env)
+    assert_stopped_by_the_database(result, "not migrated")
+    assert "docqueue db upgrade" in result.stderr
+
+
+def test_a_worker_started_before_the_migrations_waits_for_them_without_tracebacks(
+    tmp_path, unmigrated_database_url
+):
+    env = {"DATABASE_URL": unmigrated_database_url}
+    worker = subprocess.Popen(
+        [str(BIN / "docqueue"), "queue", "worker", "--poll-interval", "0.05"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)  # several passes meet the missing tables meanwhile
+        assert run_script("docqueue", "db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+        (tmp_path / "a.txt").write_text("some words to extract")
+        assert run_script("docqueue", "import", "a.txt", cwd=tmp_path, env=env).returncode == 0
+        wait_until(lambda: queue_stats(tmp_path, env)["completed"] == 1, timeout=60)
+    finally:
+        worker.terminate()
+        _, log = worker.communicate(timeout=30)
+    assert worker.returncode == 0, log
+    assert "Traceback" not in log
+    waiting = [line for line in log.splitlines() if "not migrated" in line]
+    assert len(waiting) == 1, log  # one line when it begins, not one per pass
+    assert "docqueue db upgrade" in waiting[0]
+
+
+def queue_stats(folder: Path, env: dict[str, str]) -> dict[str, int]:
+    return json.loads(run_script("docqueue", "queue", "stats", cwd=folder, env=env).stdout)

@@ -296,6 +296,16 @@ def test_pages_answer_an_html_503_when_postgresql_is_unreachable(
         assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
 
 
+def test_a_database_not_migrated_gives_503_naming_the_command_that_fixes_it(
+    unmigrated_database_url: str,
+) -> None:
+    with app_factory(unmigrated_database_url) as make_app:
+        client = make_app().test_client()
+        for response in (upload(client), client.get("/api/documents")):
+            assert_unavailable(response, "not migrated")
+            assert "docqueue db upgrade" in response.get_json()["message"]
+
+
 @pytest.fixture
 def read_only_postgresql(postgresql_clean: str) -> Iterator[Callable[[bool], None]]:
     """Switch the test database to read-only (new sessions), as a standby or an admin would."""
