@@ -55,7 +55,7 @@ _MISSING_SCHEMA_MESSAGE = re.compile(r"^no such (table|column): | has no column 
 NOT_MIGRATED = "not migrated"
 
 # Health states of the database (/healthz, /readyz).
-OK, UNREACHABLE, READ_ONLY = "ok", "unreachable", "read_only"
+OK, UNREACHABLE, READ_ONLY, NOT_MIGRATED_STATE = "ok", "unreachable", "read_only", "not_migrated"
 
 
 def is_outage(error: BaseException) -> bool:
@@ -192,18 +192,19 @@ class Backoff:
 
 
 def database_state() -> str:
-    """``ok``, ``unreachable`` or ``read_only``: what /healthz reports.
+    """``ok``, ``unreachable``, ``read_only`` or ``not_migrated``: what /healthz reports.
 
     ``SELECT 1`` alone proves nothing on SQLite (it never reads the file), so a
     table is read there and the file and its folder must be writable (SQLite
     opens a write-protected file read-only without a word, and writes its
-    journal next to it).
+    journal next to it). The probe reads docqueue's table on PostgreSQL too, so
+    a database ``db upgrade`` has not reached is not reported healthy.
     """
     try:
         state = _probe(db.session.connection())
     except SQLAlchemyError as error:
         log.warning("health check: %s", describe_outage(error))
-        state = UNREACHABLE
+        state = NOT_MIGRATED_STATE if is_not_migrated(error) else UNREACHABLE
     finally:
         _rollback_quietly()
     return state
@@ -222,7 +223,9 @@ def _probe(connection: Any) -> str:
             return OK
         connection.execute(text("SELECT 1"))
         return OK
-    read_only = connection.execute(text("SELECT current_setting('transaction_read_only')"))
+    read_only = connection.execute(
+        text("SELECT current_setting('transaction_read_only'), (SELECT count(*) FROM queue_state)")
+    )
     return READ_ONLY if read_only.scalar() == "on" else OK
 
 

@@ -117,7 +117,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def unmigrated_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database ``db upgrade`` never ran on: an empty file, an empty PostgreSQL database."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        path = tmp_path / "unmigrated.db"
+        path.touch()  # an empty file is an empty SQLite database
+        yield f"sqlite:///{path}"
         return
     request.getfixturevalue("postgres_url")  # reachable, else skipped (failed under CI=true)
     name = f"{PG_TEST_DATABASE}_unmigrated"

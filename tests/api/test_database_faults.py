@@ -306,6 +306,14 @@ def test_a_database_not_migrated_gives_503_naming_the_command_that_fixes_it(
             assert "docqueue db upgrade" in response.get_json()["message"]
 
 
+def test_healthz_says_a_database_is_not_migrated(unmigrated_database_url: str) -> None:
+    with app_factory(unmigrated_database_url) as make_app:
+        response = make_app().test_client().get("/healthz")
+
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "error", "database": "not_migrated"}
+
+
 @pytest.fixture
 def read_only_postgresql(postgresql_clean: str) -> Iterator[Callable[[bool], None]]:
     """Switch the test database to read-only (new sessions), as a standby or an admin would."""
