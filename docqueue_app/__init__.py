@@ -119,8 +119,10 @@ class DeferredMigrate:
     def db_command(self) -> Any:
         from flask_migrate.cli import db
 
+        from .cli import EndsOnOutage
+
         self.set_up()
-        return db
+        return EndsOnOutage.like(db)  # `db upgrade` against a database down: one line
 
     def __getattr__(self, name: str) -> Any:
         # Only for names this object lacks: Flask-Migrate's own attributes.

@@ -32,8 +32,8 @@ from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 OUTAGE_EXIT_CODE = 3
 
 
-class QueueCommands(AppGroup):
-    """The ``queue`` commands: an outage ends one with a line on stderr, not a traceback."""
+class EndsOnOutage(click.Group):
+    """A group whose commands an outage ends with a line on stderr, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -45,6 +45,21 @@ class QueueCommands(AppGroup):
                 raise
             click.echo(f"Error: {describe_outage(error)}.", err=True)
             ctx.exit(OUTAGE_EXIT_CODE)
+
+    @classmethod
+    def like(cls, group: click.Group) -> EndsOnOutage:
+        """The same group (options, callback, commands), ending on outages this way."""
+        return cls(
+            name=group.name,
+            commands=group.commands,
+            callback=group.callback,
+            params=group.params,
+            help=group.help,
+        )
+
+
+class QueueCommands(EndsOnOutage, AppGroup):
+    """The ``queue`` commands."""
 
 
 queue_cli = QueueCommands("queue", help="Work and inspect the document queue.")

@@ -121,7 +121,7 @@ def assert_stopped_by_the_database(result: subprocess.CompletedProcess, kind: st
 
 
 @pytest.mark.parametrize("launcher", [["docqueue"], ["flask", "--app", "docqueue_app"]])
-@pytest.mark.parametrize("command", ONE_SHOT_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("command", [*ONE_SHOT_COMMANDS, ["db", "upgrade"]], ids=" ".join)
 def test_a_command_meeting_an_unreachable_database_says_so_in_one_line(tmp_path, launcher, command):
     (tmp_path / "a.txt").write_text("to import")
     env = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/docqueue"}
