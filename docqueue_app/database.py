@@ -52,10 +52,9 @@ _OUTAGE_SQLSTATES = frozenset({_READ_ONLY_TRANSACTION})
 _MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # undefined table, column
 # SQLite's: "no such table: x", "no such column: x", "table x has no column named y".
 _MISSING_SCHEMA_MESSAGE = re.compile(r"^no such (table|column): | has no column named ")
-NOT_MIGRATED = "not migrated"
 
 # Health states of the database (/healthz, /readyz).
-OK, UNREACHABLE, READ_ONLY, NOT_MIGRATED_STATE = "ok", "unreachable", "read_only", "not_migrated"
+OK, UNREACHABLE, READ_ONLY, NOT_MIGRATED = "ok", "unreachable", "read_only", "not_migrated"
 
 
 def is_outage(error: BaseException) -> bool:
@@ -98,7 +97,7 @@ def outage_kind(error: BaseException) -> str:
     message = str(getattr(error, "orig", None) or error).lower()
     sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
     if is_not_migrated(error):
-        return NOT_MIGRATED
+        return "not migrated"
     if "readonly" in message or "read-only" in message or sqlstate == _READ_ONLY_TRANSACTION:
         return "read-only"
     if "full" in message or sqlstate.startswith("53"):
@@ -204,7 +203,7 @@ def database_state() -> str:
         state = _probe(db.session.connection())
     except SQLAlchemyError as error:
         log.warning("health check: %s", describe_outage(error))
-        state = NOT_MIGRATED_STATE if is_not_migrated(error) else UNREACHABLE
+        state = NOT_MIGRATED if is_not_migrated(error) else UNREACHABLE
     finally:
         _rollback_quietly()
     return state
