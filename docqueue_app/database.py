@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 # seconds, and clients retrying sooner only add load.
 RETRY_AFTER_SECONDS = 5
 
-# SQLSTATEs that are outages although psycopg files them under other classes.
-_READ_ONLY_TRANSACTION = "25006"  # a standby, or default_transaction_read_only
-_OUTAGE_SQLSTATES = frozenset({_READ_ONLY_TRANSACTION})
 # A table or column docqueue needs is not there: its migrations have not run (yet).
 _MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # undefined table, column
+# SQLSTATEs that are outages although psycopg files them under other classes.
+_READ_ONLY_TRANSACTION = "25006"  # a standby, or default_transaction_read_only
+_OUTAGE_SQLSTATES = frozenset({_READ_ONLY_TRANSACTION, *_MISSING_SCHEMA_SQLSTATES})
 # SQLite's: "no such table: x", "no such column: x", "table x has no column named y".
 _MISSING_SCHEMA_MESSAGE = re.compile(r"^no such (table|column): | has no column named ")
 
@@ -68,7 +68,7 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True
-        return getattr(error.orig, "sqlstate", None) in _OUTAGE_SQLSTATES or is_not_migrated(error)
+        return getattr(error.orig, "sqlstate", None) in _OUTAGE_SQLSTATES
     return False
 
 
@@ -85,19 +85,16 @@ def is_not_migrated(error: BaseException) -> bool:
 def describe_outage(error: BaseException) -> str:
     """A short reason for the log: the kind of outage and the driver's first line."""
     message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    return f"the database is {outage_kind(error)}{_remedy(error)}: {message}"
-
-
-def _remedy(error: BaseException) -> str:
-    return " (run `docqueue db upgrade`)" if is_not_migrated(error) else ""
+    return f"the database is {outage_kind(error)}: {message}"
 
 
 def outage_kind(error: BaseException) -> str:
-    """``not migrated``, ``read-only``, ``full``, ``busy`` or ``unreachable``."""
+    """``not migrated`` (with the command that fixes it), ``read-only``, ``full``,
+    ``busy`` or ``unreachable``."""
+    if is_not_migrated(error):
+        return "not migrated (run `docqueue db upgrade`)"
     message = str(getattr(error, "orig", None) or error).lower()
     sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
-    if is_not_migrated(error):
-        return "not migrated"
     if "readonly" in message or "read-only" in message or sqlstate == _READ_ONLY_TRANSACTION:
         return "read-only"
     if "full" in message or sqlstate.startswith("53"):
@@ -258,8 +255,7 @@ def answer_outage(error: Exception) -> Response:
     _log_request_outage(error)
     unavailable = ServiceUnavailable(
         # The kind only: a driver's message can name hosts and paths.
-        description=f"The database is {outage_kind(error)}{_remedy(error)}: nothing was changed;"
-        " try again later.",
+        description=f"The database is {outage_kind(error)}: nothing was changed; try again later.",
         retry_after=RETRY_AFTER_SECONDS,
     )
     return current_app.handle_http_exception(unavailable)
