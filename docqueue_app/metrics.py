@@ -87,7 +87,7 @@ def metrics() -> Response:
     database = CollectorRegistry(auto_describe=False)
     database.register(QueueDepthCollector(current_app.extensions[EXTENSION]))
     body = generate_latest(_process_registry()) + generate_latest(database)
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
 def _process_registry() -> CollectorRegistry:

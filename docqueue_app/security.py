@@ -73,10 +73,10 @@ def _is_own_origin(origin: str) -> bool:
 
 
 def _origin_of(url: str) -> tuple[str, str, int | None] | None:
-    parts = urlsplit(url.strip())
     try:
+        parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError:  # not a number, or out of range
+    except ValueError:  # a malformed IPv6 host; a port not a number, or out of range
         return None
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)

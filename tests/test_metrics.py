@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from docqueue_app.queue import process_document_queue
 from tests.helpers import upload
 
@@ -25,7 +27,9 @@ def test_metrics_show_uploads_depth_and_outcomes(app, client):
 
     response = client.get("/metrics")
     assert response.status_code == 200
-    assert response.mimetype == "text/plain"
+    # Exactly Prometheus' own, one charset: Prometheus 3 refuses a scrape whose
+    # Content-Type has a parameter twice.
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
     body = response.get_data(as_text=True)
     assert metric(body, "docqueue_uploads_total", result="accepted") == uploads_before + 1
     assert metric(body, "docqueue_queue_items", status="pending") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from collections.abc import Callable, Mapping
 
@@ -49,7 +50,14 @@ class JsonBodyParser(FlaskParser):
         body = req.get_data(cache=True)
         if not body.strip():
             return core.missing
-        return core.parse_json(body)
+        try:
+            return core.parse_json(body)
+        except json.JSONDecodeError:
+            raise  # webargs' own 400
+        except (RecursionError, ValueError) as exc:
+            # JSON that Python will not load (nested too deep, an integer of
+            # thousands of digits) is as unusable as invalid JSON: the same 400.
+            self._handle_invalid_json_error(exc, req)
 
 
 class ApiBlueprint(flask_smorest.Blueprint):

@@ -29,6 +29,8 @@ FROM_ANOTHER_SITE = [
     {"Origin": "https://localhost"},  # same host, another scheme
     {"Origin": "null"},  # a sandboxed frame or a redirect hides its origin
     {"Sec-Fetch-Site": "same-origin", "Origin": "https://evil.example"},
+    {"Origin": "http://["},  # no origin this site could have, not a 500
+    {"Origin": "http://[::1"},
 ]
 FROM_THIS_SITE = [
     {},  # curl, scripts

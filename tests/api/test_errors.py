@@ -21,11 +21,20 @@ def test_wrong_method_is_a_json_405_naming_the_allowed_ones(client: FlaskClient)
     assert "DELETE" in response.headers["Allow"]
 
 
-def test_invalid_json_body_is_a_json_400(client: FlaskClient) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[1,",
+        "[" * 100_000 + "]" * 100_000,  # valid, but deeper than Python's recursion limit
+        '{"priority": ' + "9" * 5000 + "}",  # valid, but over Python's 4,300 digits
+    ],
+    ids=["invalid", "nested-too-deep", "huge-integer"],
+)
+def test_invalid_json_body_is_a_json_400(client: FlaskClient, body: str) -> None:
     document_id = upload(client).get_json()["id"]
 
     response = client.post(
-        f"/api/documents/{document_id}/reprocess", data="[1,", content_type="application/json"
+        f"/api/documents/{document_id}/reprocess", data=body, content_type="application/json"
     )
 
     body = assert_json_error(response, 400, "Bad Request")
