@@ -70,9 +70,14 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
+# SQLite numbers a new row max(id) + 1 unless told otherwise: a deleted document's
+# id, and its item's, would go to the next upload (migration 0008 says what broke).
+NEVER_REUSED_IDS = {"sqlite_autoincrement": True}
+
+
 class Document(db.Model):
     __tablename__ = "documents"
-    __table_args__ = (UniqueConstraint("sha256", name="uq_documents_sha256"),)
+    __table_args__ = (UniqueConstraint("sha256", name="uq_documents_sha256"), NEVER_REUSED_IDS)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     filename: Mapped[str] = mapped_column(String(255))
@@ -130,6 +135,7 @@ class QueueItem(db.Model):
         partial_index("ix_queue_items_due", "run_at", where=_PENDING),
         Index("ix_queue_items_document_status", "document_id", "status"),
         Index("ix_queue_items_status_finished", "status", "finished_at"),
+        NEVER_REUSED_IDS,
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -1,4 +1,5 @@
 import logging
+from contextlib import contextmanager
 from logging.config import fileConfig
 
 from flask import current_app
@@ -103,8 +104,30 @@ def run_migrations_online():
             **conf_args
         )
 
-        with context.begin_transaction():
-            context.run_migrations()
+        with sqlite_foreign_keys_off(connection):
+            with context.begin_transaction():
+                context.run_migrations()
+
+
+@contextmanager
+def sqlite_foreign_keys_off(connection):
+    """SQLite's procedure for rebuilding a table: foreign keys off while it runs.
+
+    With them on, dropping the old copy of a table (batch mode) deletes, or
+    cascades to, every row that refers to it. The pragma does nothing inside a
+    transaction, so it is set on the driver's connection before Alembic begins
+    one; a migration that rebuilds a table checks the keys itself
+    (``PRAGMA foreign_key_check``) before it commits.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    driver_connection = connection.connection.driver_connection
+    driver_connection.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        driver_connection.execute("PRAGMA foreign_keys = ON")
 
 
 if context.is_offline_mode():

@@ -219,6 +219,17 @@ def test_delete_removes_the_document_and_its_bytes(client: FlaskClient) -> None:
     assert_json_error(client.delete(f"/api/documents/{document_id}"), 404, "Not Found")
 
 
+def test_a_deleted_documents_id_is_never_given_to_another(client: FlaskClient) -> None:
+    # A client that kept the id (a link, a webhook it stored) must get 404, not a stranger.
+    [document_id] = upload_ids(client, 1)
+    client.delete(f"/api/documents/{document_id}")
+
+    [next_id] = upload_ids(client, 1, first=1)
+
+    assert next_id > document_id
+    assert_json_error(client.get(f"/api/documents/{document_id}"), 404, "Not Found")
+
+
 # -- API token --------------------------------------------------------------------
 
 TOKEN = "s3cret-tøken"

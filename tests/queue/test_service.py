@@ -295,6 +295,21 @@ class TestOutcomes:
         assert not service.mark_failed(item, "late")
         assert db.session.get(Document, doc_id) is None
 
+    def test_result_of_a_deleted_document_never_lands_on_the_next_upload(self, service):
+        # SQLite numbers a new row max(id) + 1: had the next upload taken the deleted
+        # document's ids, the same worker's claim of it would pass the old fencing check.
+        doc_id = new_document(service, "old.txt")
+        item = claim(service, doc_id)
+        old_ids = (doc_id, item.id)
+        assert service.delete_document(doc_id)
+        new_id = new_document(service, "new.txt")
+        new_item = claim(service, new_id)
+
+        assert not service.mark_completed(item, {"text": "the deleted document's"})
+        assert service.mark_completed(new_item, {"text": "its own"})
+        assert (new_id, new_item.id) != old_ids
+        assert document(new_id).text == "its own"
+
 
 class TestLeases:
     def expire(self, app, doc_id: int) -> None:
