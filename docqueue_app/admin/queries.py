@@ -314,7 +314,7 @@ def actionable_ids(
 
 
 def count_purgeable(older_than_days: float, now: datetime) -> Count:
-    """How many items a purge would delete: finished, older, not a document's latest."""
+    """How many items a purge would delete (``finished_before`` says which)."""
     cutoff = now - timedelta(days=older_than_days)
     return capped_count(queue_queries.finished_before(cutoff, FINISHED_STATUSES, COUNT_CAP))
 

@@ -2,8 +2,8 @@
 
 It runs once per cluster per interval, not once per process: the time of its
 last run is kept in the database (``queue_state.pruned_at``) and only the
-process that stamps it does the work. Deletes go in bounded batches, and a
-document's latest item is never deleted, so its status stays explained.
+process that stamps it does the work. Deletes go in bounded batches and choose
+items as a purge does: a document's latest item only with all its items.
 """
 
 from __future__ import annotations

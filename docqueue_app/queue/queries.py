@@ -237,17 +237,30 @@ def pending_item_of(document_id: int) -> Select:
 
 
 def finished_before(cutoff: datetime, statuses: Iterable[ItemStatus], limit: int) -> Select:
-    """Ids of up to ``limit`` finished items older than ``cutoff``.
+    """Ids of up to ``limit`` finished items of these statuses older than ``cutoff``.
 
-    A document's latest item is never among them: it is what the document's
-    status says, and the record of how its processing ended.
+    A document's latest item goes only together with all its older items: until
+    then it is what the document's status says, and an older item would become
+    the latest and contradict it. A document whose items all go keeps its status
+    and shows no queue item (SPEC §4).
     """
+    statuses = list(statuses)
+    older = aliased(QueueItem)
+    an_older_item_stays = exists().where(
+        older.document_id == QueueItem.document_id,
+        older.id < QueueItem.id,
+        or_(
+            older.status.not_in(statuses),
+            older.finished_at.is_(None),
+            older.finished_at >= cutoff,
+        ),
+    )
     return (
         select(QueueItem.id)
         .where(
-            QueueItem.status.in_(list(statuses)),
+            QueueItem.status.in_(statuses),
             QueueItem.finished_at < cutoff,
-            ~is_latest_of_its_document(),
+            or_(~is_latest_of_its_document(), ~an_older_item_stays),
         )
         .order_by(QueueItem.id)
         .limit(limit)

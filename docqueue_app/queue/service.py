@@ -862,10 +862,12 @@ class DocumentQueueService(TransactionalService):
     def purge_items(
         self, older_than_days: float, statuses: Iterable[str] = FINISHED_STATUSES
     ) -> int:
-        """Delete finished items older than N days, but never a document's latest item.
+        """Delete finished items older than N days; documents are kept.
 
-        Documents are kept, and so is the item their status comes from. Deletes
-        run in batches of MAINTENANCE_BATCH, each its own transaction.
+        A document's latest item goes only with all the document's items (see
+        ``queries.finished_before``). The chosen items are locked: a retry that
+        made one pending again in the meantime is not deleted with it. Deletes run
+        in batches of MAINTENANCE_BATCH, each its own transaction.
         """
         chosen = {ItemStatus(status) for status in statuses}
         if not chosen <= set(FINISHED_STATUSES):
@@ -877,7 +879,9 @@ class DocumentQueueService(TransactionalService):
 
         return self._delete_older_than(
             older_than_days,
-            lambda cutoff: queries.finished_before(cutoff, chosen, MAINTENANCE_BATCH),
+            lambda cutoff: queries.finished_before(
+                cutoff, chosen, MAINTENANCE_BATCH
+            ).with_for_update(),
             delete,
             MAINTENANCE_BATCH,
         )

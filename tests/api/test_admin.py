@@ -309,18 +309,41 @@ def test_purge_deletes_old_finished_items_and_keeps_documents(
     old, recent = processed_twice(admin_app, admin, "old.txt"), upload_id(admin, "recent.txt")
     run_queue(admin_app)
     age_items_of(admin_app, old, days=10)
-    latest_of_old = item_of(admin, old)["id"]
 
     response = admin.post("/api/queue/purge", json={"older_than_days": 7})
 
     assert response.status_code == 200
-    assert response.get_json() == {"deleted": 1}
+    assert response.get_json() == {"deleted": 2}
     purged = admin.get(f"/api/documents/{old}").get_json()
-    # The latest item stays: it is what the document's status says.
-    assert (purged["status"], purged["queue_item"]["id"]) == ("completed", latest_of_old)
+    # All its items went: the document keeps its status and shows none (SPEC §4).
+    assert (purged["status"], purged["queue_item"]) == ("completed", None)
     assert admin.get(f"/api/documents/{old}/text").status_code == 200
     assert item_of(admin, recent)["status"] == "completed"
-    assert admin.get("/api/queue/items").get_json()["total"] == 2
+    assert admin.get("/api/queue/items").get_json()["total"] == 1
+    assert admin.post(f"/api/documents/{old}/reprocess").status_code == 202
+
+
+def test_purge_keeps_a_latest_item_while_an_older_one_stays(
+    admin_app: Flask, admin: FlaskClient
+) -> None:
+    # Were the latest to go alone, the older item would become the document's
+    # latest and contradict the status the document shows.
+    twice, once = upload_id(admin, "twice.txt"), upload_id(admin, "once.txt")
+    admin.post(f"/api/queue/items/{item_of(admin, twice)['id']}/cancel")
+    admin.post(f"/api/documents/{twice}/reprocess")
+    run_queue(admin_app)
+    latest_of_twice = item_of(admin, twice)["id"]
+    for document_id in (twice, once):
+        age_items_of(admin_app, document_id, days=2)
+
+    response = admin.post(
+        "/api/queue/purge", json={"older_than_days": 1, "statuses": ["completed"]}
+    )
+
+    assert response.get_json() == {"deleted": 1}
+    kept = admin.get(f"/api/documents/{twice}").get_json()
+    assert (kept["status"], kept["queue_item"]["id"]) == ("completed", latest_of_twice)
+    assert admin.get(f"/api/documents/{once}").get_json()["queue_item"] is None
 
 
 def test_purge_only_touches_the_statuses_named(admin_app: Flask, admin: FlaskClient) -> None:

@@ -94,6 +94,8 @@ class Document:
     # latest one does), so the list can hold several; the test narrows it to
     # the one it observes.
     texts: list[str | None] = field(default_factory=lambda: [None])
+    # What the document shows once purge took all its items: (status, error).
+    kept: tuple[str, object] | None = None
 
 
 class QueueModel:
@@ -136,6 +138,9 @@ class QueueModel:
         found = set()
         for document_id in self.documents:
             items = self.items_of(document_id)
+            if not items:
+                found.add("no item left")
+                continue
             latest = items[-1]
             for item in items:
                 if self.queued(item):
@@ -156,12 +161,18 @@ class QueueModel:
         return found
 
     def document_status(self, document_id: int) -> str | None:
-        latest = self.latest(document_id)
-        return DOCUMENT_STATUS[latest.status] if latest else None
+        return self._shown(document_id)[0]
 
     def document_error(self, document_id: int) -> object:
+        return self._shown(document_id)[1]
+
+    def _shown(self, document_id: int) -> tuple[str | None, object]:
+        """(status, error) of the document: its latest item's, or what it kept."""
         latest = self.latest(document_id)
-        return latest.error if latest and latest.status == FAILED else None
+        if latest is None:
+            kept = self.documents[document_id].kept if document_id in self.documents else None
+            return kept or (None, None)
+        return DOCUMENT_STATUS[latest.status], latest.error if latest.status == FAILED else None
 
     def document_with_content(self, content: bytes) -> Document | None:
         return next((d for d in self.documents.values() if d.content == content), None)
@@ -381,8 +392,14 @@ class QueueModel:
         return retried
 
     def purge(self) -> int:
-        """Every finished item goes, except each document's latest (all finished long ago)."""
+        """Every finished item goes (all finished long ago), but a document's latest only
+        with all its items; a document left with none keeps what it showed."""
         doomed = [i for i in self._by_id() if i.status in FINISHED and not self.is_latest(i)]
+        for document_id in self.documents:
+            items = self.items_of(document_id)
+            if items and all(item.status in FINISHED for item in items):
+                self.documents[document_id].kept = self._shown(document_id)
+                doomed.append(items[-1])
         for item in doomed:
             del self.items[item.id]
         return len(doomed)

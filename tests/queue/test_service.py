@@ -424,8 +424,8 @@ class TestStatsAndPruning:
         service.enqueue(doc_id, "reprocess")
         service.mark_completed(claim(service, doc_id), {"text": "kept"})
         execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=31))
-        assert service.prune_finished_items(30) == 1  # the older; the latest explains the status
-        assert db.session.scalar(db.select(db.func.count()).select_from(QueueAttempt)) == 1
+        assert service.prune_finished_items(30) == 2
+        assert db.session.scalar(db.select(db.func.count()).select_from(QueueAttempt)) == 0
         doc = document(doc_id)
         assert (doc.status, doc.text) == ("completed", "kept")
 
@@ -473,17 +473,16 @@ class TestAdminActions:
         with pytest.raises(ValueError):
             service.purge_items(1, ["pending"])
 
-    def test_purge_never_removes_the_item_a_document_status_comes_from(self, app, service):
+    def test_purging_all_of_a_documents_items_keeps_its_status_and_error(self, app, service):
         doc_id = new_document(service)
         service.mark_failed(claim(service, doc_id), "bad", permanent=True)
         service.enqueue(doc_id, "reprocess")
         service.mark_failed(claim(service, doc_id), "worse", permanent=True)
         execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=2))
-        assert service.purge_items(1, ["failed"]) == 1
-        latest = item_of(doc_id)
-        assert (latest.status, latest.last_error) == ("failed", "worse")
+        assert service.purge_items(1, ["failed"]) == 2
         assert (document(doc_id).status, document(doc_id).error) == ("failed", "worse")
         assert service.purge_items(1, ["failed"]) == 0
+        assert service.retry_failed_items() == 0
 
 
 class TestPause:
@@ -609,11 +608,11 @@ class TestTheLatestItemIsTheDocument:
         assert service.retry_failed_items() == 0
         assert document(doc_id).status == "completed"
 
-    def test_purge_keeps_the_latest_item(self, app, service):
+    def test_purge_takes_a_superseded_item_and_keeps_the_latest(self, app, service):
         doc_id, old = self.superseded_failure(service)
         old_id = old.id
         execute_sql(app, "UPDATE queue_items SET finished_at = :t", t=utcnow() - timedelta(days=9))
-        assert service.purge_items(1) == 1
+        assert service.purge_items(1, ["failed"]) == 1
         assert item_of(doc_id).status == "completed"
         assert db.session.get(QueueItem, old_id) is None
 
