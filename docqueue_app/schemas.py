@@ -19,7 +19,6 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
-    post_load,
     pre_load,
     validate,
     validates,
@@ -283,6 +282,31 @@ class DocumentListQuerySchema(FilteredListQuerySchema):
     status = status_filter(DocumentStatus)
 
 
+class SearchText(fields.String):
+    """A page's search box: NUL dropped, blanks around it stripped, cut to ``max_chars``.
+
+    No stored text holds NUL (file names lose every control character, see
+    ``clean_filename``; errors and texts lose NUL when written) and PostgreSQL
+    refuses it even as a query parameter: dropped, the search finds what the
+    stored text became. A search left blank is None: no search.
+    """
+
+    def __init__(self, *, max_chars: int | None = None, **kwargs: Any) -> None:
+        super().__init__(load_default=None, **kwargs)
+        self.max_chars = max_chars
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | None:
+        text = super()._deserialize(value, attr, data, **kwargs).replace("\x00", "").strip()
+        return text[: self.max_chars] or None
+
+
+class DocumentPageQuerySchema(DocumentListQuerySchema):
+    """The document list page: the API's list query plus its search by file name."""
+
+    # Longer is cut: no file name is longer.
+    q = SearchText(max_chars=MAX_FILENAME_CHARS)
+
+
 class QueueItemListQuerySchema(FilteredListQuerySchema):
     filters = ("status", "document_id")
 
@@ -295,14 +319,8 @@ class AdminItemFilterSchema(QueueItemListQuerySchema):
 
     filters = ("status", "document_id", "filename", "error")
 
-    filename = fields.String(load_default=None)
-    error = fields.String(load_default=None)
-
-    @post_load
-    def blank_text_means_any(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        for key in ("filename", "error"):
-            data[key] = (data[key] or "").strip() or None
-        return data
+    filename = SearchText()
+    error = SearchText()
 
 
 def purge_age_field(**kwargs: Any) -> fields.Float:

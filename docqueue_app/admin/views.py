@@ -293,11 +293,19 @@ def _load(schema: Schema, values: Any) -> dict[str, Any]:
 
 def _safe_next(target: str | None) -> str:
     """Where to go back to: a page of the console (never another site), else the dashboard."""
-    if target:
-        parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/"):
-            return target
+    if target and _is_console_page(target):
+        return target
     return url_for(".dashboard")
+
+
+def _is_console_page(target: str) -> bool:
+    # Our own pages send a URL-encoded path; a control character (CR/LF would
+    # split the Location header, which werkzeug refuses with a 500 after the
+    # action ran) means the value was made by hand.
+    if not target.isprintable():
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc and parts.path.startswith("/admin/")
 
 
 def _back() -> Response:

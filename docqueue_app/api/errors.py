@@ -4,24 +4,36 @@
 validation failures (422, and 400 for a body that is not JSON) as webargs
 reports them. Flask hands every ``HTTPException`` here, including werkzeug's own
 (404, 405, 413 while parsing a form) and the 500 it makes of an unexpected
-exception, whose traceback goes to the log only.
+exception, whose traceback goes to the log only. The one exception: a request
+outside /api that matched no route gets the pages' HTML error page.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from ..schemas import describe_validation_errors
+from ..web.pages import render_unrouted_error_page
+
+API_PATH_PREFIX = "/api"
 
 
 class JsonErrorApi(Api):
-    """flask-smorest's Api, with a message in every error and the exception's headers kept."""
+    """flask-smorest's Api, with a message in every error and the exception's headers kept.
+
+    flask-smorest makes this the app's handler, so it also meets the errors of
+    requests that matched no route (an unknown path, a wrong method): those
+    belong to no blueprint, so the pages' own handler never sees them. Outside
+    /api they are answered as pages, like every other error there.
+    """
 
     def handle_http_exception(self, error: HTTPException) -> Response:
+        if request.url_rule is None and not _is_api_path(request.path):
+            return render_unrouted_error_page(error)
         return json_error_response(error)
 
 
@@ -50,3 +62,7 @@ def _message(error: HTTPException, errors: Any) -> str:
     if errors:
         return describe_validation_errors(errors)
     return error.description or error.name
+
+
+def _is_api_path(path: str) -> bool:
+    return path == API_PATH_PREFIX or path.startswith(API_PATH_PREFIX + "/")

@@ -16,6 +16,7 @@ from flask import (
     Response,
     flash,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -37,7 +38,7 @@ from ..queue import DocumentNotFound, DocumentQueueService
 from ..queue.submissions import NewDocument, Submission
 from ..schemas import (
     ID_CONVERTER,
-    DocumentListQuerySchema,
+    DocumentPageQuerySchema,
     DocumentSchema,
     UploadFormSchema,
     describe_validation_errors,
@@ -56,8 +57,6 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; frame-ancestors 'none'"
 )
 _STATUS_FIELDS = ("id", "status", "error", "updated_at")
-# The list's file name search; longer is cut (a file name has at most 255 characters).
-SEARCH_MAX_CHARS = 255
 # Metadata the processors find (processing/pdf.py, docx.py, text.py, html.py), in the
 # order and with the labels the detail page shows them; any other key follows.
 METADATA_LABELS = {
@@ -119,6 +118,15 @@ def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, s
     return page, error.code or 500, headers
 
 
+def render_unrouted_error_page(error: HTTPException) -> Response:
+    """The error page of a request that matched no route (an unknown path, a wrong method).
+
+    Such a request belongs to no blueprint, so neither ``render_error_page`` nor
+    the pages' ``after_request`` ran for it: both are applied here.
+    """
+    return add_page_security_headers(make_response(render_error_page(error)))
+
+
 # -- upload -----------------------------------------------------------------------
 
 
@@ -168,14 +176,13 @@ def _render_upload_form(error: str | None = None) -> str:
 
 @blueprint.get("/documents")
 def document_list() -> str:
-    query = load_or_422(DocumentListQuerySchema(), request.args)
-    search = request.args.get("q", "").strip()[:SEARCH_MAX_CHARS]
-    page = list_documents(query["status"], query["page"], query["per_page"], search or None)
+    query = load_or_422(DocumentPageQuerySchema(), request.args)
+    page = list_documents(query["status"], query["page"], query["per_page"], query["q"])
     return render_template(
         "web/documents.html",
         page=page,
         status=query["status"],
-        search=search,
+        search=query["q"] or "",
         statuses=[status.value for status in DocumentStatus],
         page_count=max(1, -(-page.total // page.per_page)),
     )

@@ -154,6 +154,40 @@ def test_pages_through_the_items(
     assert admin.get("/admin/?page=0").status_code == 400
 
 
+def test_a_nul_in_a_search_is_dropped(admin: FlaskClient, queue: Queue) -> None:
+    # No stored file name or error holds NUL, and PostgreSQL refuses it even as a parameter.
+    failed = queue.item("scan.pdf", "failed", error="PDF is encrypted")
+    for search in ("filename=%00", "error=%00", "filename=sc%00an", "error=encr%00ypted"):
+        response = admin.get(f"/admin/?{search}")
+        assert response.status_code == 200, search
+        assert item_ids(response) == [failed]
+    confirm = admin.get("/admin/bulk/retry?filename=%00")
+    assert confirm.status_code == 200
+    assert "Retry 1 item" in confirm.get_data(as_text=True)
+
+
+def test_a_nul_in_a_bulk_form_is_dropped(admin: FlaskClient, queue: Queue) -> None:
+    failed = queue.item("scan.pdf", "failed")
+    response = admin.post("/admin/bulk/retry", data={"filename": "sc\x00an"})
+    assert_back_to(response, "/admin/?filename=scan")
+    assert queue.status(failed) == "pending"
+
+
+@pytest.mark.parametrize("path", ["/admin/items/0", "/admin/items/abc", "/admin/nope"])
+def test_a_console_path_no_route_matches_is_an_html_404(admin: FlaskClient, path: str) -> None:
+    response = admin.get(path)
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "404 Not Found" in response.get_data(as_text=True)
+
+
+def test_a_wrong_method_on_the_console_is_an_html_405(admin: FlaskClient) -> None:
+    response = admin.delete("/admin/")
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
+    assert "GET" in response.headers["Allow"]
+
+
 def test_item_page_shows_its_document_and_attempt_history(admin: FlaskClient, queue: Queue) -> None:
     item_id = queue.item("history.txt", "failed", error="bad <b>bytes</b>", retries=2)
     page = admin.get(f"/admin/items/{item_id}")
@@ -249,16 +283,16 @@ def test_purge_confirms_how_many_items_it_will_delete(
         document_id = db.session.get(QueueItem, first).document_id
         DocumentQueueService().cancel_item(first)
         DocumentQueueService().enqueue(document_id, "reprocess")  # first is no longer latest
-    queue.item("latest.txt", "completed")  # a document's latest item is kept
+    queue.item("done.txt", "completed")  # its only item: it goes, the document stays
     long_ago = utcnow() - timedelta(days=40)
     execute_sql(admin_app, "UPDATE queue_items SET finished_at = :at", at=long_ago)
 
     confirm = admin.get("/admin/purge?days=30&next=/admin/%3Fstatus%3Dcancelled")
     html = confirm.get_data(as_text=True)
-    assert "Delete 1 item " in html and "Delete 1 item</button>" in html
+    assert "Delete 2 items " in html and "Delete 2 items</button>" in html
     response = admin.post("/admin/purge", data={"days": "30", "next": "/admin/?status=cancelled"})
     assert_back_to(response, "/admin/?status=cancelled")
-    assert flashes(admin) == ["Purged 1 item finished more than 30 days ago."]
+    assert flashes(admin) == ["Purged 2 items finished more than 30 days ago."]
     with admin_app.app_context():
         assert db.session.get(QueueItem, first) is None
     assert admin.get("/admin/purge?days=-1").status_code == 400
@@ -274,6 +308,23 @@ def test_pause_and_resume(admin: FlaskClient) -> None:
     assert_back_to(admin.post("/admin/resume", data={"next": "/admin/"}), "/admin/")
     assert flashes(admin) == ["Processing resumed."]
     assert admin.get("/admin/stats.json").get_json()["paused"] is False
+
+
+@pytest.mark.parametrize(
+    "unsafe_next",
+    ["/admin/\r\nX-Injected: yes", "/admin/\nX: y", "/admin/?status=failed\r", "/admin/\x00"],
+    ids=["crlf", "lf", "cr", "nul"],
+)
+def test_a_next_with_control_characters_goes_back_to_the_dashboard(
+    admin: FlaskClient, queue: Queue, unsafe_next: str
+) -> None:
+    # It would split the Location header (werkzeug raises: a 500 after the action ran).
+    item_id = queue.item(state="failed")
+    response = admin.post(f"/admin/items/{item_id}/retry", data={"next": unsafe_next})
+    assert_back_to(response, "/admin/")
+    assert queue.status(item_id) == "pending"
+    assert_back_to(admin.post("/admin/pause", data={"next": unsafe_next}), "/admin/")
+    assert admin.get("/admin/stats.json").get_json()["paused"] is True
 
 
 def test_a_form_posted_without_its_csrf_token_is_refused(

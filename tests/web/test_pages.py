@@ -254,6 +254,33 @@ def test_a_document_id_out_of_range_is_a_404(client: FlaskClient, path: str) -> 
         assert client.get(path.format(number)).status_code == 404
 
 
+# -- errors of paths no route matches -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/documents/0", "/documents/abc", "/documents/99999999999", "/documents/1/bogus", "/nope"],
+)
+def test_a_page_path_no_route_matches_is_an_html_404(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "404 Not Found" in response.text
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/documents"), ("POST", "/documents/1")])
+def test_a_wrong_method_on_a_page_is_an_html_405_naming_the_allowed_ones(
+    client: FlaskClient, method: str, path: str
+) -> None:
+    response = client.open(path, method=method)
+
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
+    assert "405 Method Not Allowed" in response.text
+    assert "GET" in response.headers["Allow"]
+
+
 def test_a_list_page_out_of_range_is_an_html_422(client: FlaskClient) -> None:
     for field in ("page", "per_page"):
         for number in NOT_AN_ID:
@@ -280,6 +307,21 @@ def test_list_searches_file_names_ignoring_case(client: FlaskClient) -> None:
     assert 'value="REPORT"' in found
     assert "100%_done.txt" in percent and "Quarterly-Report.txt" not in percent
     assert "No documents whose name contains" in nothing
+
+
+def test_a_nul_in_the_search_is_dropped(client: FlaskClient) -> None:
+    # No stored file name holds NUL, and PostgreSQL refuses it even as a query parameter.
+    upload(client, b"first", "report.txt")
+    upload(client, b"second", "notes.md")
+
+    alone = client.get("/documents?q=%00")
+    inside = client.get("/documents?q=rep%00ort")
+
+    assert alone.status_code == 200
+    assert "report.txt" in alone.text and "notes.md" in alone.text
+    assert inside.status_code == 200
+    assert "report.txt" in inside.text and "notes.md" not in inside.text
+    assert 'value="report"' in inside.text
 
 
 def test_search_keeps_the_query_in_the_pagination_links(client: FlaskClient) -> None:
