@@ -7,8 +7,7 @@ import zipfile
 from pathlib import PurePosixPath
 
 from .docx import MAIN_PART as DOCX_MAIN_PART
-from .docx import MAX_ENTRIES as MAX_ZIP_ENTRIES
-from .docx import OLE2_SIGNATURE, declared_zip_entry_count
+from .docx import OLE2_SIGNATURE, zip_listing_refusal
 from .errors import UnsupportedContentType
 
 PDF = "application/pdf"
@@ -94,13 +93,13 @@ def detect_content_type(content: bytes, filename: str) -> str:
 
 
 def _classify_zip(content: bytes, suffix: str) -> str:
-    entry_count = declared_zip_entry_count(content)
-    if entry_count is not None and entry_count > MAX_ZIP_ENTRIES:
-        # Listing that many entries would cost memory in a web request; the
+    refusal = zip_listing_refusal(content)
+    if refusal is not None:
+        # Listing that directory would cost memory and CPU in a web request; the
         # extractor refuses such a DOCX as a zip bomb, with the reason.
         if DOCX_MAIN_PART.encode() in content:
             return DOCX
-        raise UnsupportedContentType(f"a ZIP archive with {entry_count} entries, not a DOCX")
+        raise UnsupportedContentType(f"a ZIP archive with {refusal}, not a DOCX")
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             names = set(archive.namelist())

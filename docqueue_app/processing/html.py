@@ -7,14 +7,17 @@ inline tags ("W ord"), so the text is assembled here from a walk of the tree.
 
 Lexbor is quadratic in the depth of the tree: each block start tag, misnested end
 tag or reopened formatting element scans the stack of open elements, so 400 KB of
-``<div>`` takes a minute. A linear pre-scan estimates that depth first; past
-MAX_TREE_DEPTH the text is taken by a linear strip of the tags instead.
+``<div>`` takes a minute. It is quadratic in the options of one ``<select>`` too
+(it scans them for each option it inserts), so an option there counts as a level.
+A linear pre-scan estimates that depth first; past MAX_TREE_DEPTH the text is
+taken by a linear strip of the tags instead.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -126,14 +129,20 @@ _HIDDEN_ELEMENTS = re.compile(
 )
 _TITLE = re.compile(r"<title\b[^<>]*>(.*?)(?:</title\b[^<>]*>|\Z)", re.DOTALL | re.IGNORECASE)
 # Elements that never hold others, or whose end tag is implied by a sibling.
+# Not rb, rt, rp (a sibling closes them only inside <ruby>) nor optgroup (only
+# inside <select>): elsewhere they nest, like any element.
 _UNCOUNTED_TAGS = frozenset(
     (
         *("area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "image"),
         *("img", "input", "keygen", "link", "meta", "param", "source", "track", "wbr"),
-        *("p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody"),
-        *("tfoot", "colgroup", "caption", "rb", "rt", "rp", "html", "head", "body"),
+        *("p", "li", "dt", "dd", "tr", "td", "th", "option", "thead", "tbody", "tfoot"),
+        *("colgroup", "caption", "html", "head", "body"),
     )
 )
+# In a <ruby>, a new annotation closes the open one; rb and rtc close an rtc too.
+_RUBY_ANNOTATION_TAGS = frozenset(("rb", "rt", "rp"))
+_RUBY_TAGS = _RUBY_ANNOTATION_TAGS | {"rtc"}
+_RTC_CLOSING_TAGS = frozenset(("rb", "rtc"))
 # Formatting elements stay in the active formatting list after their block ends and
 # are reopened in the next one: counted until their own end tag.
 _FORMATTING_TAGS = frozenset(
@@ -169,6 +178,14 @@ _FOREIGN_BREAKOUT_TAGS = frozenset(
 )
 
 
+@dataclass
+class _OpenSelect:
+    """An open <select>: its place on the stack, and the options put in it so far."""
+
+    position: int
+    options: int = 0
+
+
 class _OpenElements:
     """A rough stack of open elements: pushed by start tags, cut back by end tags
     only where the HTML tree builder surely closes them too, so it can overestimate
@@ -183,9 +200,27 @@ class _OpenElements:
         self.positions: dict[str, list[int]] = {}
         # (position, is SVG/MathML root) of the foreign roots and integration points.
         self.namespaces: list[tuple[int, bool]] = []
+        self.selects: list[_OpenSelect] = []
+
+    def depth(self) -> int:
+        """How many elements a tag may make the tree builder scan: the open ones and
+        the options of the innermost open <select>."""
+        return len(self.names) + (self.selects[-1].options if self.selects else 0)
 
     def in_foreign_content(self) -> bool:
         return bool(self.namespaces) and self.namespaces[-1][1]
+
+    def open(self, name: str) -> None:
+        """The start tag of ``name``, not a formatting element."""
+        if name in _RUBY_TAGS:
+            self._close_ruby_annotations(closes_rtc=name in _RTC_CLOSING_TAGS)
+        if self.selects and name in ("option", "optgroup"):
+            # A sibling closes them here, but each option costs a scan of the others
+            # (closing options or their groups does not spare it).
+            if name == "option":
+                self.selects[-1].options += 1
+        elif name not in _UNCOUNTED_TAGS:
+            self.push(name)
 
     def push(self, name: str) -> None:
         position = len(self.names)
@@ -195,6 +230,8 @@ class _OpenElements:
         self.positions.setdefault(name, []).append(position)
         if name in _FOREIGN_ROOTS or (name in _HTML_INTEGRATION_POINTS and self.namespaces):
             self.namespaces.append((position, name in _FOREIGN_ROOTS))
+        if name == "select":
+            self.selects.append(_OpenSelect(position))
 
     def close(self, name: str) -> None:
         """The end tag of ``name``: pop it and what is above it, unless blocked."""
@@ -202,6 +239,8 @@ class _OpenElements:
         if not positions:
             return
         position = positions[-1]
+        if self.selects and position < self.selects[-1].position:
+            return  # Lexbor ignores the end tag of an element around an open <select>
         blockers = self.scopes if name in _SPECIAL_TAGS else self.specials
         if self._top(blockers) <= position:
             self.pop_to(position)
@@ -216,6 +255,19 @@ class _OpenElements:
         del self.names[position:], self.specials[position:], self.scopes[position:]
         while self.namespaces and self.namespaces[-1][0] >= position:
             self.namespaces.pop()
+        while self.selects and self.selects[-1].position >= position:
+            self.selects.pop()
+
+    def _close_ruby_annotations(self, closes_rtc: bool) -> None:
+        if not self._in_scope("ruby"):
+            return
+        closed = _RUBY_TAGS if closes_rtc else _RUBY_ANNOTATION_TAGS
+        while self.names and self.names[-1] in closed:
+            self.pop_to(len(self.names) - 1)
+
+    def _in_scope(self, name: str) -> bool:
+        positions = self.positions.get(name)
+        return bool(positions) and positions[-1] > self._top(self.scopes)
 
     @staticmethod
     def _top(stack: list[int]) -> int:
@@ -257,11 +309,9 @@ def estimated_tree_depth(text: str, limit: int = MAX_TREE_DEPTH) -> int:
                 continue
             formatting[name] = formatting.get(name, 0) + 1
             open_formatting += 1
-        elif name not in _UNCOUNTED_TAGS and not (
-            (match["attributes"] or "").endswith("/") and stack.in_foreign_content()
-        ):
-            stack.push(name)
-        deepest = max(deepest, len(stack.names) + open_formatting)
+        elif not ((match["attributes"] or "").endswith("/") and stack.in_foreign_content()):
+            stack.open(name)
+        deepest = max(deepest, stack.depth() + open_formatting)
         if deepest > limit:
             break
     return deepest

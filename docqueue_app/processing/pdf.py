@@ -11,6 +11,7 @@ DOCQUEUE_OCR is on; a page with any text is taken as it is, never read twice.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 from dataclasses import dataclass, field
@@ -89,11 +90,10 @@ def _extract_open_document(document: pdfium.PdfDocument) -> dict:
     pages = _read_pages(document, min(page_count, MAX_PAGES))
     if page_count and pages.unreadable == page_count:
         raise PermanentProcessingError("damaged PDF: no page could be read")
-    raw_metadata = document.get_metadata_dict(skip_empty=True)
     metadata: dict = {
-        name: raw_metadata[key].strip()
+        name: value
         for key, name in _METADATA_KEYS.items()
-        if key in raw_metadata
+        if (value := _metadata_value(document, key).strip())
     }
     metadata["pdf_version"] = _pdf_version(document)
     metadata["ocr_pages"] = pages.ocr_pages
@@ -106,7 +106,7 @@ def _extract_open_document(document: pdfium.PdfDocument) -> dict:
         metadata["text_truncated"] = True
     return {
         "text": PAGE_SEPARATOR.join(pages.texts),
-        "title": raw_metadata.get("Title", "").strip() or None,
+        "title": _metadata_value(document, "Title").strip() or None,
         "page_count": page_count,
         "metadata": metadata,
     }
@@ -191,6 +191,21 @@ def _ocr_engine_name() -> str:
     from . import ocr  # loaded already: a page was read by OCR
 
     return ocr.engine_name()
+
+
+def _metadata_value(document: pdfium.PdfDocument, key: str) -> str:
+    """The Info dictionary's ``key`` ("" when absent), bad UTF-16 shown as U+FFFD.
+
+    pypdfium2's ``get_metadata_value`` decodes strictly, and a string with an
+    unpaired surrogate (``<FEFFD800>``) failed the whole document over a nicety.
+    """
+    encoded_key = key.encode("ascii") + b"\x00"
+    size = pdfium_c.FPDF_GetMetaText(document.raw, encoded_key, None, 0)
+    if size <= 2:  # only the UTF-16 terminator
+        return ""
+    buffer = ctypes.create_string_buffer(size)
+    pdfium_c.FPDF_GetMetaText(document.raw, encoded_key, buffer, size)
+    return buffer.raw[: size - 2].decode("utf-16-le", errors="replace")
 
 
 def _pdf_version(document: pdfium.PdfDocument) -> str | None:

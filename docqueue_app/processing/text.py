@@ -7,6 +7,7 @@ import re
 
 from .encoding import DecodedText, NotText, decode_text, find_declared_charset
 from .errors import PermanentProcessingError
+from .json_syntax import json_syntax_error
 
 _MARKDOWN_FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _BLANKS = " \t"  # what separates a heading's marks from its text (CommonMark)
@@ -36,15 +37,26 @@ def extract_csv(content: bytes) -> dict:
 
 
 def extract_json(content: bytes) -> dict:
-    """The document text as decoded, once it is known to parse (so values are searchable)."""
+    """The document text as decoded, once it is known to be JSON (so values are searchable)."""
     decoded = decode_document(content)
-    try:
-        json.loads(decoded.text)
-    except json.JSONDecodeError as exc:
-        raise PermanentProcessingError(f"invalid JSON: {exc}") from None
-    except RecursionError:
-        raise PermanentProcessingError("invalid JSON: nested too deeply to parse") from None
+    error = json_error(decoded.text)
+    if error is not None:
+        raise PermanentProcessingError(f"invalid JSON: {error}")
     return _result(decoded, title=None)
+
+
+def json_error(text: str) -> str | None:
+    """What makes ``text`` not JSON, or None; at any depth, for any number."""
+    try:
+        # Integers stay strings: int() refuses more than 4,300 digits, and only the
+        # syntax matters here.
+        json.loads(text, parse_int=str)
+    except RecursionError:
+        # The json module recurses once per level; the loop is slower but has no limit.
+        return json_syntax_error(text)
+    except ValueError as exc:  # JSONDecodeError, or anything else about the text
+        return str(exc)
+    return None
 
 
 def decode_document(content: bytes, declared: str | None = None) -> DecodedText:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import zipfile
 
 import pytest
@@ -128,6 +129,76 @@ def test_zip_with_too_many_entries_is_judged_without_listing_it() -> None:
     assert detect_content_type(content, "many.docx") == DOCX
     with pytest.raises(PermanentProcessingError, match="zip bomb: 1002 entries"):
         extract(content, "many.docx")
+
+
+def zip_hiding_its_directory(
+    name: str, copies: int, claimed_entries: int = 1, zip64: bool = False
+) -> bytes:
+    """A ZIP whose central directory lists ``name`` ``copies`` times while its end
+    record claims ``claimed_entries`` (zipfile trusts the directory's size, not the
+    count). With ``zip64``, the sizes are in a ZIP64 end record, as large archives do."""
+    single = make_zip({name: b"x"})
+    directory_size, directory_offset = struct.unpack_from("<II", single, len(single) - 10)
+    directory = single[directory_offset : directory_offset + directory_size] * copies
+    size = len(directory)
+    if not zip64:
+        end = struct.pack(
+            "<4s4H2IH", b"PK\x05\x06", 0, 0, claimed_entries, claimed_entries,
+            size, directory_offset, 0,
+        )  # fmt: skip
+        return single[:directory_offset] + directory + end
+    end64_offset = directory_offset + size
+    end64 = struct.pack(
+        "<4sQ2H2I4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, claimed_entries, claimed_entries,
+        size, directory_offset,
+    )  # fmt: skip
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, end64_offset, 1)
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return single[:directory_offset] + directory + end64 + locator + end
+
+
+@pytest.fixture
+def unlistable_zips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zipfile may open a ZIP but never list its entries: that is the cost refused."""
+
+    def refuse_to_list(self: zipfile.ZipFile) -> None:
+        raise AssertionError("zipfile was asked to list the central directory")
+
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", refuse_to_list)
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_zip_directory_larger_than_its_count_is_refused_unlisted(
+    unlistable_zips: None, zip64: bool
+) -> None:
+    # 20,000 entries (1.1 MB) behind a claim of 1: past any directory 1000 entries need.
+    content = zip_hiding_its_directory("notes.txt", 20_000, zip64=zip64)
+
+    with pytest.raises(UnsupportedContentType, match="central directory of 1,100,000 bytes"):
+        detect_content_type(content, "photos.zip")
+
+
+def test_docx_with_an_oversized_directory_is_refused_as_a_zip_bomb_unlisted(
+    unlistable_zips: None,
+) -> None:
+    content = zip_hiding_its_directory("word/document.xml", 20_000)
+
+    assert detect_content_type(content, "hostile.docx") == DOCX
+    with pytest.raises(PermanentProcessingError, match="zip bomb: a central directory of"):
+        extract(content, "hostile.docx")
+
+
+def test_zip64_entry_count_is_read_from_its_own_record() -> None:
+    content = zip_hiding_its_directory("word/document.xml", 3, claimed_entries=1001, zip64=True)
+
+    with pytest.raises(PermanentProcessingError, match="zip bomb: 1001 entries"):
+        extract(content, "many.docx")
+
+
+def test_docx_with_an_ordinary_directory_is_still_listed() -> None:
+    content = zip_hiding_its_directory("word/document.xml", 2, claimed_entries=2)
+
+    assert detect_content_type(content, "letter.docx") == DOCX
 
 
 # --- binary content ---------------------------------------------------------------

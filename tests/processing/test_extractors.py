@@ -12,6 +12,7 @@ from fpdf import FPDF
 from docqueue_app.processing import PermanentProcessingError, extract, extraction
 from docqueue_app.processing import docx as docx_extractor
 from docqueue_app.processing import pdf as pdf_extractor
+from docqueue_app.processing.json_syntax import json_syntax_error
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -90,6 +91,37 @@ def test_pdf_text_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert result["text"] == "Hello page"
     assert result["metadata"]["text_truncated"] is True
+
+
+def pdf_with_raw_metadata(**raw_values: bytes) -> bytes:
+    """A one-page PDF whose Info dictionary holds ``raw_values`` as written, e.g. a
+    UTF-16 hex string with an unpaired surrogate. Each placeholder value is replaced
+    by one of the same length, so the cross-reference offsets stay right."""
+    document = FPDF()
+    placeholders = {key: "X" * (len(value) - 2) for key, value in raw_values.items()}
+    document.set_author(placeholders.get("Author", "Ada"))
+    document.set_keywords(placeholders.get("Keywords", "none"))
+    document.set_font("helvetica", size=12)
+    document.add_page()
+    document.cell(text="Text is fine")
+    content = bytes(document.output())
+    for key, value in raw_values.items():
+        placeholder = f"/{key} ({placeholders[key]})".encode()
+        assert content.count(placeholder) == 1
+        content = content.replace(placeholder, f"/{key} ".encode() + value)
+    return content
+
+
+def test_pdf_metadata_with_unpaired_surrogates_keeps_the_document() -> None:
+    # pypdfium2 decodes metadata strictly: such a file once failed with a
+    # UnicodeDecodeError, retried as transient until the attempts ran out.
+    content = pdf_with_raw_metadata(Keywords=b"<FEFFD800>", Author=b"<FEFF0041DC00DC000042>")
+
+    result = extract(content, "odd.pdf", PDF)
+
+    assert result["text"] == "Text is fine"
+    assert result["metadata"]["keywords"] == "\ufffd"
+    assert result["metadata"]["author"] == "A\ufffd\ufffdB"
 
 
 def test_pdf_without_encryption_dictionary_is_never_called_encrypted() -> None:
@@ -316,9 +348,64 @@ def test_json_text_is_the_document_so_values_are_searchable() -> None:
     assert "Grand Café" in result["text"]
 
 
-def test_deeply_nested_json_is_invalid_not_a_crash() -> None:
+def test_json_with_an_integer_of_thousands_of_digits_is_extracted() -> None:
+    # int() refuses more than 4300 digits: such a file once failed with a
+    # ValueError, retried as transient until the attempts ran out.
+    content = b'{"id": ' + b"7" * 5000 + b', "name": "Ada"}'
+
+    assert extract(content, "a.json", "application/json")["text"] == content.decode()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="arrays"),
+        pytest.param(b'{"a": ' * 5000 + b"-1.5e3" + b"}" * 5000, id="objects"),
+        pytest.param(b'[{"k": [1, "s", null, true, {}, []], "x": ' * 2000 + b"0" + b"}]" * 2000,
+                     id="mixed"),
+    ],
+)  # fmt: skip
+def test_deeply_nested_valid_json_is_extracted(content: bytes) -> None:
+    # The json module gives up near 1,000 levels; the JSON standard sets no limit.
+    assert extract(content, "a.json", "application/json")["text"] == content.decode()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[" * 100_000 + b"}" * 100_000, id="mismatched brackets"),
+        pytest.param(b"[" * 100_000, id="unclosed"),
+        pytest.param(b"[" * 5000 + b"1,]" + b"]" * 4999, id="trailing comma"),
+        pytest.param(b'{"a": ' * 5000 + b"01" + b"}" * 5000, id="leading zero"),
+        pytest.param(b"[" * 5000 + b"]" * 5000 + b"x", id="extra data"),
+    ],
+)
+def test_deeply_nested_invalid_json_fails_permanently(content: bytes) -> None:
     with pytest.raises(PermanentProcessingError, match="invalid JSON"):
-        extract(b"[" * 100_000 + b"]" * 100_000, "a.json", "application/json")
+        extract(content, "a.json", "application/json")
+
+
+VALID_JSON = [
+    '"a\\u00e9\\n"', "0", "-0.5e+10", "1E3", "NaN", "-Infinity", "true", "null", " [ ] ",
+    '{"a": [1, {"b": null}], "c": "d"}', '{"a":1,"a":2}', '"\\ud800"', "[1,\n2]",
+]  # fmt: skip
+INVALID_JSON = [
+    "", " ", "01", "1.", ".5", "-", "+1", "[1,]", '{"a":1,}', "{a:1}", "{'a':1}", "[1 2]",
+    '{"a" 1}', '{"a":}', '"\\x"', '"\\u12"', '"tab\tin"', "tru", "nulls", "[1]]", "[}",
+    "\ufeff[]", "[1]\x00", "1 2",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("document", VALID_JSON + INVALID_JSON)
+def test_json_syntax_check_agrees_with_the_json_module(document: str) -> None:
+    try:
+        json.loads(document)
+    except ValueError:
+        accepted = False
+    else:
+        accepted = True
+
+    assert (json_syntax_error(document) is None) is accepted
 
 
 # --- common -------------------------------------------------------------------------

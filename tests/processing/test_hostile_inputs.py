@@ -181,6 +181,11 @@ def nested(opening: str, kb: int = 800) -> bytes:
         # Formatting elements reopened in each block (the active formatting list).
         pytest.param(nested('<b id="{i}">'), id="distinct b"),
         pytest.param(nested('<p><b id="{i}">x ', kb=400), id="p distinct b"),
+        # Ruby annotations nest outside <ruby>; options in one <select> are not
+        # nested, but Lexbor scans the select's options for each one it inserts.
+        pytest.param(nested("<rt>x "), id="rt"),
+        pytest.param(b"<select>" + nested("<option>x "), id="select option"),
+        pytest.param(b"<select>" + nested("<optgroup><option>x "), id="select optgroup option"),
     ],
 )
 def test_deeply_nested_html_is_extracted_in_time(content: bytes) -> None:
@@ -216,6 +221,14 @@ def test_deeply_nested_html_keeps_its_title_and_layout() -> None:
         pytest.param("<b><div></b>" * 600, id="misnested b"),
         pytest.param("<span></x>" * 600, id="unmatched end tags"),
         pytest.param("<svg><div/></svg>" * 600, id="div out of SVG"),
+        pytest.param("<rt>x" * 600, id="rt out of ruby"),
+        pytest.param("<rb><rp>" * 300, id="rb rp out of ruby"),
+        pytest.param("<ruby><rt><span>" * 300, id="span between rts in ruby"),
+        pytest.param("<optgroup>" * 600, id="optgroup out of select"),
+        pytest.param("<select>" + "<option>" * 600, id="options of a select"),
+        pytest.param("<select>" + "<optgroup><option>x</optgroup>" * 600, id="options in groups"),
+        pytest.param("<div><select>" + "<option>x</div>" * 600, id="end tags in a select"),
+        pytest.param("<select>" + "<div><option>x</div>" * 600, id="options in divs"),
     ],
 )
 def test_nesting_past_the_limit_is_estimated(markup: str) -> None:
@@ -234,6 +247,12 @@ def test_nesting_past_the_limit_is_estimated(markup: str) -> None:
         pytest.param("<svg>" + "<path/>" * 2000 + "</svg>", id="self-closing SVG"),
         pytest.param("<script>" + "'<div>'" * 2000 + "</script>", id="tags in a script"),
         pytest.param("<!--" + "<div>" * 2000 + "-->", id="tags in a comment"),
+        pytest.param("<ruby>漢<rp>(<rt>かん<rp>)</ruby>" * 2000, id="closed ruby"),
+        pytest.param("<ruby>" + "漢<rb>x<rt>y<rp>z" * 2000 + "</ruby>", id="unclosed annotations"),
+        pytest.param("<optgroup>x</optgroup>" * 2000, id="closed optgroups"),
+        pytest.param("<option>x" * 2000, id="options out of a select"),
+        pytest.param(("<select>" + "<option>x" * 5 + "</select>") * 2000, id="small selects"),
+        pytest.param("<select>" + "<optgroup>" * 2000 + "</select>", id="groups of a select"),
     ],
 )
 def test_ordinary_markup_is_within_the_limit(markup: str) -> None:
