@@ -647,10 +647,10 @@ def settle(item_id: int, decision: Decision, error: str | None, now: datetime) -
         "locked_by": None,
         "lease_expires_at": None,
     }
-    if decision.retries:
-        values["run_at"] = decision.run_at
-    else:
+    if not decision.retries:
         values["finished_at"] = now
+    elif decision.run_at is not None:
+        values["run_at"] = decision.run_at
     if not decision.counts_attempt:
         values.update(attempts=QueueItem.attempts - 1, started_at=None)
     if error is not None:

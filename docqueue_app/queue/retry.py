@@ -37,7 +37,7 @@ class Decision:
     """The item's next status, when it runs again, and how its attempt is recorded."""
 
     status: ItemStatus  # PENDING (tried again) or FAILED (for good)
-    run_at: datetime | None
+    run_at: datetime | None  # when PENDING: None keeps the item's own, and its place
     attempt_outcome: AttemptOutcome | None  # None: the attempt is forgotten, not counted
     counts_attempt: bool = True
 
@@ -56,7 +56,8 @@ def decide(
 ) -> Decision:
     """The fate of attempt number ``attempt`` (1-based) of an item allowed ``max_attempts``."""
     if cause is Cause.RELEASED:
-        return Decision(ItemStatus.PENDING, now, None, counts_attempt=False)
+        # Never started: it goes back where it was, ahead of what was queued since.
+        return Decision(ItemStatus.PENDING, None, None, counts_attempt=False)
     if cause is Cause.LEASE_EXPIRED:
         if attempt >= max_attempts:
             return Decision(ItemStatus.FAILED, None, AttemptOutcome.LOST)

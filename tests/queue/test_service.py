@@ -387,6 +387,18 @@ class TestLeases:
         assert fresh.history == []
         assert document(doc_id).status == "pending"
 
+    def test_released_items_keep_their_place_ahead_of_later_uploads(self, service):
+        # SPEC §3: among equal priority, older first; a stopping worker never started them.
+        first = new_document(service, "first.txt")
+        claimed = service.claim_due_items(5, "stopping-worker")
+        later = new_document(service, "later.txt")
+        service.release_items(claimed)
+
+        [next_item] = service.claim_due_items(1, "next-worker")
+
+        assert next_item.document_id == first
+        assert later != first
+
 
 class TestStatsAndPruning:
     def test_stats_count_each_status(self, app, service):
