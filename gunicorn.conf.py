@@ -10,6 +10,7 @@ Override anything on the command line or with GUNICORN_CMD_ARGS.
 
 import os
 import shutil
+import sys
 import tempfile
 
 bind = "127.0.0.1:8000"
@@ -30,9 +31,25 @@ _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def on_starting(server):
+    refuse_bad_settings(server)
     # Counters from an earlier run of the server would otherwise be added in.
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
+
+
+def refuse_bad_settings(server):
+    """Stop here, with one line, on a bad setting (exit 2).
+
+    Each worker builds the app, and would otherwise die of the ConfigError with a
+    traceback, every one of them, before gunicorn gives up (HaltServer).
+    """
+    from docqueue_app.config import ConfigError, check_environment
+
+    try:
+        check_environment()
+    except ConfigError as error:
+        server.log.error("Error: %s", error.format_message())
+        sys.exit(error.exit_code)
 
 
 def post_worker_init(worker):

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import redirect_stdout
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 
 from . import create_app
+from .config import MAX_PURGE_AGE_DAYS, SETTINGS, Number, Refused, Setting
 from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 # A command stopped by a database outage (unreachable, read-only, full, busy, not
@@ -65,28 +67,59 @@ class QueueCommands(EndsOnOutage, AppGroup):
 queue_cli = QueueCommands("queue", help="Work and inspect the document queue.")
 
 
+class Checked(click.ParamType):
+    """An option's value checked as a setting is (config.py): same type, same range.
+
+    Infinity, NaN and numbers past what the queue's arithmetic or the database
+    holds are a usage error (exit 2), not a traceback or a worker stopping.
+    """
+
+    def __init__(self, setting: Setting, name: str) -> None:
+        self.setting = setting
+        self.name = name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.setting.parse(value)
+        except Refused:
+            self.fail(f"must be {self.setting.expectation}, got {value!r}", param, ctx)
+
+
+ITEM_COUNT = Checked(SETTINGS["BATCH_SIZE"], "integer")
+# The same bound as the API's purge (schemas.PurgeSchema).
+PURGE_AGE = Checked(Number(0, MAX_PURGE_AGE_DAYS), "days")
+
+
 def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, default=str))
 
 
 @queue_cli.command("process")
-@click.option("--limit", type=click.IntRange(min=1), help="Items to claim (default BATCH_SIZE).")
+@click.option("--limit", type=ITEM_COUNT, help="Items to claim (default BATCH_SIZE).")
 def process_command(limit: int | None) -> None:
     """Run one pass over the queue and print its counts; then send due webhooks."""
     from .queue import process_document_queue
     from .webhooks.lane import send_due_deliveries
 
-    counts = process_document_queue(limit)
-    send_due_deliveries()  # a host driven by cron runs no lane (like /api/cron/process-queue)
+    # stdout holds the counts alone: what a processor prints goes to stderr.
+    with redirect_stdout(sys.stderr):
+        counts = process_document_queue(limit)
+        send_due_deliveries()  # a host driven by cron runs no lane (like /api/cron/process-queue)
     echo_json(counts)
 
 
 @queue_cli.command("worker")
 @click.option(
-    "--concurrency", type=click.IntRange(min=1), help="Documents at once. Default: CONCURRENCY."
+    "--concurrency",
+    type=Checked(SETTINGS["CONCURRENCY"], "integer"),
+    help="Documents at once. Default: CONCURRENCY.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), help="Default: BATCH_SIZE.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), help="Default: POLL_INTERVAL.")
+@click.option("--batch-size", type=ITEM_COUNT, help="Default: BATCH_SIZE.")
+@click.option(
+    "--poll-interval",
+    type=Checked(SETTINGS["POLL_INTERVAL"], "seconds"),
+    help="Default: POLL_INTERVAL.",
+)
 def worker_command(
     concurrency: int | None, batch_size: int | None, poll_interval: float | None
 ) -> None:
@@ -120,7 +153,7 @@ def retry_failed_command() -> None:
 
 
 @queue_cli.command("purge")
-@click.option("--older-than-days", type=click.FloatRange(min=0), required=True)
+@click.option("--older-than-days", type=PURGE_AGE, required=True)
 @click.option(
     "--status",
     "statuses",
@@ -257,6 +290,13 @@ class DocqueueGroup(FlaskGroup):
             ctx.meta[_STOP_FLAG] = stop_flag_set_by_signals()
             gc.disable()  # until start_up_is_over()
         return super().resolve_command(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # Flask would print the traceback of an app that fails to load (a bad
+        # setting) and list the commands without the app's: the help ends instead
+        # with the ConfigError's one line, as any command does.
+        ctx.ensure_object(ScriptInfo).load_app()
+        return super().list_commands(ctx)
 
 
 def stop_flag_set_by_signals() -> threading.Event:

@@ -3,19 +3,26 @@
 Settings follow Flask's convention: ``DOCQUEUE_<NAME>`` environment variables become
 ``app.config["<NAME>"]`` (parsed as JSON where possible, so ``1.5`` and ``true`` work),
 ``DATABASE_URL`` is read as is, and the mapping given to ``create_app`` wins over both.
+Then every setting is checked against its type and range (``SETTINGS``); the first
+bad one stops the start with a ConfigError naming it, its value and what it must be.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+import click
+from flask import Config, Flask
 
 from .processing.options import OCR_AUTO, OCR_MODES
+from .webhooks.destinations import RefusedDestination, parse_url
 
 ENV_PREFIX = "DOCQUEUE"
 
@@ -51,25 +58,255 @@ DEFAULTS: dict[str, Any] = {
 # (a token such as ``123`` or ``true`` would otherwise change type).
 SECRET_KEYS = ("CRON_SECRET", "ADMIN_PASSWORD", "API_TOKEN", "WEBHOOK_SECRET")
 
-_FLOAT_KEYS = (
-    "POLL_INTERVAL",
-    "RETRY_BASE_SECONDS",
-    "RETRY_MAX_SECONDS",
-    "LEASE_SECONDS",
-    "MAX_UPLOAD_MB",
-    "PROCESS_TIMEOUT_SECONDS",
-    "WEBHOOK_TIMEOUT_SECONDS",
-)
-_INT_KEYS = (
-    "BATCH_SIZE",
-    "CONCURRENCY",
-    "MAX_ATTEMPTS",
-    "PROCESS_MEMORY_MB",
-    "RETENTION_DAYS",
-    "WEBHOOK_MAX_ATTEMPTS",
-)
-_BOOL_KEYS = ("SCHEDULER_ENABLED", "WEBHOOK_ALLOW_PRIVATE")
-_ISOLATION_MODES = ("subprocess", "none")
+# What an INTEGER column holds on every back end (PostgreSQL's are 32-bit, SQLite's
+# 64-bit): a larger id or count would fail in the database, so input is refused first.
+MAX_INTEGER = 2**31 - 1
+MAX_PURGE_AGE_DAYS = 36500  # a century: older than any finished item can be
+# No wait, lease or timeout of docqueue needs more; more, and the arithmetic on
+# dates and timeouts can overflow (1e10 s made the worker's threads die).
+MAX_SECONDS = 86400.0
+# Each unit is a thread, and with isolation a child process, of its own.
+MAX_CONCURRENCY = 1024
+# A file is one value in the database: SQLite's are capped at 10^9 bytes by
+# default (SQLITE_MAX_LENGTH), PostgreSQL's bytea at 1 GiB.
+MAX_UPLOAD_MB = 900.0
+# RLIMIT_AS in bytes must fit in 64 bits; a terabyte is more than any host has.
+MAX_PROCESS_MEMORY_MB = 1024 * 1024
+ISOLATION_MODES = ("subprocess", "none")
+
+
+class ConfigError(click.ClickException, ValueError):
+    """A setting docqueue cannot run with; the message names it, its value and what it must be.
+
+    A click exception, so both launchers (``docqueue`` and ``flask --app docqueue_app``)
+    end any command with that one line on stderr and exit code 2, a usage error.
+    """
+
+    exit_code = 2
+
+
+class Refused(ValueError):
+    """A value is not what the setting expects (its ``expectation`` says what is)."""
+
+
+class Setting:
+    """What a setting must be: ``parse`` returns its value, or raises Refused."""
+
+    expectation: str
+
+    def parse(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def shown(self, value: Any) -> Any:
+        """The value as an error message may show it."""
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Setting):
+    """A finite number from ``low`` (excluded if ``low_excluded``) to ``high``."""
+
+    low: float
+    high: float
+    low_excluded: bool = False
+
+    @property
+    def expectation(self) -> str:
+        low = f"> {self.low:g}" if self.low_excluded else f">= {self.low:g}"
+        return f"a number {low} and <= {self.high:g}"
+
+    def parse(self, value: Any) -> float:
+        number = _as_number(value, float)
+        too_low = number <= self.low if self.low_excluded else number < self.low
+        if not math.isfinite(number) or too_low or number > self.high:
+            raise Refused
+        return number
+
+
+@dataclass(frozen=True)
+class WholeNumber(Setting):
+    """An integer from ``low`` to ``high``: ``2.0`` is 2, but ``2.9`` is refused, not cut to 2."""
+
+    low: int
+    high: int
+
+    @property
+    def expectation(self) -> str:
+        return f"a whole number >= {self.low} and <= {self.high}"
+
+    def parse(self, value: Any) -> int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise Refused
+            value = int(value)
+        number = _as_number(value, int)
+        if not self.low <= number <= self.high:
+            raise Refused
+        return number
+
+
+def _as_number(value: Any, kind: Callable[[Any], Any]) -> Any:
+    # JSON has parsed the environment's numbers already; a string is a mapping's or
+    # the command line's. A boolean is not a number here, whatever Python says.
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Refused
+    try:
+        return kind(value)
+    except (ValueError, OverflowError):
+        raise Refused from None
+
+
+@dataclass(frozen=True)
+class Flag(Setting):
+    """A boolean: JSON's true and false, 1 and 0, and the usual words for them."""
+
+    expectation = "true or false"
+    _TRUE = ("1", "true", "yes", "on")
+    _FALSE = ("0", "false", "no", "off")
+
+    def parse(self, value: Any) -> bool:
+        word = str(value).strip().lower() if isinstance(value, str | int) else None
+        if word in self._TRUE:
+            return True
+        if word in self._FALSE:
+            return False
+        raise Refused
+
+
+@dataclass(frozen=True)
+class Choice(Setting):
+    """One of a few words, in any case."""
+
+    choices: tuple[str, ...]
+
+    @property
+    def expectation(self) -> str:
+        return f"one of {', '.join(self.choices)}"
+
+    def parse(self, value: Any) -> str:
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word not in self.choices:
+            raise Refused
+        return word
+
+
+@dataclass(frozen=True)
+class Text(Setting):
+    """Any text, a secret for instance; blank or unset is None (a blank secret is none)."""
+
+    expectation = "text"
+
+    def parse(self, value: Any) -> str | None:
+        return None if value is None else str(value) or None
+
+
+@dataclass(frozen=True)
+class WebhookUrl(Setting):
+    """An http or https URL, by the rule the webhook sender applies (SPEC §8).
+
+    Its host is resolved when a delivery is sent, not at start: a name that does
+    not resolve yet must not keep docqueue from starting.
+    """
+
+    expectation = "an http or https URL"
+
+    def parse(self, value: Any) -> str | None:
+        url = Text().parse(value)
+        if url is not None:
+            try:
+                parse_url(url)
+            except RefusedDestination:
+                raise Refused from None
+        return url
+
+
+@dataclass(frozen=True)
+class ProcessorName(Setting):
+    """``module:callable`` whose module exists (SPEC §5).
+
+    The module is found, not imported: importing it would load the processor's
+    code, native parsers and all, into the server and the worker, which run it
+    in a sandbox precisely so that they never load it (processing/sandbox.py);
+    and the built-in processor is imported lazily, by the first document that
+    needs it. So a misspelled module stops the start, and a misspelled callable
+    fails the first document.
+    """
+
+    expectation = "module:callable, of a module that exists"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Refused
+        module, separator, attribute = value.partition(":")
+        names = [*module.split("."), *attribute.split(".")]
+        if not (separator and all(name.isidentifier() for name in names)):
+            raise Refused
+        if not _module_exists(module):
+            raise Refused
+        return value
+
+
+def _module_exists(name: str) -> bool:
+    # Finding a module imports its parent packages, not the module itself.
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+@dataclass(frozen=True)
+class DatabaseUrl(Setting):
+    """A SQLAlchemy URL of SQLite or PostgreSQL; unset, the instance folder's SQLite file."""
+
+    expectation = "a sqlite:// or postgresql:// URL"
+
+    def parse(self, value: Any) -> str | None:
+        url = Text().parse(value)
+        if url is None:
+            return None
+        if not normalize_database_url(url).startswith(("sqlite:", "postgresql+psycopg://")):
+            raise Refused
+        return url
+
+    def shown(self, value: Any) -> str:
+        # Only the scheme: the rest may hold a password.
+        return str(value).split(":", 1)[0] + ":..."
+
+
+_SECONDS = Number(0, MAX_SECONDS, low_excluded=True)
+_DELAY_SECONDS = Number(0, MAX_SECONDS)
+_COUNT = WholeNumber(1, MAX_INTEGER)
+
+# Every setting of SPEC §2 and what it must be: the one place settings are checked.
+SETTINGS: dict[str, Setting] = {
+    "DATABASE_URL": DatabaseUrl(),
+    "SCHEDULER_ENABLED": Flag(),
+    # Below 10 ms a poll is a busy loop.
+    "POLL_INTERVAL": Number(0.01, MAX_SECONDS),
+    "BATCH_SIZE": _COUNT,
+    "CONCURRENCY": WholeNumber(1, MAX_CONCURRENCY),
+    "MAX_ATTEMPTS": _COUNT,
+    "RETRY_BASE_SECONDS": _DELAY_SECONDS,
+    "RETRY_MAX_SECONDS": _DELAY_SECONDS,
+    "LEASE_SECONDS": _SECONDS,
+    "MAX_UPLOAD_MB": Number(0, MAX_UPLOAD_MB, low_excluded=True),
+    "CRON_SECRET": Text(),
+    "ADMIN_PASSWORD": Text(),
+    "API_TOKEN": Text(),
+    "PROCESSOR": ProcessorName(),
+    "PROCESS_ISOLATION": Choice(ISOLATION_MODES),
+    "PROCESS_MEMORY_MB": WholeNumber(1, MAX_PROCESS_MEMORY_MB),
+    "PROCESS_TIMEOUT_SECONDS": _SECONDS,
+    # At least a day: 0 (or less, before it was checked) deleted every finished
+    # item and webhook delivery at the first prune. `queue purge` deletes on purpose.
+    "RETENTION_DAYS": WholeNumber(1, MAX_PURGE_AGE_DAYS),
+    "OCR": Choice(OCR_MODES),
+    "WEBHOOK_URL": WebhookUrl(),
+    "WEBHOOK_SECRET": Text(),
+    "WEBHOOK_MAX_ATTEMPTS": _COUNT,
+    "WEBHOOK_TIMEOUT_SECONDS": _SECONDS,
+    "WEBHOOK_ALLOW_PRIVATE": Flag(),
+}
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 # PostgreSQL connections must fail rather than hang: a connect timeout (an
@@ -96,19 +333,11 @@ _MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 
 
 def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
-    """Fill ``app.config`` from defaults, the environment and ``overrides``, then check it."""
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env(ENV_PREFIX)
-    for key in SECRET_KEYS:
-        raw = os.environ.get(f"{ENV_PREFIX}_{key}")
-        if raw is not None:
-            app.config[key] = raw
-    app.config["DATABASE_URL"] = os.environ.get("DATABASE_URL") or None
-    if overrides:
-        app.config.update(overrides)
+    """Fill ``app.config`` from defaults, the environment and ``overrides``, checked.
 
-    _coerce_types(app.config)
-    _validate(app.config)
+    Raises ConfigError for the first setting that is not what it must be.
+    """
+    _read_settings(app.config, overrides)
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["DATABASE_URL"] or default_sqlite_url(app)
     )
@@ -116,6 +345,28 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     app.config["MAX_CONTENT_LENGTH"] = upload_limit_bytes(app.config) + _MULTIPART_OVERHEAD_BYTES
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret_key(app)
+
+
+def check_environment() -> None:
+    """Raise ConfigError if the environment holds a bad setting; builds no app.
+
+    For gunicorn's master, which refuses to start then, before any worker does.
+    """
+    _read_settings(Config(os.getcwd()))
+
+
+def _read_settings(config: Config, overrides: Mapping[str, Any] | None = None) -> None:
+    config.from_mapping(DEFAULTS)
+    config.from_prefixed_env(ENV_PREFIX)
+    for key in SECRET_KEYS:
+        raw = os.environ.get(f"{ENV_PREFIX}_{key}")
+        if raw is not None:
+            config[key] = raw
+    config["DATABASE_URL"] = os.environ.get("DATABASE_URL") or None
+    if overrides:
+        config.update(overrides)
+    for key, setting in SETTINGS.items():
+        config[key] = _checked(key, setting, config[key], overridden=key in (overrides or {}))
 
 
 def upload_limit_bytes(config: Mapping[str, Any]) -> int:
@@ -147,37 +398,21 @@ def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"connect_args": POSTGRESQL_CONNECT_ARGS}
 
 
-def _coerce_types(config: dict[str, Any]) -> None:
-    for key in _FLOAT_KEYS:
-        config[key] = float(config[key])
-    for key in _INT_KEYS:
-        config[key] = int(config[key])
-    for key in _BOOL_KEYS:
-        config[key] = _as_bool(config[key])
-    for key in (*SECRET_KEYS, "WEBHOOK_URL"):
-        if config.get(key) is not None:
-            config[key] = str(config[key]) or None
-    config["OCR"] = str(config["OCR"]).strip().lower()
+def _checked(key: str, setting: Setting, value: Any, overridden: bool) -> Any:
+    try:
+        return setting.parse(value)
+    except Refused:
+        variable = environment_variable(key)
+        raw = os.environ.get(variable)
+        # The value as the user wrote it: 'null', not None; '1e10', not 10000000000.0.
+        shown = raw if raw is not None and not overridden else value
+        raise ConfigError(
+            f"{variable} must be {setting.expectation}, got {setting.shown(shown)!r}"
+        ) from None
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _validate(config: Mapping[str, Any]) -> None:
-    if config["PROCESS_ISOLATION"] not in _ISOLATION_MODES:
-        raise ValueError(
-            f"DOCQUEUE_PROCESS_ISOLATION must be one of {_ISOLATION_MODES}, "
-            f"not {config['PROCESS_ISOLATION']!r}"
-        )
-    if config["OCR"] not in OCR_MODES:
-        raise ValueError(f"DOCQUEUE_OCR must be one of {OCR_MODES}, not {config['OCR']!r}")
-    positive = ("POLL_INTERVAL", "LEASE_SECONDS", "BATCH_SIZE", "CONCURRENCY", "MAX_ATTEMPTS")
-    for key in (*positive, "WEBHOOK_MAX_ATTEMPTS", "WEBHOOK_TIMEOUT_SECONDS"):
-        if config[key] <= 0:
-            raise ValueError(f"DOCQUEUE_{key} must be positive")
+def environment_variable(key: str) -> str:
+    return key if key == "DATABASE_URL" else f"{ENV_PREFIX}_{key}"
 
 
 def _instance_secret_key(app: Flask) -> str:

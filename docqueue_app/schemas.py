@@ -24,6 +24,8 @@ from marshmallow import (
     validates,
 )
 
+# The command line and the settings share these bounds (config.py keeps them).
+from .config import MAX_INTEGER, MAX_PURGE_AGE_DAYS
 from .states import (
     DEFAULT_PRIORITY,
     FINISHED_STATUSES,
@@ -43,14 +45,10 @@ FALLBACK_FILENAME = "upload"
 _MAX_KEPT_EXTENSION_CHARS = 16
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
-# What an INTEGER column holds on every back end (PostgreSQL's are 32-bit, SQLite's
-# 64-bit): a larger id or count would fail in the database, so input is refused first.
-MAX_INTEGER = 2**31 - 1
 MAX_PAGE_COUNT = MAX_INTEGER
 # An id in a route: ``/<int(min=1, max=...):document_id>``. Past the database's
 # integers no row can exist, so the URL matches no route: a 404 whatever the back end.
 ID_CONVERTER = f"int(min=1, max={MAX_INTEGER})"
-MAX_PURGE_AGE_DAYS = 36500  # a century: older than any finished item can be
 
 
 def clean_filename(name: str | None) -> str:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from flask.cli import cli as flask_cli
 
-from docqueue_app.cli import OUTAGE_EXIT_CODE
+from docqueue_app import create_app
+from docqueue_app.cli import OUTAGE_EXIT_CODE, DocqueueGroup
+from docqueue_app.models import Document, db
+from docqueue_app.processing import extract
 from docqueue_app.queue import DocumentQueueService
+from tests.conftest import BASE_CONFIG
 from tests.e2e.server import BIN, free_port
-from tests.helpers import wait_until
+from tests.helpers import close_connections, wait_until
+
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def submit(app, data: bytes = b"some words here") -> int:
@@ -51,9 +60,10 @@ def test_retry_failed_and_purge(app, runner):
         DocumentQueueService().enqueue(doc_id, "reprocess")
     runner.invoke(args=["queue", "process"])
     purged = runner.invoke(args=["queue", "purge", "--older-than-days", "0"])
-    assert json.loads(purged.stdout) == {"deleted": 1}  # the document's latest item stays
+    assert json.loads(purged.stdout) == {"deleted": 2}
     with app.app_context():
-        assert DocumentQueueService().get_queue_stats()["total"] == 1
+        assert DocumentQueueService().get_queue_stats()["total"] == 0
+        assert db.session.get(Document, doc_id).status == "completed"
 
 
 def run_script(
@@ -170,3 +180,111 @@ def test_a_worker_started_before_the_migrations_waits_for_them_without_traceback
 
 def queue_stats(folder: Path, env: dict[str, str]) -> dict[str, int]:
     return json.loads(run_script("docqueue", "queue", "stats", cwd=folder, env=env).stdout)
+
+
+# -- settings and arguments out of range: one line, exit 2 ---------------------------
+
+BAD_POLL_INTERVAL = "Error: DOCQUEUE_POLL_INTERVAL must be a number >= 0.01 and <= 86400, got 'abc'"
+
+
+def bad_poll_interval_env(tmp_path: Path) -> dict[str, str | None]:
+    # Flask's group sets FLASK_RUN_FROM_CLI; named here, it is put back as it was after.
+    return {**sqlite_env(tmp_path), "DOCQUEUE_POLL_INTERVAL": "abc", "FLASK_RUN_FROM_CLI": None}
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param(lambda args: (DocqueueGroup(create_app=create_app), args), id="docqueue"),
+        pytest.param(lambda args: (flask_cli, ["--app", "docqueue_app", *args]), id="flask"),
+    ],
+)
+@pytest.mark.parametrize("command", [*ONE_SHOT_COMMANDS, ["db", "upgrade"]], ids=" ".join)
+def test_a_bad_setting_ends_a_command_with_one_line_and_exit_2(tmp_path, launcher, command):
+    group, args = launcher(command)
+    env = bad_poll_interval_env(tmp_path)
+    result = CliRunner().invoke(group, args, env=env)
+    assert (result.exit_code, result.stderr.strip()) == (2, BAD_POLL_INTERVAL), result.output
+
+
+def test_a_bad_setting_ends_docqueue_help_with_one_line_and_exit_2(tmp_path):
+    group = DocqueueGroup(create_app=create_app)
+    result = CliRunner().invoke(group, ["--help"], env=bad_poll_interval_env(tmp_path))
+    assert (result.exit_code, result.stderr.strip()) == (2, BAD_POLL_INTERVAL), result.output
+
+
+def test_a_bad_setting_shows_no_traceback_through_the_console_script(tmp_path):
+    env = {**sqlite_env(tmp_path), "DOCQUEUE_RETENTION_DAYS": "-5"}
+    result = run_script("docqueue", "queue", "stats", cwd=tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: DOCQUEUE_RETENTION_DAYS must be a whole number >= 1 and <= 36500, got '-5'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        *(
+            ["queue", "purge", "--older-than-days", days]
+            for days in ("36501", "740000", "1e308", "inf", "nan", "-1")
+        ),
+        ["queue", "process", "--limit", "99999999999999999999"],
+        ["queue", "process", "--limit", "0"],
+        *(["queue", "worker", "--poll-interval", s] for s in ("1e10", "inf", "nan", "0")),
+        ["queue", "worker", "--batch-size", "99999999999999999999"],
+        ["queue", "worker", "--concurrency", "99999999999999999999"],
+    ],
+    ids=" ".join,
+)
+def test_a_number_out_of_range_is_a_usage_error(runner, args):
+    result = runner.invoke(args=args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{args[2]}'" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_purge_age_the_api_accepts_is_accepted(runner):
+    result = runner.invoke(args=["queue", "purge", "--older-than-days", "36500"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"deleted": 0}
+
+
+# -- what a processor prints stays off stdout -------------------------------------------
+
+
+def chatty_extract(content: bytes, filename: str, content_type: str) -> dict:
+    """The built-in extractor, printing its progress as a careless custom processor would."""
+    print(f"chatty: reading {filename}")
+    return extract(content, filename, content_type)
+
+
+CHATTY_PROCESSOR = "tests.test_cli:chatty_extract"
+COUNTS_OF_ONE = {"processed": 1, "completed": 1, "failed": 0, "retried": 0}
+
+
+def test_queue_process_sends_what_the_processor_prints_to_stderr(make_app):
+    app = make_app(PROCESSOR=CHATTY_PROCESSOR)  # in this process: PROCESS_ISOLATION=none
+    submit(app)
+    result = app.test_cli_runner().invoke(args=["queue", "process"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [COUNTS_OF_ONE]
+    assert "chatty: reading a.txt" in result.stderr
+
+
+def test_a_sandboxed_processor_prints_to_stderr_too(tmp_path, sqlite_template):
+    database = tmp_path / "docqueue.db"
+    shutil.copyfile(sqlite_template, database)
+    app = create_app({**BASE_CONFIG, "DATABASE_URL": f"sqlite:///{database}"})
+    submit(app)
+    close_connections(app)
+    env = {
+        "DATABASE_URL": f"sqlite:///{database}",
+        "DOCQUEUE_PROCESSOR": CHATTY_PROCESSOR,
+        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+        "PYTHONPATH": str(CHECKOUT),
+    }
+    result = run_script("docqueue", "queue", "process", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [COUNTS_OF_ONE]
+    assert "chatty: reading a.txt" in result.stderr

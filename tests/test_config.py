@@ -77,3 +77,101 @@ def test_default_database_is_sqlite_in_the_instance_folder(monkeypatch):
     app = create_app()
     assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
     assert app.config["SQLALCHEMY_DATABASE_URI"].endswith("instance/docqueue.db")
+
+
+# What each setting must be, as the error names it; "{}" stands for the value refused.
+NUMBER_OF_SECONDS = "a number > 0 and <= 86400"
+POLL_SECONDS = "a number >= 0.01 and <= 86400"
+DELAY_SECONDS = "a number >= 0 and <= 86400"
+COUNT = "a whole number >= 1 and <= 2147483647"
+FLAG = "true or false"
+
+BAD_SETTINGS = [
+    ("DOCQUEUE_POLL_INTERVAL", "abc", POLL_SECONDS),
+    ("DOCQUEUE_POLL_INTERVAL", "null", POLL_SECONDS),
+    ("DOCQUEUE_POLL_INTERVAL", "1e10", POLL_SECONDS),
+    ("DOCQUEUE_POLL_INTERVAL", "Infinity", POLL_SECONDS),
+    ("DOCQUEUE_POLL_INTERVAL", "NaN", POLL_SECONDS),
+    ("DOCQUEUE_POLL_INTERVAL", "true", POLL_SECONDS),
+    ("DOCQUEUE_BATCH_SIZE", "abc", COUNT),
+    ("DOCQUEUE_BATCH_SIZE", "[1]", COUNT),
+    ("DOCQUEUE_BATCH_SIZE", "1.5", COUNT),
+    ("DOCQUEUE_BATCH_SIZE", "99999999999999999999", COUNT),
+    ("DOCQUEUE_CONCURRENCY", "0", "a whole number >= 1 and <= 1024"),
+    ("DOCQUEUE_MAX_ATTEMPTS", "0", COUNT),
+    ("DOCQUEUE_MAX_ATTEMPTS", "2.9", COUNT),
+    ("DOCQUEUE_RETRY_BASE_SECONDS", "abc", DELAY_SECONDS),
+    ("DOCQUEUE_RETRY_MAX_SECONDS", "-1", DELAY_SECONDS),
+    ("DOCQUEUE_LEASE_SECONDS", "-1", NUMBER_OF_SECONDS),
+    ("DOCQUEUE_MAX_UPLOAD_MB", "abc", "a number > 0 and <= 900"),
+    ("DOCQUEUE_MAX_UPLOAD_MB", "-1", "a number > 0 and <= 900"),
+    ("DOCQUEUE_PROCESSOR", "noColon", "module:callable, of a module that exists"),
+    ("DOCQUEUE_PROCESSOR", "nosuch:thing", "module:callable, of a module that exists"),
+    ("DOCQUEUE_PROCESS_ISOLATION", "bogus", "one of subprocess, none"),
+    ("DOCQUEUE_PROCESS_MEMORY_MB", "0", "a whole number >= 1 and <= 1048576"),
+    ("DOCQUEUE_PROCESS_MEMORY_MB", "-1", "a whole number >= 1 and <= 1048576"),
+    ("DOCQUEUE_PROCESS_TIMEOUT_SECONDS", "0", NUMBER_OF_SECONDS),
+    ("DOCQUEUE_RETENTION_DAYS", "-5", "a whole number >= 1 and <= 36500"),
+    ("DOCQUEUE_RETENTION_DAYS", "0", "a whole number >= 1 and <= 36500"),
+    ("DOCQUEUE_RETENTION_DAYS", "1000000", "a whole number >= 1 and <= 36500"),
+    ("DOCQUEUE_OCR", "bogus", "one of auto, off"),
+    ("DOCQUEUE_WEBHOOK_URL", "notaurl", "an http or https URL"),
+    ("DOCQUEUE_WEBHOOK_URL", "ftp://example.com/hook", "an http or https URL"),
+    ("DOCQUEUE_WEBHOOK_MAX_ATTEMPTS", "0", COUNT),
+    ("DOCQUEUE_WEBHOOK_TIMEOUT_SECONDS", "abc", NUMBER_OF_SECONDS),
+    ("DOCQUEUE_SCHEDULER_ENABLED", "maybe", FLAG),
+    ("DOCQUEUE_WEBHOOK_ALLOW_PRIVATE", "maybe", FLAG),
+    ("DOCQUEUE_WEBHOOK_ALLOW_PRIVATE", "2", FLAG),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), BAD_SETTINGS)
+def test_a_bad_setting_is_refused_naming_the_variable_value_and_expectation(
+    clean_env, variable, value, expected
+):
+    clean_env.setenv(variable, value)
+    with pytest.raises(ValueError) as refused:
+        create_app()
+    assert str(refused.value) == f"{variable} must be {expected}, got {value!r}"
+
+
+def test_a_bad_database_url_is_refused_without_showing_its_password(clean_env):
+    clean_env.setenv("DATABASE_URL", "mysql://user:hunter2@db.example/docqueue")
+    with pytest.raises(ValueError) as refused:
+        create_app()
+    message = str(refused.value)
+    assert message.startswith("DATABASE_URL must be a sqlite:// or postgresql:// URL, got 'mysql")
+    assert "hunter2" not in message
+
+
+def test_every_edge_of_a_range_and_every_boolean_spelling_is_accepted(clean_env):
+    for variable, value in {
+        "DOCQUEUE_POLL_INTERVAL": "86400",
+        "DOCQUEUE_RETRY_BASE_SECONDS": "0",
+        "DOCQUEUE_BATCH_SIZE": "2147483647",
+        "DOCQUEUE_MAX_ATTEMPTS": "3.0",
+        "DOCQUEUE_RETENTION_DAYS": "36500",
+        "DOCQUEUE_MAX_UPLOAD_MB": "0.001",
+        "DOCQUEUE_OCR": " OFF ",
+        "DOCQUEUE_WEBHOOK_URL": "http://receiver_1:8000/hook?x=1",
+        "DOCQUEUE_SCHEDULER_ENABLED": "off",
+        "DOCQUEUE_WEBHOOK_ALLOW_PRIVATE": "1",
+        "DOCQUEUE_PROCESSOR": "tests.processing.sample_processors:echo_text",
+    }.items():
+        clean_env.setenv(variable, value)
+    config = create_app().config
+    assert (config["POLL_INTERVAL"], config["BATCH_SIZE"], config["MAX_ATTEMPTS"]) == (
+        86400,
+        2147483647,
+        3,
+    )
+    assert isinstance(config["MAX_ATTEMPTS"], int)
+    assert (config["RETENTION_DAYS"], config["OCR"]) == (36500, "off")
+    assert config["SCHEDULER_ENABLED"] is False and config["WEBHOOK_ALLOW_PRIVATE"] is True
+
+
+def test_a_blank_secret_or_webhook_url_means_unset(clean_env):
+    clean_env.setenv("DOCQUEUE_ADMIN_PASSWORD", "")
+    clean_env.setenv("DOCQUEUE_WEBHOOK_URL", "")
+    config = create_app().config
+    assert config["ADMIN_PASSWORD"] is None and config["WEBHOOK_URL"] is None

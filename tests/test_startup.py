@@ -13,12 +13,16 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from docqueue_app.queue import DocumentQueueService
+from tests.e2e.server import BIN, free_port
 from tests.helpers import wait_until
+
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 # Document parsers (PDFium, lxml, selectolax, python-docx, charset-normalizer, Pillow),
 # the OCR engine (tesserocr), Alembic, which only the `db` commands need, and
@@ -169,3 +173,26 @@ def test_sigterm_while_the_worker_starts_exits_0_with_nothing_claimed(
     assert worker.returncode == 0, worker.stderr
     stats = queue_stats(app)
     assert (stats["pending"], stats["in_progress"]) == (1, 0)
+
+
+def test_gunicorn_refuses_a_bad_setting_in_one_line_before_starting_workers(tmp_path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'docqueue.db'}",
+        "DOCQUEUE_BATCH_SIZE": "[1]",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    bind = f"127.0.0.1:{free_port()}"
+    server = subprocess.run(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--bind", bind, "wsgi:app"],
+        cwd=CHECKOUT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert server.returncode == 2, server.stderr
+    refusal = "Error: DOCQUEUE_BATCH_SIZE must be a whole number >= 1 and <= 2147483647, got '[1]'"
+    assert refusal in server.stderr
+    assert "Traceback" not in server.stderr
+    assert "Booting worker" not in server.stderr

@@ -230,6 +230,10 @@ def _redirect_stderr(stderr_fd: int) -> None:
         sys.stderr.flush()
     os.dup2(stderr_fd, 2)
     os.close(stderr_fd)
+    # stdout too: the worker's stdout is its own output (`queue process` prints JSON there).
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    os.dup2(2, 1)
 
 
 def _go_received(connection: Connection) -> bool:

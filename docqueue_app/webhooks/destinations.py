@@ -37,7 +37,7 @@ class Destination:
 
 def check_destination(url: str, allow_private: bool = False) -> Destination:
     """The destination of ``url``, resolved and checked; raises RefusedDestination."""
-    scheme, host, port, target = _parse(url)
+    scheme, host, port, target = parse_url(url)
     addresses = _resolve(host, port)
     if not addresses:
         if allow_private:
@@ -80,7 +80,9 @@ def non_public_kind(address: str) -> str | None:
     return None
 
 
-def _parse(url: str) -> tuple[str, str, int, str]:
+def parse_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, request target) of an http or https URL; RefusedDestination
+    says why another is refused. Resolves nothing (``check_destination`` does)."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         raise RefusedDestination(
             f"must be an http or https URL of at most {MAX_URL_LENGTH} characters"
