@@ -51,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..config import POSTGRESQL_CONNECT_ARGS
-from ..database import OUTAGES, Backoff, report_failure
+from ..database import Backoff, report_failure
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,8 @@ class PostgresListener:
 
         with psycopg.connect(self.conninfo, autocommit=True, **listener_connect_args()) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
-            OUTAGES.succeeded()
+            # No OUTAGES.succeeded(): LISTEN needs no table, so it also works on a
+            # database not migrated yet; the loops that claim say when it is usable.
             backoff.reset()
             log.info("listening for new work on channel %s", CHANNEL)
             if reconnecting:
