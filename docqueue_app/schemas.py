@@ -26,6 +26,7 @@ from marshmallow import (
 
 # The command line and the settings share these bounds (config.py keeps them).
 from .config import MAX_INTEGER, MAX_PURGE_AGE_DAYS
+from .database import NOT_MIGRATED, OK, READ_ONLY, UNREACHABLE
 from .states import (
     DEFAULT_PRIORITY,
     FINISHED_STATUSES,
@@ -492,7 +493,8 @@ class ProcessQueueResultSchema(Schema):
 
 class HealthSchema(Schema):
     status = fields.String(metadata={"enum": ["ok", "error"]})
-    database = fields.String(metadata={"enum": ["ok", "unreachable", "read_only"]})
+    # Every state database_state() reports: a client may switch on any of them.
+    database = fields.String(metadata={"enum": [OK, UNREACHABLE, READ_ONLY, NOT_MIGRATED]})
 
 
 class ReadinessSchema(HealthSchema):

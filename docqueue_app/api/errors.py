@@ -5,7 +5,8 @@ validation failures (422, and 400 for a body that is not JSON) as webargs
 reports them. Flask hands every ``HTTPException`` here, including werkzeug's own
 (404, 405, 413 while parsing a form) and the 500 it makes of an unexpected
 exception, whose traceback goes to the log only. The one exception: a request
-outside /api that matched no route gets the pages' HTML error page.
+outside /api that matched no route gets the pages' HTML error page, unless its
+path is a probe's (/healthz, /readyz, /metrics), which programs read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ..schemas import describe_validation_errors
 from ..web.pages import render_unrouted_error_page
 
 API_PATH_PREFIX = "/api"
+# Read by programs (load balancers, orchestrators, Prometheus), not people: even
+# a request that matched no rule there (a wrong method) gets the JSON error.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class JsonErrorApi(Api):
@@ -65,4 +69,4 @@ def _message(error: HTTPException, errors: Any) -> str:
 
 
 def _is_api_path(path: str) -> bool:
-    return path == API_PATH_PREFIX or path.startswith(API_PATH_PREFIX + "/")
+    return path == API_PATH_PREFIX or path.startswith(API_PATH_PREFIX + "/") or path in PROBE_PATHS

@@ -437,3 +437,16 @@ def test_an_upload_on_a_connection_the_server_just_dropped_gets_503_and_the_next
     assert upload(client, b"after", "after.txt").status_code == 202
     assert row_counts(app)["documents"] == 2
     close_connections(app)
+
+
+def test_the_openapi_document_names_every_database_state_healthz_reports(
+    unmigrated_database_url: str,
+) -> None:
+    with app_factory(unmigrated_database_url) as make_app:
+        client = make_app().test_client()
+        reported = client.get("/healthz").get_json()["database"]
+        readiness = client.get("/readyz").get_json()["database"]
+        schemas = client.get("/api/openapi.json").get_json()["components"]["schemas"]
+
+    assert reported in schemas["Health"]["properties"]["database"]["enum"]
+    assert readiness in schemas["Readiness"]["properties"]["database"]["enum"]

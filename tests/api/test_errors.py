@@ -94,3 +94,12 @@ def test_openapi_document_describes_the_api(client: FlaskClient) -> None:
     } <= set(spec["paths"])
     upload_body = spec["paths"]["/api/documents"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload_body
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_a_wrong_method_on_a_probe_is_a_json_405(client: FlaskClient, path: str) -> None:
+    # Probes and scrapers are programs: they get the API's JSON error, not a page.
+    response = client.post(path)
+
+    assert_json_error(response, 405, "Method Not Allowed")
+    assert "GET" in response.headers["Allow"]
