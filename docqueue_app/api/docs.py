@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.exceptions import NotFound
 
 blueprint = Blueprint("api_docs", __name__, url_prefix="/api/docs")
 
@@ -38,5 +39,5 @@ def api_docs() -> str:
 @blueprint.get("/assets/<name>")
 def api_docs_asset(name: str) -> Response:
     if name not in ASSETS:
-        return Response("Not found", status=404, mimetype="text/plain")
+        raise NotFound(f"The API documentation has no asset named {name!r}.")
     return send_from_directory(str(swagger_ui_path), name, max_age=3600)

@@ -103,3 +103,7 @@ def test_a_wrong_method_on_a_probe_is_a_json_405(client: FlaskClient, path: str)
 
     assert_json_error(response, 405, "Method Not Allowed")
     assert "GET" in response.headers["Allow"]
+
+
+def test_an_unknown_api_docs_asset_is_a_json_404(client: FlaskClient) -> None:
+    assert_json_error(client.get("/api/docs/assets/nothing.js"), 404, "Not Found")
