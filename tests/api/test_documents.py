@@ -264,6 +264,18 @@ def test_documents_api_accepts_the_token(token_client: FlaskClient) -> None:
     assert token_client.get("/api/documents", headers=headers).get_json()["total"] == 1
 
 
+@pytest.mark.parametrize("token", [TOKEN, "clé-€-トークン"])
+def test_a_non_ascii_token_works_as_curl_sends_it(make_app, token: str) -> None:
+    # curl and browsers send a header's non-ASCII characters as UTF-8 bytes, which
+    # WSGI hands over decoded as Latin-1: the token typed is the token set.
+    client = make_app(API_TOKEN=token).test_client()
+    as_sent = f"Bearer {token}".encode().decode("latin-1")
+
+    response = client.get("/api/documents", headers={"Authorization": as_sent})
+
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/api/queue/stats", "/healthz", "/metrics", "/api/openapi.json"])
 def test_open_endpoints_need_no_token(token_client: FlaskClient, path: str) -> None:
     assert token_client.get(path).status_code == 200

@@ -65,6 +65,33 @@ def test_cron_is_401_without_the_right_secret(
     assert_json_error(response, 401, "Unauthorized")
 
 
+@pytest.mark.parametrize(
+    ("secret", "sent"),
+    [
+        ("sécret", "sécret".encode()),  # curl: UTF-8
+        ("sécret", "sécret".encode("latin-1")),  # Python's http.client: Latin-1
+        ("sécret", b"s?cret"),
+        ("sécret", b""),
+        ("n€w", "n€w".encode()),
+        ("n€w", b"n?w"),
+    ],
+    ids=["utf8", "latin1", "wrong", "empty", "utf8-only", "utf8-only-wrong"],
+)
+def test_a_non_ascii_cron_secret_is_matched_as_clients_send_it(
+    make_app, secret: str, sent: bytes
+) -> None:
+    client = make_app(CRON_SECRET=secret).test_client()
+    # WSGI hands a header's bytes over decoded as Latin-1.
+    authorization = b"Bearer " + sent if sent else b"Bearer"
+
+    response = client.post(
+        "/api/cron/process-queue", headers={"Authorization": authorization.decode("latin-1")}
+    )
+
+    right = sent in (secret.encode(), secret.encode("latin-1", errors="ignore"))
+    assert response.status_code == (200 if right and sent else 401)
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_cron_processes_the_queue_once(cron_client: FlaskClient, method: str) -> None:
     document_id = upload(cron_client, b"processed by cron").get_json()["id"]
