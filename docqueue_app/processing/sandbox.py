@@ -82,6 +82,7 @@ _EXIT_GRACE_SECONDS = 5.0
 # Exit status of a sandbox that hit the memory cap while sending its outcome.
 _EXIT_MEMORY_CAP = 86
 _CPU_LIMIT_SLACK_SECONDS = 5
+_WATCHDOG_STACK_BYTES = 256 * 1024
 # Ctrl-C in a terminal, ``kill -TERM -- -PGID`` and systemd stopping the unit send
 # these to the worker's whole process group, fork server and sandboxes included. The
 # worker stops gracefully on them, finishing the documents in hand, so those must
@@ -197,6 +198,7 @@ def _sandbox_main(connection: Connection, stderr_fd: int, caps: Caps) -> None:
     if not _go_received(connection):
         return  # the parent gave up on this sandbox before it could start
     connection.send(_READY)  # the parent holds this process's pidfd now, and may trust it
+    _exit_when_the_parent_hangs_up(connection)
     processors: dict[str, Callable[[bytes, str, str], dict]] = {}
     while True:
         try:
@@ -214,6 +216,33 @@ def _sandbox_main(connection: Connection, stderr_fd: int, caps: Caps) -> None:
             _send_outcome(connection, outcome)
         except OSError:
             return  # the parent is gone (killed): nobody waits for this outcome
+
+
+def _exit_when_the_parent_hangs_up(connection: Connection) -> None:
+    """End this sandbox as soon as the parent's end of the pipe closes, even mid-document.
+
+    The job loop sees the parent's end only between documents; a document blocked in
+    a sleep or a read uses no CPU, so the CPU-time backstop never fires either, and
+    a sandbox whose worker was SIGKILLed ran on for ever, an orphan holding up to the
+    memory cap (and keeping its fork server alive). A thread that only waits for the
+    hang-up (poll with no events reports POLLHUP alone) ends it; the parent sends
+    nothing while a document runs, and only the parent or its death closes its end.
+    """
+    watch = select.poll()
+    watch.register(connection.fileno(), 0)
+
+    def wait_for_hang_up() -> None:
+        while True:
+            for _, events in watch.poll():
+                if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    os._exit(0)
+
+    # A small stack: a thread's default 8 MiB would count against RLIMIT_AS.
+    previous = threading.stack_size(_WATCHDOG_STACK_BYTES)
+    try:
+        threading.Thread(target=wait_for_hang_up, name="parent-watch", daemon=True).start()
+    finally:
+        threading.stack_size(previous)
 
 
 def _ignore_stop_signals() -> None:

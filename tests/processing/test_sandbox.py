@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -275,6 +276,49 @@ def test_a_sandbox_whose_worker_was_killed_exits_by_itself() -> None:
     finally:
         worker.kill()
         worker.wait()
+
+
+# A worker whose sandbox is busy with a document that never ends (a processor blocked
+# in a sleep or a read uses no CPU, so the sandbox's CPU-time backstop never fires).
+BUSY_WORKER = f"""
+import sys
+from docqueue_app.processing import run_processor
+
+if __name__ == "__main__":
+    run_processor(
+        sys.argv[1].encode(), "d", "text/plain",
+        processor="{SAMPLES}:report_pid_then_sleep", memory_mb={MEMORY_MB}, timeout_seconds=3600,
+    )
+"""
+
+
+def test_a_busy_sandbox_whose_worker_was_killed_exits_by_itself(tmp_path: Path) -> None:
+    # It was left running for ever (an orphan holding up to the memory cap), and its
+    # fork server with it: it reads its pipe only between documents.
+    pid_file = tmp_path / "pid"
+    worker = subprocess.Popen([sys.executable, "-c", BUSY_WORKER, str(pid_file)], cwd=PROJECT_ROOT)
+    try:
+        sandbox = wait_for_pid(pid_file, worker)
+        with pidfd_of(sandbox) as pidfd:
+            worker.kill()
+            worker.wait()
+
+            exited = has_exited(pidfd, timeout=PATIENCE_SECONDS)
+            if not exited:
+                os.kill(sandbox, signal.SIGKILL)
+            assert exited
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def wait_for_pid(pid_file: Path, worker: subprocess.Popen) -> int:
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while not pid_file.exists():
+        assert worker.poll() is None, "the worker ended before its sandbox started the document"
+        assert time.monotonic() < deadline, "the sandbox never started the document"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
 
 
 # A worker that processes a PDF in a sandbox, then lists the parsers it has loaded itself.
