@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Response, request, send_file, url_for
 from flask.views import MethodView
-from werkzeug.exceptions import Conflict, NotFound
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
 from ..documents import (
     DocumentPage,
@@ -61,17 +62,27 @@ MAX_LISTED_DELIVERIES = 100
 @blp.arguments(UploadFormSchema(), location="form", content_type="multipart/form-data")
 @blp.response(202, UploadResultSchema, description="Stored and queued; Location names it.")
 @blp.alt_response(200, schema=UploadResultSchema, description="Same bytes as an existing document")
-@blp.error_response(400, "The file is missing or empty")
+@blp.error_response(400, "The file is missing or empty, or more than one was sent")
 @blp.error_response(403, CROSS_SITE)
 @blp.error_response(413, "The file is over DOCQUEUE_MAX_UPLOAD_MB")
 @blp.error_response(415, "Not a supported type")
 def upload_document(form: dict[str, Any]) -> tuple[DocumentView, int, dict[str, str]]:
-    checked = check_upload(request.files.get("file"), form["priority"], form["callback_url"])
+    checked = check_upload(_the_one_file(), form["priority"], form["callback_url"])
     [submission] = store_uploads([checked])
     view = upload_view(submission)
     if not submission.created:
         return view, 200, {}
     return view, 202, {"Location": url_for(".document", document_id=view.id)}
+
+
+def _the_one_file() -> FileStorage | None:
+    """The upload's ``file`` part; several are refused, none is dropped unseen."""
+    files = request.files.getlist("file")
+    if len(files) > 1:
+        raise BadRequest(
+            f"The multipart field 'file' came {len(files)} times: send one file per request."
+        )
+    return files[0] if files else None
 
 
 @blp.route("", methods=["GET"])

@@ -141,6 +141,22 @@ def test_missing_file_field_is_400(client: FlaskClient) -> None:
     assert "file" in body["message"]
 
 
+def test_two_files_in_one_upload_are_400_and_neither_is_silently_dropped(
+    client: FlaskClient,
+) -> None:
+    # curl -F file=@a -F file=@b: the API stores one file per request; taking the
+    # first and answering 202 would leave the caller believing both were stored.
+    response = client.post(
+        "/api/documents",
+        data={"file": [(io.BytesIO(b"first"), "a.txt"), (io.BytesIO(b"second"), "b.txt")]},
+        content_type="multipart/form-data",
+    )
+
+    body = assert_json_error(response, 400, "Bad Request")
+    assert "one file" in body["message"]
+    assert document_count(client) == 0
+
+
 def test_empty_file_is_400(client: FlaskClient) -> None:
     body = assert_json_error(upload(client, b"", "empty.txt"), 400, "Bad Request")
 
