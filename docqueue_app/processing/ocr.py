@@ -44,6 +44,9 @@ TESSDATA_DIRS = (
 # The largest page read by OCR, whatever the memory cap: Tesseract takes about 20 s
 # on 135 megapixels here (an A0 sheet at 300 dpi is 139).
 MAX_PAGE_PIXELS = 150_000_000
+# The longest side Tesseract accepts (its image coordinates are 16-bit); a longer page
+# is scaled down to it.
+MAX_TESSERACT_SIDE = 32_767
 # Address space that reading one pixel takes at its peak: 16 bytes measured on a
 # 50-megapixel RGBA PNG page (bench/ocr.py), the worst kind: the decoded image (4),
 # the page made opaque on white (4 + 4 while composited), its grey copy and the
@@ -102,7 +105,7 @@ def read_page(image: Image.Image, dpi: float | None = None) -> str:
     ``dpi`` is the scan's resolution when known (it helps Tesseract judge text sizes).
     Check the page's size with ``check_page_size`` before decoding it.
     """
-    grey = _grey_on_white(image)
+    grey, dpi = _within_tesseract_sides(_grey_on_white(image), dpi)
     with _engine_lock:
         engine = _loaded_engine()
         try:
@@ -117,6 +120,23 @@ def read_page(image: Image.Image, dpi: float | None = None) -> str:
         finally:
             engine.Clear()
     return _tidy(text)
+
+
+def _within_tesseract_sides(
+    grey: Image.Image, dpi: float | None
+) -> tuple[Image.Image, float | None]:
+    """The page scaled down, if need be, so that no side exceeds what Tesseract takes.
+
+    Tesseract refuses an image with a side over 32,767 pixels ("Failed to recognize.
+    No image set?"), however few pixels it has in all: a till roll, a scroll, a banner
+    PDF page. Refused, such a page failed its document as transient, again at each retry.
+    """
+    longest = max(grey.size)
+    if longest <= MAX_TESSERACT_SIDE:
+        return grey, dpi
+    scale = MAX_TESSERACT_SIDE / longest
+    size = (max(1, math.floor(grey.width * scale)), max(1, math.floor(grey.height * scale)))
+    return grey.resize(size, Image.Resampling.BOX), (dpi * scale if dpi else None)
 
 
 def _show(engine: tesserocr.PyTessBaseAPI, grey: Image.Image, dpi: float | None) -> None:

@@ -318,3 +318,33 @@ def test_an_unreadable_transparent_png_is_not_an_error() -> None:
 
     assert result["text"] == ""
     assert result["metadata"]["ocr_pages"] == 1
+
+
+# --- pages longer than Tesseract takes ------------------------------------------------------
+
+
+def test_a_long_strip_scan_is_read_not_retried() -> None:
+    # A till-roll or a scroll, 40,000 pixels long: 33 megapixels, well within the
+    # pixel limit, but Tesseract refuses a side over 32,767 pixels ("Failed to
+    # recognize. No image set?"), which failed the document as transient, retried
+    # until its attempts ran out. It is read at a scale that fits.
+    strip = Image.new("L", (825, 40_000), 255)
+    strip.paste(scan(PHRASES[0]).convert("L"), (0, 0))
+
+    result = extract(image_bytes(strip, "PNG", dpi=(DPI, DPI)), "receipt.png")
+
+    assert result["page_count"] == 1
+    assert_read(result, PHRASES[0])
+    assert_ocr_metadata(result, pages=1)
+
+
+def test_a_banner_pdf_page_is_read_not_retried() -> None:
+    # 240 x 3 inches: rendered at 300 dpi it is 72,000 pixels wide.
+    document = FPDF(unit="pt", format=(17_280, 216))
+    document.add_page()
+    document.image(scan(PHRASES[2], width_inches=4), x=0, y=0, h=216)
+
+    result = extract(bytes(document.output()), "banner.pdf")
+
+    assert result["metadata"]["ocr_pages"] == 1
+    assert_read(result, "signed copy")
