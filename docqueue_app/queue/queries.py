@@ -27,6 +27,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    false,
     func,
     literal,
     literal_column,
@@ -203,21 +204,28 @@ def expired_leases(now: datetime | ColumnElement[datetime]) -> Select:
     )
 
 
-def held_by(item_id: int, worker: str, attempt: int) -> ColumnElement[bool]:
-    """The fencing check: the item is still in progress under this worker and attempt."""
+def held_by(item_id: int, claim: Any) -> ColumnElement[bool]:
+    """The fencing check: the item is still in progress under this claim (``service.Claim``:
+    the worker, the attempt and the claim's time, which tells apart two claims of one
+    worker with one attempt number, as a retry's reset of attempts makes them)."""
+    if claim.started_at is None:
+        return false()  # a held item always has the time of its claim
     return and_(
         QueueItem.id == item_id,
         QueueItem.status == ItemStatus.IN_PROGRESS,
-        QueueItem.locked_by == worker,
-        QueueItem.attempts == attempt,
+        QueueItem.locked_by == claim.worker,
+        QueueItem.attempts == claim.attempt,
+        QueueItem.started_at == claim.started_at,
     )
 
 
-def held_by_any(claims: Iterable[tuple[int, str, int]]) -> ColumnElement[bool]:
-    """``held_by`` for many (item id, worker, attempt) claims at once."""
+def held_by_any(claims: Iterable[tuple[int, str, int, datetime | None]]) -> ColumnElement[bool]:
+    """``held_by`` for many (item id, worker, attempt, started_at) claims at once."""
     return and_(
         QueueItem.status == ItemStatus.IN_PROGRESS,
-        tuple_(QueueItem.id, QueueItem.locked_by, QueueItem.attempts).in_(list(claims)),
+        tuple_(QueueItem.id, QueueItem.locked_by, QueueItem.attempts, QueueItem.started_at).in_(
+            [claim for claim in claims if claim[3] is not None]
+        ),
     )
 
 
@@ -448,10 +456,10 @@ def follow_claims_sqlite(item_ids: Sequence[int], now: str) -> list[tuple[str, d
     return [(statement, {"ids": ids, "now": now}) for statement in _SQLITE_FOLLOW_CLAIMS]
 
 
-def extend_lease(item_id: int, worker: str, attempt: int, expires: datetime) -> Update:
+def extend_lease(item_id: int, claim: Any, expires: datetime) -> Update:
     return (
         update(QueueItem)
-        .where(held_by(item_id, worker, attempt))
+        .where(held_by(item_id, claim))
         .values(lease_expires_at=expires)
         .execution_options(synchronize_session=False)
     )
@@ -495,14 +503,14 @@ _RESULT_COLUMNS = (
 _POSTGRESQL_COMPLETE_BATCH = f"""
 WITH outcome AS (
   SELECT * FROM json_to_recordset(CAST(%(outcomes)s AS json)) AS o(
-    id integer, worker text, attempt integer, has_result boolean,
+    id integer, worker text, attempt integer, started_at timestamptz, has_result boolean,
     {", ".join(f"{name} {kind}" for name, kind in _RESULT_COLUMNS)})
 ), completed AS (
   UPDATE queue_items AS q SET status = '{ItemStatus.COMPLETED.value}', locked_by = NULL,
     lease_expires_at = NULL, last_error = NULL, finished_at = now()
   FROM outcome AS o
   WHERE q.id = o.id AND q.status = '{ItemStatus.IN_PROGRESS.value}'
-    AND q.locked_by = o.worker AND q.attempts = o.attempt
+    AND q.locked_by = o.worker AND q.attempts = o.attempt AND q.started_at = o.started_at
   RETURNING q.id, q.document_id, q.attempts
 ), closed AS (
   UPDATE queue_attempts AS a
@@ -535,7 +543,7 @@ FROM completed AS c JOIN documents AS d ON d.id = c.document_id"""
 
 
 def complete_batch_postgresql(
-    outcomes: Sequence[tuple[tuple[int, str, int], dict[str, Any] | None]],
+    outcomes: Sequence[tuple[tuple[int, str, int, datetime | None], dict[str, Any] | None]],
 ) -> tuple[str, dict[str, Any]]:
     """PostgreSQL: complete held items, close their attempts and write their documents'
     results and status, in one statement that returns (id, document_id, callback_url)
@@ -545,9 +553,15 @@ def complete_batch_postgresql(
     statement, for the driver, and its parameters.
     """
     rows = [
-        {"id": item_id, "worker": worker, "attempt": attempt, "has_result": columns is not None}
+        {
+            "id": item_id,
+            "worker": worker,
+            "attempt": attempt,
+            "started_at": None if started_at is None else started_at.isoformat(),
+            "has_result": columns is not None,
+        }
         | (columns or {})
-        for (item_id, worker, attempt), columns in outcomes
+        for (item_id, worker, attempt, started_at), columns in outcomes
     ]
     return _POSTGRESQL_COMPLETE_BATCH, {"outcomes": json.dumps(rows, ensure_ascii=False)}
 
@@ -564,10 +578,12 @@ def complete_batch_postgresql(
 _SQLITE_COMPLETE = f"""
 UPDATE queue_items SET status = '{ItemStatus.COMPLETED.value}', locked_by = NULL,
   lease_expires_at = NULL, last_error = NULL, finished_at = :now
-FROM (SELECT value ->> 0 AS id, value ->> 1 AS worker, value ->> 2 AS attempt
+FROM (SELECT value ->> 0 AS id, value ->> 1 AS worker, value ->> 2 AS attempt,
+        value ->> 3 AS started_at
       FROM json_each(:claims)) AS claim
 WHERE queue_items.id = claim.id AND +queue_items.status = '{ItemStatus.IN_PROGRESS.value}'
   AND queue_items.locked_by = claim.worker AND queue_items.attempts = claim.attempt
+  AND queue_items.started_at = claim.started_at
 RETURNING queue_items.id, queue_items.document_id,
   (SELECT callback_url FROM documents WHERE documents.id = queue_items.document_id)
   AS callback_url"""
@@ -612,8 +628,11 @@ def _check_sqlite_integers(result: dict[str, Any]) -> None:
             raise OverflowError(f"{name} {value} is too large for an INTEGER column")
 
 
-def complete_sqlite(claims: Sequence[tuple[int, str, int]], now: str) -> tuple[str, dict]:
-    """SQLite: the held items among (id, worker, attempt) ``claims`` become completed;
+def complete_sqlite(
+    claims: Sequence[tuple[int, str, int, str | None]], now: str
+) -> tuple[str, dict]:
+    """SQLite: the held items among (id, worker, attempt, started_at as stored) ``claims``
+    become completed;
     returns (id, document_id, callback_url) of those. A statement for the driver and
     its parameters; ``now`` as the column stores it, as in each of these."""
     return _SQLITE_COMPLETE, {"claims": json.dumps(claims), "now": now}

@@ -95,10 +95,17 @@ class InvalidTransition(RuntimeError):
 
 @dataclass(frozen=True)
 class Claim:
-    """Who holds an item, and for which attempt: the fencing token."""
+    """Who holds an item, for which attempt, since when: the fencing token.
+
+    ``started_at`` (the claim's time) tells two claims apart that share a worker
+    and an attempt number: a retry resets attempts (SPEC §4), so after a cancel
+    and a retry the same worker's next claim is attempt 1 again, and the cancelled
+    run must stay fenced off all the same.
+    """
 
     worker: str
     attempt: int
+    started_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,8 @@ class Outcome:
         return cls.of(item, result=checked)
 
     @property
-    def key(self) -> tuple[int, str, int]:
-        return (self.item_id, self.claim.worker, self.claim.attempt)
+    def key(self) -> tuple[int, str, int, datetime | None]:
+        return (self.item_id, self.claim.worker, self.claim.attempt, self.claim.started_at)
 
 
 class ClaimedDocument(NamedTuple):
@@ -177,7 +184,7 @@ class ClaimedItem:
     @property
     def claim(self) -> Claim:
         """The fencing token: the claim just set both columns."""
-        return Claim(self.locked_by, self.attempts)
+        return Claim(self.locked_by, self.attempts, self.started_at)
 
 
 _ITEM_TIMESTAMPS = frozenset(
@@ -196,6 +203,17 @@ def _item_layout(columns: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, 
 
 
 _UTC_DATETIME = UTCDateTime()
+
+
+def _sqlite_timestamp(moment: datetime | None) -> str | None:
+    """``moment`` as SQLite's UTCDateTime columns store it when SQLAlchemy writes them:
+    naive UTC text, always with six digits of microseconds (the driver's own adapter
+    drops them when zero). The claim writes started_at so, and the fencing check
+    compares it as text."""
+    if moment is None:
+        return None
+    naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    return naive.isoformat(" ", timespec="microseconds")
 
 
 def _read_timestamp(value: datetime | str | None) -> datetime | None:
@@ -436,7 +454,7 @@ class DocumentQueueService(TransactionalService):
             claimed = self._claim(chosen, worker, now)
         if not claimed:
             return False
-        item.claim = Claim(worker, claimed[0].attempts)
+        item.claim = Claim(worker, claimed[0].attempts, claimed[0].started_at)
         session.refresh(item)
         return True
 
@@ -490,8 +508,8 @@ class DocumentQueueService(TransactionalService):
     ) -> list[ClaimedItem]:
         with self._write_on_connection() as connection:
             now = now or self._now()
-            stamp = stored_timestamp(connection, now)
-            expires = stored_timestamp(connection, now + self.lease)
+            stamp = _sqlite_timestamp(now)
+            expires = _sqlite_timestamp(now + self.lease)
             claim = queries.claim_batch_sqlite(limit, worker, stamp, expires)
             items = _claimed_items(run_on_driver(connection, *claim))
             if items:
@@ -518,7 +536,7 @@ class DocumentQueueService(TransactionalService):
         with self._write() as session:
             expires = self._now() + self.lease
             for item_id, claim in claims.items():
-                statement = queries.extend_lease(item_id, claim.worker, claim.attempt, expires)
+                statement = queries.extend_lease(item_id, claim, expires)
                 extended += session.execute(statement).rowcount
         return extended
 
@@ -526,7 +544,10 @@ class DocumentQueueService(TransactionalService):
         """The items (of id -> claim) no longer held: cancelled, taken over or deleted."""
         if not claims:
             return set()
-        keys = [(item_id, claim.worker, claim.attempt) for item_id, claim in claims.items()]
+        keys = [
+            (item_id, claim.worker, claim.attempt, claim.started_at)
+            for item_id, claim in claims.items()
+        ]
         with self._read() as session:
             held = set(session.scalars(select(QueueItem.id).where(queries.held_by_any(keys))))
         return set(claims) - held
@@ -666,7 +687,10 @@ class DocumentQueueService(TransactionalService):
     ) -> tuple[int, list[int]]:
         connection = self.session.connection()
         now = stored_timestamp(connection, utcnow())
-        claims = [o.key for o in outcomes]
+        claims = [
+            (item_id, worker, attempt, _sqlite_timestamp(started_at))
+            for item_id, worker, attempt, started_at in (o.key for o in outcomes)
+        ]
         rows = [
             CompletedItem(*row)
             for row in run_on_driver(connection, *queries.complete_sqlite(claims, now))
@@ -739,7 +763,7 @@ class DocumentQueueService(TransactionalService):
         """The item's row, locked, while ``claim`` still holds it; else None."""
         return self.session.execute(
             select(QueueItem.id, QueueItem.document_id, QueueItem.priority, QueueItem.max_attempts)
-            .where(queries.held_by(item_id, claim.worker, claim.attempt))
+            .where(queries.held_by(item_id, claim))
             .with_for_update()
         ).first()
 
@@ -1068,7 +1092,7 @@ def _claim_of(item: QueueItem | ClaimedItem) -> Claim:
     """The fencing token of a claimed item; for an item loaded fresh, its current holder."""
     claim = getattr(item, "claim", None)
     if claim is None:
-        claim = Claim(item.locked_by or "", item.attempts)
+        claim = Claim(item.locked_by or "", item.attempts, item.started_at)
     return claim
 
 

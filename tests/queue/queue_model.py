@@ -12,6 +12,7 @@ open, the model says so in a comment, and the choice is named "model choice".
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 
 MAX_ATTEMPTS = 3
@@ -65,11 +66,20 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Held:
-    """A claim handed out by the service: the fencing token a worker reports with."""
+    """A claim handed out by the service: the fencing token a worker reports with.
+
+    ``serial`` tells claims apart that share item, worker and attempt: a retry
+    resets attempts, so one worker may claim an item as attempt 1 twice, and the
+    first claim must stay lost (the service tells them apart by the claim's time).
+    """
 
     item_id: int
     worker: str
     attempt: int
+    serial: int = field(default_factory=lambda: next(_CLAIM_SERIALS))
+
+
+_CLAIM_SERIALS = itertools.count(1)  # across models, so a serial names one claim anywhere
 
 
 @dataclass

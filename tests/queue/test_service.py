@@ -16,6 +16,7 @@ from docqueue_app.queue import (
     Outcome,
     process_document_queue,
 )
+from docqueue_app.queue.service import ClaimedItem
 from tests.helpers import engine_events, execute_sql
 
 
@@ -721,3 +722,38 @@ class TestOneBadResultFailsOnlyItsDocument:
         failed = item_of(items[1].document_id)
         assert failed.status == "failed" and "cannot be stored" in failed.last_error
         assert item_of(items[2].document_id).status == "pending"
+
+
+class TestFencingAcrossRetries:
+    """A retry resets attempts (SPEC §4), so the same worker's next claim is attempt 1
+    again: the claim it lost (cancelled, then retried) must stay lost all the same."""
+
+    @staticmethod
+    def cancelled_retried_and_claimed_again(service) -> tuple[int, ClaimedItem, ClaimedItem]:
+        doc_id = new_document(service)
+        [first] = service.claim_due_items(1, "worker-1")
+        service.cancel_item(first.id)
+        service.retry_item(first.id)
+        [second] = service.claim_due_items(1, "worker-1")
+        assert (second.id, second.attempts) == (first.id, first.attempts)
+        return doc_id, first, second
+
+    def test_a_cancelled_run_stays_cancelled_after_a_retry_and_a_new_claim(self, service):
+        doc_id, first, second = self.cancelled_retried_and_claimed_again(service)
+        # The worker's watch sees the first run lost, so it kills it...
+        assert service.lost_claims({first.id: first.claim}) == {first.id}
+        assert service.lost_claims({second.id: second.claim}) == set()
+        # ...and should its late result arrive all the same, it changes nothing.
+        assert not service.mark_completed(first, {"text": "the cancelled run"})
+        assert not service.extend_leases({first.id: first.claim})
+        assert item_of(doc_id).status == "in_progress"
+        assert document(doc_id).status == "processing"
+        assert service.mark_completed(second, {"text": "the retried run"})
+        assert document(doc_id).text == "the retried run"
+
+    def test_a_cancelled_runs_late_failure_changes_nothing_after_a_retry(self, service):
+        doc_id, first, second = self.cancelled_retried_and_claimed_again(service)
+        assert not service.mark_failed(first, "the cancelled run", permanent=True)
+        assert item_of(doc_id).status == "in_progress"
+        assert service.mark_completed(second, {"text": "the retried run"})
+        assert document(doc_id).status == "completed"

@@ -389,12 +389,22 @@ def invariant_violations(snapshot: Snapshot) -> list[str]:
 def stand_in(held: Held) -> QueueItem:
     """An item object as the worker that got this claim holds it (the row may have moved on)."""
     item = QueueItem(id=held.item_id, locked_by=held.worker, attempts=held.attempt)
-    item.claim = Claim(held.worker, held.attempt)
+    item.claim = claim_of(held)
     return item
 
 
+# When each claim handed out was made (Held.serial -> the service's claim time):
+# with the worker and the attempt, the service's fencing token.
+CLAIMED_AT: dict[int, datetime] = {}
+
+
 def claim_of(held: Held) -> Claim:
-    return Claim(held.worker, held.attempt)
+    return Claim(held.worker, held.attempt, CLAIMED_AT.get(held.serial))
+
+
+def took(held: Held, claim: Claim) -> None:
+    """The service's claim ``claim`` is the model's ``held``: remember its time."""
+    CLAIMED_AT[held.serial] = claim.started_at
 
 
 def result_for(held: Held, nasty: bool = False) -> dict[str, Any]:
@@ -638,6 +648,7 @@ class QueueMachine(RuleBasedStateMachine):
         helds = []
         for item in items:
             held = self.model.claim(item.id, worker)
+            took(held, item.claim)
             assert item.claim == claim_of(held), f"item {item.id}: claim {item.claim}"
             helds.append(held)
             self.handed_out.append(held)
@@ -670,6 +681,7 @@ class QueueMachine(RuleBasedStateMachine):
         )
         if held is None:
             return multiple()
+        took(held, target.claim)
         assert target.claim == claim_of(held), f"item {item_id}: claim {target.claim}"
         self.handed_out.append(held)
         return held
@@ -1198,9 +1210,11 @@ def race_once(app: Flask, round_no: int, scenario: RaceScenario) -> None:
     if scenario.last_attempt:
         execute_sql(app, "UPDATE queue_items SET attempts = :n", n=MAX_ATTEMPTS - 1)
         model.items[item_id].attempts = MAX_ATTEMPTS - 1
-    assert service.mark_in_progress(db.session.get(QueueItem, item_id), "original")
+    original = db.session.get(QueueItem, item_id)
+    assert service.mark_in_progress(original, "original")
     held = model.mark_in_progress(item_id, "original")
     assert held is not None
+    took(held, original.claim)
     if scenario.queued_behind:
         queued = service.enqueue(document_id, "reprocess", 7)
         model.reprocess(document_id, 7, queued.id)
