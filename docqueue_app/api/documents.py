@@ -111,7 +111,11 @@ class DocumentResource(MethodView):
 
 @blp.route(f"/<{ID_CONVERTER}:document_id>/text", methods=["GET"])
 @blp.alt_response(
-    200, content_type="text/plain", description="The latest extracted text", success=True
+    200,
+    schema={"type": "string"},
+    content_type="text/plain",
+    description="The latest extracted text",
+    success=True,
 )
 @blp.error_response(404, NO_SUCH_DOCUMENT)
 @blp.error_response(409, "No text has been extracted yet")
@@ -125,7 +129,14 @@ def get_document_text(document_id: int) -> Response:
 
 
 @blp.route(f"/<{ID_CONVERTER}:document_id>/file", methods=["GET"])
-@blp.alt_response(200, description="The original bytes, as an attachment", success=True)
+@blp.alt_response(
+    200,
+    schema={"type": "string", "format": "binary"},
+    # The bytes as uploaded, sent with their detected content_type.
+    content_type="application/octet-stream",
+    description="The original bytes, as an attachment, with the document's content_type",
+    success=True,
+)
 @blp.error_response(404, NO_SUCH_DOCUMENT)
 def get_document_file(document_id: int) -> Response:
     document = find_document(document_id)

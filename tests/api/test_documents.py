@@ -279,3 +279,15 @@ def test_a_non_ascii_token_works_as_curl_sends_it(make_app, token: str) -> None:
 @pytest.mark.parametrize("path", ["/api/queue/stats", "/healthz", "/metrics", "/api/openapi.json"])
 def test_open_endpoints_need_no_token(token_client: FlaskClient, path: str) -> None:
     assert token_client.get(path).status_code == 200
+
+
+def test_openapi_says_what_the_text_and_file_routes_return(client: FlaskClient) -> None:
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+
+    text = paths["/api/documents/{document_id}/text"]["get"]["responses"]["200"]
+    file = paths["/api/documents/{document_id}/file"]["get"]["responses"]["200"]
+
+    assert text["content"] == {"text/plain": {"schema": {"type": "string"}}}
+    assert file["content"] == {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+    }
