@@ -281,6 +281,33 @@ def test_cancel_of_a_completed_item_is_409(admin_app: Flask, admin: FlaskClient)
     assert document_status(admin, document_id) == "completed"
 
 
+def test_a_cancelled_run_cannot_complete_the_item_an_admin_retried(
+    admin_app: Flask, admin: FlaskClient
+) -> None:
+    """Cancel a running item, retry it, the same worker claims it again: the cancelled
+    run's late result must change nothing (SPEC §3), only the new run's may finish it."""
+    document_id = upload_id(admin, "raced.txt")
+    with admin_app.app_context():
+        service = DocumentQueueService()
+        [cancelled_run] = service.get_pending_items(1)
+        assert service.mark_in_progress(cancelled_run, worker_id="host:1:worker")
+    item_id = item_of(admin, document_id)["id"]
+    assert admin.post(f"/api/queue/items/{item_id}/cancel").status_code == 200
+    assert admin.post(f"/api/queue/items/{item_id}/retry").status_code == 200
+    with admin_app.app_context():
+        service = DocumentQueueService()
+        [new_run] = service.get_pending_items(1)
+        assert service.mark_in_progress(new_run, worker_id="host:1:worker")
+
+        late = service.mark_completed(
+            cancelled_run, {"text": "stale", "title": None, "page_count": None, "metadata": {}}
+        )
+
+    assert late is False
+    assert item_of(admin, document_id)["status"] == "in_progress"
+    assert document_status(admin, document_id) == "processing"
+
+
 # -- purge ------------------------------------------------------------------------
 
 
