@@ -746,6 +746,7 @@ class TestFencingAcrossRetries:
         # ...and should its late result arrive all the same, it changes nothing.
         assert not service.mark_completed(first, {"text": "the cancelled run"})
         assert not service.extend_leases({first.id: first.claim})
+        assert service.extend_leases({second.id: second.claim}) == 1
         assert item_of(doc_id).status == "in_progress"
         assert document(doc_id).status == "processing"
         assert service.mark_completed(second, {"text": "the retried run"})
