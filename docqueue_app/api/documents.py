@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, request, send_file, url_for
 from flask.views import MethodView
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import BadRequest, Conflict, NotFound
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, PreconditionFailed
 
 from ..documents import (
     DocumentPage,
@@ -52,6 +52,10 @@ blp.before_request(refuse_cross_site_writes)
 blp.before_request(require_api_token)
 CROSS_SITE = "Sent by a page of another site"
 NO_SUCH_DOCUMENT = "No such document"
+PRECONDITION_FAILED = (
+    "If-Match names an entity tag (documents have none; '*' is any), "
+    "or the document changed after If-Unmodified-Since"
+)
 # A document has a few deliveries (one per event and destination); the bound only
 # keeps a document reprocessed thousands of times from answering megabytes.
 MAX_LISTED_DELIVERIES = 100
@@ -103,8 +107,10 @@ class DocumentResource(MethodView):
 
     @blp.response(204, description="Deleted with its bytes and queue items")
     @blp.error_response(403, CROSS_SITE)
+    @blp.error_response(412, PRECONDITION_FAILED)
     @blp.error_response(404, NO_SUCH_DOCUMENT)
     def delete(self, document_id: int) -> None:
+        check_preconditions(document_id)
         if not DocumentQueueService().delete_document(document_id):
             raise NotFound(f"Document {document_id} does not exist.")
 
@@ -159,13 +165,35 @@ def get_document_file(document_id: int) -> Response:
 @blp.response(202, DocumentSchema, description="Queued again; the document is pending.")
 @blp.error_response(400, "The body is not JSON")
 @blp.error_response(403, CROSS_SITE)
+@blp.error_response(412, PRECONDITION_FAILED)
 @blp.error_response(404, NO_SUCH_DOCUMENT)
 def reprocess_document(body: dict[str, Any], document_id: int) -> DocumentView:
+    check_preconditions(document_id)
     try:
         DocumentQueueService().enqueue(document_id, Operation.REPROCESS, body["priority"])
     except DocumentNotFound:
         raise NotFound(f"Document {document_id} does not exist.") from None
     return show_document(document_id)
+
+
+def check_preconditions(document_id: int) -> None:
+    """412 for a change the client made conditional on a state the document is not in.
+
+    Documents carry no entity tag, so ``If-Match`` holds only as ``*`` (the
+    document exists); ``If-Unmodified-Since`` holds while ``updated_at`` (to the
+    second, as HTTP dates go) is not later. Evaluated only for a document that
+    exists: an unknown one stays 404 (RFC 9110, 13.2.1).
+    """
+    if_match, since = request.if_match, request.if_unmodified_since
+    if not if_match and since is None:
+        return
+    updated_at = find_document(document_id).updated_at.replace(microsecond=0)
+    # Beside If-Match, If-Unmodified-Since is ignored (RFC 9110, 13.1.4).
+    holds = if_match.star_tag if if_match else updated_at <= since
+    if not holds:
+        raise PreconditionFailed(
+            f"Document {document_id}: the precondition failed; nothing was changed."
+        )
 
 
 @blp.route(f"/<{ID_CONVERTER}:document_id>/deliveries", methods=["GET"])

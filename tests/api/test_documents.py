@@ -291,3 +291,38 @@ def test_openapi_says_what_the_text_and_file_routes_return(client: FlaskClient) 
     assert file["content"] == {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
     }
+
+
+@pytest.mark.parametrize(
+    ("precondition", "holds"),
+    [
+        ({"If-Match": '"an-old-etag"'}, False),
+        ({"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, False),
+        ({"If-Match": "*"}, True),
+        ({"If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, True),
+    ],
+    ids=["if-match", "if-unmodified-since", "if-match-any", "if-unmodified-since-later"],
+)
+def test_a_change_made_conditional_happens_only_when_its_precondition_holds(
+    client: FlaskClient, precondition: dict[str, str], holds: bool
+) -> None:
+    # A client guarding against a change it has not seen must not delete or
+    # requeue the document anyway: 412, and nothing changed.
+    document_id = upload(client).get_json()["id"]
+
+    requeued = client.post(f"/api/documents/{document_id}/reprocess", headers=precondition)
+    deleted = client.delete(f"/api/documents/{document_id}", headers=precondition)
+
+    if holds:
+        assert (requeued.status_code, deleted.status_code) == (202, 204)
+        return
+    assert_json_error(requeued, 412, "Precondition Failed")
+    assert_json_error(deleted, 412, "Precondition Failed")
+    document = client.get(f"/api/documents/{document_id}").get_json()
+    assert document["queue_item"]["operation"] == "process"
+
+
+def test_a_precondition_on_an_unknown_document_is_404(client: FlaskClient) -> None:
+    response = client.delete("/api/documents/999", headers={"If-Match": '"x"'})
+
+    assert_json_error(response, 404, "Not Found")
