@@ -267,6 +267,8 @@ def _letter_cost_tables() -> defaultdict[str, dict[str, float]]:
 _SNIFF_BYTES = 4096
 _UTF16_NUL_SHARE = 0.3  # ASCII-heavy UTF-16 has a NUL in almost every other byte
 _MAX_CONTROL_SHARE = 0.1
+# Every printable ASCII character but "~" (an escape in HZ, which WHATWG also refuses).
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7E))
 _TEXT_CONTROLS = frozenset("\t\n\r\f\v\x1a\x1b")
 
 
@@ -337,12 +339,22 @@ def _usable_declared_charset(declared: str | None) -> str | None:
         name = codecs.lookup(declared).name
     except LookupError:
         return None
-    if name.startswith(("utf-16", "utf-32")):
+    if name.startswith(("utf-16", "utf-32")) or not _reads_ascii_as_ascii(name):
         # A declaration we could read as ASCII cannot be true: browsers use UTF-8 then.
+        # So with EBCDIC (cp037, cp500...), which made an ASCII page control characters
+        # (refused as binary), and UTF-7, whose "+" starts an escape: no browser reads
+        # a page as UTF-7 (WHATWG Encoding Standard), and "+AF8-" came out as "_".
         return None
     if name in ("latin-1", "iso8859-1"):
         return "cp1252"  # as browsers do (WHATWG Encoding Standard)
     return name
+
+
+def _reads_ascii_as_ascii(encoding: str) -> bool:
+    try:
+        return _PRINTABLE_ASCII.decode(encoding) == _PRINTABLE_ASCII.decode("ascii")
+    except (UnicodeDecodeError, LookupError):
+        return False
 
 
 def _utf16_without_bom(data: bytes) -> str | None:

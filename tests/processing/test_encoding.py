@@ -6,6 +6,8 @@ from collections import defaultdict
 
 import pytest
 
+from docqueue_app.processing import extract
+from docqueue_app.processing.detection import detect_content_type
 from docqueue_app.processing.encoding import NotText, decode_text, find_declared_charset
 
 from .encoding_fresh import FRESH
@@ -60,6 +62,26 @@ def test_a_utf16_declaration_in_ascii_readable_bytes_is_ignored() -> None:
     decoded = decode_text(b"<meta charset=utf-16><p>caf\xc3\xa9", declared="utf-16")
 
     assert decoded.encoding == "utf-8"
+
+
+@pytest.mark.parametrize("charset", ["cp037", "cp500", "IBM1026"])
+def test_an_ebcdic_declaration_in_ascii_readable_bytes_is_ignored(charset: str) -> None:
+    # Read as EBCDIC, the ASCII page became control characters: an HTML page with a
+    # wrong <meta charset> was refused as binary content (415 at upload).
+    page = f'<html><head><meta charset="{charset}"><title>Menu</title></head><body>Soup</body>'
+    content = page.encode("ascii")
+
+    assert detect_content_type(content, "menu.html") == "text/html"
+    result = extract(content, "menu.html")
+    assert (result["title"], result["text"]) == ("Menu", "Soup")
+
+
+def test_a_utf7_declaration_is_ignored_as_in_browsers() -> None:
+    # Browsers never read a page as UTF-7 (it hid markup from filters); decoded as
+    # declared, "+AF8-" became "_" and the word was lost.
+    content = b'<meta charset="utf-7"><p>Join with +AF8- here</p>'
+
+    assert extract(content, "page.html")["text"] == "Join with +AF8- here"
 
 
 def test_unknown_declared_charset_is_ignored() -> None:
