@@ -13,8 +13,10 @@ makes the declared sizes a sound bound.
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +45,19 @@ MAIN_PART = "word/document.xml"
 CORE_PROPERTIES_PART = "docProps/core.xml"
 _SECONDARY_PART = re.compile(r"word/(header|footer)(\d*)\.xml|word/(footnotes|endnotes)\.xml")
 _SECONDARY_ORDER = {"header": 0, "footer": 1, "footnotes": 2, "endnotes": 3}
+
+# What reading a damaged entry raises: a bad CRC or header (BadZipFile), data cut
+# short (EOFError), an unknown compression method (NotImplementedError), and a broken
+# compressed stream, which zipfile lets through as its decompressor raised it
+# (zlib.error; OSError from bz2; LZMAError). The ZIP is in memory: no other I/O.
+_DAMAGED_ENTRY = (
+    zipfile.BadZipFile,
+    EOFError,
+    NotImplementedError,
+    zlib.error,
+    OSError,
+    lzma.LZMAError,
+)
 
 OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ENCRYPTED_PACKAGE_STREAM = "EncryptedPackage".encode("utf-16-le")
@@ -229,7 +244,7 @@ def _paragraphs(package: zipfile.ZipFile, part: str) -> Iterator[str]:
                     open_paragraphs[-1].append(_run_text(element))
     except etree.XMLSyntaxError as exc:
         raise PermanentProcessingError(f"damaged DOCX: invalid XML in {part}: {exc}") from None
-    except (zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+    except _DAMAGED_ENTRY as exc:
         raise PermanentProcessingError(f"damaged DOCX: cannot read {part}: {exc}") from None
 
 
@@ -274,7 +289,7 @@ def _core_properties(package: zipfile.ZipFile, names: list[str]) -> tuple[str | 
                     title = value
                 elif element.tag in _CORE_PROPERTIES:
                     metadata[_CORE_PROPERTIES[element.tag]] = value
-    except (etree.XMLSyntaxError, zipfile.BadZipFile, EOFError, NotImplementedError):
+    except (etree.XMLSyntaxError, *_DAMAGED_ENTRY):
         # Metadata is a nicety; the text was readable, so keep it.
         return None, {}
     return title, metadata

@@ -258,6 +258,41 @@ def test_docx_with_broken_xml_is_damaged() -> None:
         extract(buffer.getvalue(), "t.docx", DOCX)
 
 
+def with_corrupt_stream(package: bytes, part: str) -> bytes:
+    """The package with bytes in the middle of ``part``'s compressed data overwritten."""
+    data = bytearray(package)
+    start = data.find(part.encode()) + len(part) + 50  # past the local header's name
+    data[start : start + 40] = b"\xff" * 40
+    return bytes(data)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_docx_with_a_corrupt_compressed_part_is_damaged_not_retried(compression: int) -> None:
+    # zipfile lets a broken stream's own error through (zlib.error, OSError from bz2,
+    # LZMAError), which no handler took: the document failed as transient and was
+    # retried until its attempts ran out.
+    body = "".join(paragraph(f"paragraph {number} of the report") for number in range(2000))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        archive.writestr("word/document.xml", word_part(body))
+    content = with_corrupt_stream(buffer.getvalue(), "word/document.xml")
+
+    with pytest.raises(
+        PermanentProcessingError, match=r"damaged DOCX: cannot read word/document\.xml"
+    ):
+        extract(content, "t.docx", DOCX)
+
+
+def test_docx_with_corrupt_compressed_core_properties_keeps_its_text() -> None:
+    core = word_part("", root="coreProperties") + b"<!-- padding -->" * 2000
+    package = make_docx(paragraph("Body text"), {"docProps/core.xml": core})
+    content = with_corrupt_stream(package, "docProps/core.xml")
+
+    result = extract(content, "t.docx", DOCX)
+
+    assert (result["text"], result["title"]) == ("Body text", None)
+
+
 # --- HTML -----------------------------------------------------------------------------
 
 
