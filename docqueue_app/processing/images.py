@@ -9,7 +9,9 @@ for good instead of eating the memory cap.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from PIL import Image, ImageOps
 
@@ -18,6 +20,10 @@ from .errors import PermanentProcessingError
 from .options import current_options
 
 MAX_PAGES = 5000  # as for a PDF
+# Pillow reports an unknown, truncated or corrupt file with any of these.
+_PILLOW_DAMAGE = (OSError, SyntaxError, ValueError, EOFError)
+# And a frame's header, read by seek(), with these as well.
+_PILLOW_FRAME_DAMAGE = (KeyError, TypeError, IndexError, struct.error, ZeroDivisionError)
 PAGE_SEPARATOR = "\n\n"
 _EXIF_ORIENTATION = 0x0112
 
@@ -33,14 +39,14 @@ def extract_image(content: bytes) -> dict:
     try:
         with Image.open(io.BytesIO(content)) as image:
             return _read_frames(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow reports an unknown, truncated or corrupt file with any of these.
+    except _PILLOW_DAMAGE as exc:
         raise PermanentProcessingError(f"damaged image: {exc or type(exc).__name__}") from None
 
 
 def _read_frames(image: Image.Image) -> dict:
     image_format, (width, height) = image.format, image.size  # of the first frame
-    frame_count = getattr(image, "n_frames", 1)
+    with _frame_headers_read():
+        frame_count = getattr(image, "n_frames", 1)  # reads every frame's header
     limit = ocr.pixel_limit()
     texts = [
         ocr.read_page(frame, _dpi(frame))
@@ -66,11 +72,28 @@ def _read_frames(image: Image.Image) -> dict:
 def _frames(image: Image.Image, count: int, pixel_limit: int) -> Iterator[Image.Image]:
     """Each frame, upright, decoded only once its size is known to be within the limit."""
     for index in range(count):
-        image.seek(index)
+        with _frame_headers_read():
+            image.seek(index)
         ocr.check_page_size(image.width, image.height, pixel_limit)
         if image.format == "JPEG":
             image.draft("L", image.size)  # decoded straight to grey: a third of the memory
         yield _upright(image)
+
+
+@contextmanager
+def _frame_headers_read() -> Iterator[None]:
+    """Pillow reading frame headers (seek, n_frames): damage in them fails for good.
+
+    Only Image.open turns these errors into "cannot identify": a later frame's
+    tags raise them as they are (KeyError for an unknown compression, TypeError for
+    a missing width), which failed the document as transient, retried to the end.
+    """
+    try:
+        yield
+    except _PILLOW_FRAME_DAMAGE as exc:
+        raise PermanentProcessingError(
+            f"damaged image: a frame's header: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _upright(frame: Image.Image) -> Image.Image:

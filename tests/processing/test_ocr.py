@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import struct
 import subprocess
 import sys
 
@@ -222,6 +223,40 @@ def test_a_damaged_image_fails_for_good() -> None:
 
     with pytest.raises(PermanentProcessingError, match="damaged image"):
         extract(content, "cut.png")
+
+
+def tiff_with_tag(frames: int, frame: int, tag: int, new_tag: int, new_value: int) -> bytes:
+    """A little-endian TIFF whose ``frame``-th IFD has entry ``tag`` rewritten."""
+    data = bytearray(multi_frame_tiff([Image.new("L", (32, 32), 255)] * frames))
+    offset = struct.unpack_from("<I", data, 4)[0]
+    for _ in range(frame):
+        entries = struct.unpack_from("<H", data, offset)[0]
+        offset = struct.unpack_from("<I", data, offset + 2 + 12 * entries)[0]
+    entries = struct.unpack_from("<H", data, offset)[0]
+    for entry in range(offset + 2, offset + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", data, entry)[0] == tag:
+            struct.pack_into("<HHII", data, entry, new_tag, 3, 1, new_value)  # SHORT
+            return bytes(data)
+    raise AssertionError(f"no tag {tag} in frame {frame}")
+
+
+COMPRESSION, IMAGE_WIDTH, UNUSED_TAG = 259, 256, 65000
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # Pillow raised KeyError (no such compression) and TypeError (a frame without
+        # its width), which no handler took: failed as transient, retried to the end.
+        tiff_with_tag(1, 0, COMPRESSION, COMPRESSION, 99),
+        tiff_with_tag(2, 1, COMPRESSION, COMPRESSION, 99),
+        tiff_with_tag(2, 1, IMAGE_WIDTH, UNUSED_TAG, 0),
+    ],
+    ids=["unknown-compression", "second-frame-unknown-compression", "second-frame-no-width"],
+)
+def test_a_tiff_with_broken_tags_fails_for_good(content: bytes) -> None:
+    with pytest.raises(PermanentProcessingError, match="damaged image"):
+        extract(content, "scan.tiff")
 
 
 def test_with_ocr_off_scanned_pages_give_no_text_and_images_are_refused() -> None:
