@@ -103,7 +103,8 @@ def _classify_zip(content: bytes, suffix: str) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, ValueError, EOFError):
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        # NotImplementedError: an entry needs a ZIP version zipfile does not know.
         if suffix == ".docx":
             return DOCX
         raise UnsupportedContentType("a damaged ZIP archive") from None

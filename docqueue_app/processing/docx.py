@@ -49,7 +49,8 @@ _SECONDARY_ORDER = {"header": 0, "footer": 1, "footnotes": 2, "endnotes": 3}
 # What reading a damaged entry raises: a bad CRC or header (BadZipFile), data cut
 # short (EOFError), an unknown compression method (NotImplementedError), and a broken
 # compressed stream, which zipfile lets through as its decompressor raised it
-# (zlib.error; OSError from bz2; LZMAError). The ZIP is in memory: no other I/O.
+# (zlib.error; OSError from bz2; LZMAError), and a local header placed before the
+# file's start (ValueError: negative seek). The ZIP is in memory: no other I/O.
 _DAMAGED_ENTRY = (
     zipfile.BadZipFile,
     EOFError,
@@ -57,6 +58,7 @@ _DAMAGED_ENTRY = (
     zlib.error,
     OSError,
     lzma.LZMAError,
+    ValueError,
 )
 
 OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -152,7 +154,7 @@ def _open_package(content: bytes) -> zipfile.ZipFile:
         raise PermanentProcessingError(f"{_ZIP_BOMB} {refusal}")
     try:
         package = zipfile.ZipFile(io.BytesIO(content))
-    except (zipfile.BadZipFile, ValueError, EOFError):
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
         raise PermanentProcessingError("damaged DOCX: not a readable ZIP package") from None
     try:
         _check_zip_bomb_limits(package.infolist())

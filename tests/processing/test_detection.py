@@ -113,6 +113,44 @@ def test_other_ole2_files_are_unsupported() -> None:
         detect_content_type(OLE2_HEADER + bytes(1000), "old.doc")
 
 
+def with_central_entry_field(package: bytes, name: bytes, offset: int, value: int) -> bytes:
+    """The package with a 16-bit field of ``name``'s central directory entry rewritten."""
+    data = bytearray(package)
+    entry = data.find(b"PK\x01\x02")
+    while data[entry + 46 : entry + 46 + len(name)] != name:
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    struct.pack_into("<H", data, entry + offset, value)
+    return bytes(data)
+
+
+VERSION_NEEDED = 6  # "version needed to extract", in the central directory entry
+
+
+def test_zip_needing_a_future_version_named_docx_is_docx_and_fails_permanently() -> None:
+    # zipfile refuses such an entry with NotImplementedError while listing, which
+    # detection let through (an upload's error) and extraction took as transient.
+    content = with_central_entry_field(minimal_docx(), b"word/document.xml", VERSION_NEEDED, 99)
+
+    assert detect_content_type(content, "letter.docx") == DOCX
+    with pytest.raises(UnsupportedContentType, match="damaged ZIP"):
+        detect_content_type(content, "archive.zip")
+    with pytest.raises(PermanentProcessingError, match="damaged DOCX"):
+        extract(content, "letter.docx", DOCX)
+
+
+def test_docx_whose_entry_points_before_the_archive_fails_permanently() -> None:
+    # The end record puts the directory further on than it is, so an entry's local
+    # header lands before the start of the file: zipfile's ValueError ("negative seek
+    # value") failed the document as transient, retried to the end.
+    data = bytearray(minimal_docx())
+    end = data.rfind(b"PK\x05\x06")
+    directory_offset = struct.unpack_from("<I", data, end + 16)[0]
+    struct.pack_into("<I", data, end + 16, directory_offset + 100_000)
+
+    with pytest.raises(PermanentProcessingError, match="damaged DOCX"):
+        extract(bytes(data), "letter.docx")
+
+
 def test_plain_zip_is_unsupported() -> None:
     content = make_zip({"photo.jpg": b"\xff\xd8\xff" + bytes(100), "notes.txt": b"hi"})
 
