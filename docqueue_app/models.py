@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 
@@ -349,10 +350,19 @@ def _try_write_lock(dbapi_connection: Any, seconds: float) -> bool:
         pause = min(pause * 2, WRITE_LOCK_STEP_SECONDS)
 
 
-def stored_timestamp(connection: Connection, moment: datetime) -> Any:
-    """``moment`` as a ``UTCDateTime`` column stores it on the connection's database
-    (SQLite: naive UTC text), for statements run on the driver."""
-    return UTCDateTime().bind_processor(connection.dialect)(moment)
+def stored_timestamp(connection: Connection, moment: datetime | None) -> Any:
+    """``moment`` exactly as a ``UTCDateTime`` column stores it on the connection's
+    database, for statements run on the driver: on SQLite the ORM's naive UTC text,
+    always with six digits of microseconds. A fencing check compares a claim's
+    ``started_at`` as that text, and the driver's own datetime adapter drops the
+    digits when they are zero."""
+    return _timestamp_writer(connection.dialect)(moment)
+
+
+@functools.cache
+def _timestamp_writer(dialect: Dialect) -> Callable[[datetime | None], Any]:
+    # The dialect's own type (SQLite's DATETIME formats the text), not the generic one.
+    return UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
 
 
 _BINARY_ROWS = {"binary": True}  # psycopg's execute()

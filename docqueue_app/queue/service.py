@@ -205,17 +205,6 @@ def _item_layout(columns: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, 
 _UTC_DATETIME = UTCDateTime()
 
 
-def _sqlite_timestamp(moment: datetime | None) -> str | None:
-    """``moment`` as SQLite's UTCDateTime columns store it when SQLAlchemy writes them:
-    naive UTC text, always with six digits of microseconds (the driver's own adapter
-    drops them when zero). The claim writes started_at so, and the fencing check
-    compares it as text."""
-    if moment is None:
-        return None
-    naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-    return naive.isoformat(" ", timespec="microseconds")
-
-
 def _read_timestamp(value: datetime | str | None) -> datetime | None:
     """A timestamp as the driver read it (SQLite: naive UTC text), as the ORM reads it."""
     if value is None or getattr(value, "tzinfo", None) is UTC:
@@ -508,8 +497,8 @@ class DocumentQueueService(TransactionalService):
     ) -> list[ClaimedItem]:
         with self._write_on_connection() as connection:
             now = now or self._now()
-            stamp = _sqlite_timestamp(now)
-            expires = _sqlite_timestamp(now + self.lease)
+            stamp = stored_timestamp(connection, now)
+            expires = stored_timestamp(connection, now + self.lease)
             claim = queries.claim_batch_sqlite(limit, worker, stamp, expires)
             items = _claimed_items(run_on_driver(connection, *claim))
             if items:
@@ -688,7 +677,7 @@ class DocumentQueueService(TransactionalService):
         connection = self.session.connection()
         now = stored_timestamp(connection, utcnow())
         claims = [
-            (item_id, worker, attempt, _sqlite_timestamp(started_at))
+            (item_id, worker, attempt, stored_timestamp(connection, started_at))
             for item_id, worker, attempt, started_at in (o.key for o in outcomes)
         ]
         rows = [

@@ -65,6 +65,8 @@ def misbehaving_results(content: bytes, filename: str, content_type: str) -> obj
         return {"text": "x", "metadata": {"when": object()}}
     if word == "nul":
         return {"text": "before\x00after", "title": None, "page_count": None, "metadata": {}}
+    if word == "lone-surrogate":
+        return {"text": "\ud800 hello", "title": None, "page_count": None, "metadata": {}}
     return {"text": content.decode(), "title": None, "page_count": None, "metadata": {}}
 
 
