@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import undefer
 from werkzeug.exceptions import NotFound
 
 from .models import (
+    WITH_METADATA,
     Document,
     QueueAttempt,
     QueueItem,
@@ -66,13 +66,8 @@ def fetch_page(query: Select[Any], page: int, per_page: int) -> tuple[list[Any],
     return list(rows), total or 0
 
 
-# The document JSON shows the processor's metadata (a deferred column): loaded with
-# the row, not by one more query per document.
-_WITH_METADATA = undefer(Document.extracted_metadata)
-
-
 def find_document(document_id: int, with_metadata: bool = False) -> Document:
-    options = [_WITH_METADATA] if with_metadata else []
+    options = [WITH_METADATA] if with_metadata else []
     document = db.session.get(Document, document_id, options=options)
     if document is None:
         raise _not_found(document_id)
@@ -104,7 +99,7 @@ def list_documents(
     """
     query = select(Document).order_by(Document.created_at.desc(), Document.id.desc())
     if with_metadata:
-        query = query.options(_WITH_METADATA)
+        query = query.options(WITH_METADATA)
     if status is not None:
         query = query.where(Document.status == status)
     if filename_contains:

@@ -170,10 +170,12 @@ def get_document_file(document_id: int) -> Response:
 def reprocess_document(body: dict[str, Any], document_id: int) -> DocumentView:
     check_preconditions(document_id)
     try:
-        DocumentQueueService().enqueue(document_id, Operation.REPROCESS, body["priority"])
+        queued = DocumentQueueService().enqueue_and_show(
+            document_id, Operation.REPROCESS, body["priority"]
+        )
     except DocumentNotFound:
         raise NotFound(f"Document {document_id} does not exist.") from None
-    return show_document(document_id)
+    return DocumentView(*queued)
 
 
 def check_preconditions(document_id: int) -> None:

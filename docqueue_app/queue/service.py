@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from ..database import database_clock, is_outage
 from ..models import (
     QUEUE_STATE_ID,
+    WITH_METADATA,
     Document,
     DocumentContent,
     QueueItem,
@@ -143,6 +144,13 @@ class Outcome:
     @property
     def key(self) -> tuple[int, str, int, datetime | None]:
         return (self.item_id, self.claim.worker, self.claim.attempt, self.claim.started_at)
+
+
+class Queued(NamedTuple):
+    """A document queued again and its item, as the queueing transaction left them."""
+
+    document: Document
+    item: QueueItem
 
 
 class ClaimedDocument(NamedTuple):
@@ -358,7 +366,21 @@ class DocumentQueueService(TransactionalService):
     def enqueue(
         self, document_id: int, operation: str, priority: int = DEFAULT_PRIORITY
     ) -> QueueItem:
-        """Queue work for a document, coalescing with its not-yet-started item."""
+        """Queue work for a document, coalescing with its not-yet-started item.
+
+        The item is returned as this call committed it (detached).
+        """
+        return self.enqueue_and_show(document_id, operation, priority).item
+
+    def enqueue_and_show(
+        self, document_id: int, operation: str, priority: int = DEFAULT_PRIORITY
+    ) -> Queued:
+        """``enqueue``, with the document as the same transaction left it (detached).
+
+        What a reprocess answers (SPEC §4: the document pending): a worker woken by
+        the commit may have taken the item, even finished it, before the answer is
+        written, so the answer is not read after the commit.
+        """
         operation = Operation(operation)
         _check_priority(priority)
         try:
@@ -367,7 +389,7 @@ class DocumentQueueService(TransactionalService):
             # A concurrent enqueue (or retry) made the pending item first: join it.
             return self._enqueue(document_id, operation, priority)
 
-    def _enqueue(self, document_id: int, operation: Operation, priority: int) -> QueueItem:
+    def _enqueue(self, document_id: int, operation: Operation, priority: int) -> Queued:
         with self._write() as session:
             now = self._now()
             if session.get(Document, document_id) is None:
@@ -382,8 +404,14 @@ class DocumentQueueService(TransactionalService):
                 session.add(item)
             session.flush()
             self._sync_documents([document_id], now)
+            document = session.get(
+                Document, document_id, populate_existing=True, options=[WITH_METADATA]
+            )
+            # Out of the session, so the commit does not expire what it committed.
+            session.expunge(document)
+            session.expunge(item)
         announce_due_work(self.session)
-        return item
+        return Queued(document, item)
 
     def _new_item(
         self, document_id: int, operation: Operation, priority: int, now: datetime

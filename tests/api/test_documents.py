@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
 
+from docqueue_app.models import QueueItem
 from docqueue_app.queue import DocumentQueueService
 from tests.api import assert_json_error, run_queue
 from tests.helpers import backend_name, statements_with_binary_rows, upload
@@ -165,6 +171,65 @@ def test_reprocess_queues_again_and_keeps_the_text_meanwhile(
     again = client.get(f"/api/documents/{document_id}").get_json()
     assert again["status"] == "completed"
     assert again["word_count"] == 3
+
+
+def test_reprocess_answers_pending_even_when_a_worker_finishes_before_the_answer(
+    app: Flask, client: FlaskClient
+) -> None:
+    # SPEC §4: the answer is the document with status "pending", as the request
+    # queued it. A worker woken by the commit (PostgreSQL's NOTIFY wakes it in a
+    # millisecond or two) may finish a small document before the answer is written.
+    # Here a worker polls in another thread, and the request's first read after the
+    # commit that queued the item waits until the worker has finished it.
+    [document_id] = upload_ids(client, 1)
+    run_queue(app)
+    request_thread = threading.current_thread()
+    queued, finished = threading.Event(), threading.Event()
+
+    def work() -> None:
+        deadline = time.monotonic() + 30
+        while not finished.is_set() and time.monotonic() < deadline:
+            if run_queue(app)["completed"]:
+                finished.set()
+            time.sleep(0.005)
+
+    def note_the_queued_item(session: Session) -> None:
+        if any(
+            isinstance(row, QueueItem) and row.status == "pending"
+            for row in session.identity_map.values()
+        ):
+            queued.set()
+
+    def let_the_worker_finish_first(execution: ORMExecuteState) -> None:
+        if threading.current_thread() is request_thread and queued.is_set():
+            finished.wait(timeout=30)
+
+    worker = threading.Thread(target=work)
+    listeners = [
+        (Session, "before_commit", note_the_queued_item),
+        (Session, "do_orm_execute", let_the_worker_finish_first),
+    ]
+    for listener in listeners:
+        event.listen(*listener)
+    worker.start()
+    try:
+        response = client.post(f"/api/documents/{document_id}/reprocess")
+    finally:
+        for listener in listeners:
+            event.remove(*listener)
+        finished.wait(timeout=30)
+        worker.join()
+
+    assert finished.is_set()  # the worker did finish the reprocessing
+    assert response.status_code == 202
+    document = response.get_json()
+    assert (document["status"], document["queue_item"]["status"]) == ("pending", "pending")
+    assert document["queue_item"]["operation"] == "reprocess"
+    latest = client.get(f"/api/documents/{document_id}").get_json()
+    assert (latest["status"], latest["queue_item"]["id"]) == (
+        "completed",
+        document["queue_item"]["id"],
+    )
 
 
 def test_reprocess_without_a_body_uses_priority_5(client: FlaskClient) -> None:
