@@ -138,8 +138,8 @@ def get_document_text(document_id: int) -> Response:
 @blp.alt_response(
     200,
     schema={"type": "string", "format": "binary"},
-    # The bytes as uploaded, sent with their detected content_type.
-    content_type="application/octet-stream",
+    # The bytes as uploaded, sent with their detected content_type: any media type.
+    content_type="*/*",
     description="The original bytes, as an attachment, with the document's content_type",
     success=True,
 )
