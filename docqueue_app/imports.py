@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -205,6 +206,21 @@ def _missing_reason(path: Path) -> str:
 # -- telling the user -------------------------------------------------------------
 
 
+# C0 and C1 controls and DEL, and the lone surrogates that stand for the bytes of a
+# name that is not UTF-8 (os.fsdecode).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(message: str) -> str:
+    """``message`` with its control characters written as escapes (``\\x1b``).
+
+    A file name may hold any byte but "/" and NUL: printed as it is, an ESC
+    sequence in it would drive the terminal of whoever runs the import (clear the
+    screen, retitle the window, hide the lines before it).
+    """
+    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], message)
+
+
 class PlainReport:
     """Progress as plain lines on stderr: one per refused file, nothing per stored one."""
 
@@ -218,7 +234,7 @@ class PlainReport:
         pass
 
     def say(self, message: str) -> None:
-        click.echo(message, err=True)
+        click.echo(printable(message), err=True)
 
 
 class BarReport(PlainReport):
@@ -252,7 +268,9 @@ class BarReport(PlainReport):
         if self._progress is None:
             super().say(message)
         else:
-            self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+            self._progress.console.print(
+                printable(message), markup=False, highlight=False, soft_wrap=True
+            )
 
 
 def make_report() -> PlainReport:

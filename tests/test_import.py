@@ -126,6 +126,23 @@ def test_a_folder_is_imported_with_refused_files_named(app: Flask, folder: Path)
         assert (content_type, priority) == (CONTENT_TYPE_BY_KIND[kind], 7)
 
 
+def test_a_refused_name_with_terminal_escapes_is_printed_escaped(
+    app: Flask, tmp_path: Path
+) -> None:
+    # A file name may hold any byte but "/" and NUL: printed as it is, an ESC sequence
+    # in it would drive the terminal of whoever runs the import (clear the screen,
+    # retitle the window, hide the lines before it).
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "evil\x1b[2J\x1b]0;owned\x07\r.txt").write_bytes(b"")
+
+    result = invoke(app, folder)
+
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("refused ")]
+    assert not any(character in line for character in "\x1b\x07\r")
+    assert f"refused {folder}/evil\\x1b[2J\\x1b]0;owned\\x07\\r.txt: " in line
+
+
 def test_importing_again_reports_every_file_as_a_duplicate(app: Flask, folder: Path) -> None:
     invoke(app, folder)
     items = count(app, QueueItem)
