@@ -32,6 +32,8 @@ from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 # A command stopped by a database outage (unreachable, read-only, full, busy, not
 # migrated) exits with this, after one line on stderr saying which.
 OUTAGE_EXIT_CODE = 3
+# What a shell reports for a command ended by SIGINT (128 + 2).
+INTERRUPTED_EXIT_CODE = 130
 
 
 class EndsOnOutage(click.Group):
@@ -209,21 +211,30 @@ def import_command(
 
     Prints {"imported": n, "duplicates": n, "rejected": n}; exits 1 when a file
     was refused (each is named on stderr with the reason), 3 when a database
-    outage stopped the import (what was stored stays stored: run it again).
+    outage stopped the import, 130 when SIGINT or SIGTERM did (what was stored
+    stays stored: run it again).
     """
     from .imports import import_paths
 
     result = import_paths(paths, recursive, priority, _checked_callback_url(callback_url), watch)
     if result.stopped_by is not None:
-        click.echo(
-            f"Import stopped: {result.stopped_by}. The files the summary counts are stored; "
-            "run the same import again to store the rest (stored files come back as duplicates).",
-            err=True,
-        )
+        _say_import_stopped(f"Import stopped: {result.stopped_by}.")
+    if result.interrupted:
+        _say_import_stopped("Import interrupted.")
     echo_json(result.counts.as_dict())
     if result.stopped_by is not None:
         click.get_current_context().exit(OUTAGE_EXIT_CODE)
+    if result.interrupted:
+        click.get_current_context().exit(INTERRUPTED_EXIT_CODE)
     click.get_current_context().exit(1 if result.counts.rejected else 0)
+
+
+def _say_import_stopped(why: str) -> None:
+    click.echo(
+        f"{why} The files the summary counts are stored; run the same import again "
+        "to store the rest (stored files come back as duplicates).",
+        err=True,
+    )
 
 
 def _checked_callback_url(url: str | None) -> str | None:

@@ -78,6 +78,8 @@ class ImportResult:
     counts: ImportCounts
     # Why the import stopped before its end (a database outage); None when it did not.
     stopped_by: str | None = None
+    # SIGINT or SIGTERM ended an import that does not watch, before its end.
+    interrupted: bool = False
 
 
 # -- finding the files ------------------------------------------------------------
@@ -348,7 +350,8 @@ def import_paths(
     callback_url: str | None,
     watch: bool,
 ) -> ImportResult:
-    """Import every file of ``paths``, then (``watch``) new ones until SIGINT or SIGTERM.
+    """Import every file of ``paths``, then (``watch``) new ones until SIGINT or SIGTERM,
+    which end an import that does not watch between two files.
 
     A database outage stops the import; the result says so, and its counts
     cover what was committed before it.
@@ -359,7 +362,12 @@ def import_paths(
         if watch:
             _import_and_watch(importer, paths, recursive)
         else:
-            _import_once(importer, paths, recursive)
+            # A signal ends the import between files, the batch in hand stored: a
+            # KeyboardInterrupt would drop it and the summary with it.
+            with stop_on_signals() as stop:
+                _import_once(importer, paths, recursive, stop)
+            if stop.is_set():
+                return ImportResult(importer.counts, interrupted=True)
     except SQLAlchemyError as exc:
         if not is_outage(exc):
             raise

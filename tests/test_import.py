@@ -273,6 +273,32 @@ def read_all(screen) -> bytes:
     return b"".join(chunks)
 
 
+def test_an_interrupted_import_stops_between_batches_and_prints_what_it_stored(
+    app: Flask, database_url: str, tmp_path: Path
+) -> None:
+    # Ctrl-C (SIGINT) in a long import: the batch in hand is stored, the summary
+    # counts what was, and the exit code says it was interrupted (130, as a shell's).
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for number in range(20_000):
+        (folder / f"{number}.txt").write_bytes(f"file {number}\n".encode())
+    process = subprocess.Popen(
+        [str(BIN / "docqueue"), "import", str(folder)],
+        env=docqueue_env(database_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: count(app, Document) > 0, "the first batch")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    counts = json.loads(stdout)
+    assert 0 < counts["imported"] == count(app, Document) < 20_000
+    assert "Import interrupted" in stderr and "Traceback" not in stderr
+
+
 class Watcher:
     """`docqueue import PATH --watch` in a process of its own; its stderr read as it comes."""
 
