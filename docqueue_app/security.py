@@ -114,27 +114,21 @@ def _bearer_matches(expected: str) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
-    sent = _bytes_sent(given.strip())
-    # A non-ASCII secret arrives as UTF-8 from curl and browsers, as Latin-1 from
-    # Python's http.client: either spelling of the secret set is that secret.
+    # WSGI hands the header's bytes over decoded as Latin-1 (a test client hands
+    # over text as typed). A non-ASCII secret arrives as UTF-8 from curl and
+    # browsers, as Latin-1 from Python's http.client: either spelling is the secret.
+    sent = _latin1_else_utf8(given.strip())
     as_utf8 = hmac.compare_digest(sent, expected.encode())
-    as_latin1 = hmac.compare_digest(sent, _latin1(expected))
+    as_latin1 = hmac.compare_digest(sent, _latin1_else_utf8(expected))
     return as_utf8 or as_latin1
 
 
-def _bytes_sent(header_value: str) -> bytes:
-    """The header's bytes as the client sent them: WSGI decodes them as Latin-1."""
+def _latin1_else_utf8(text: str) -> bytes:
+    """``text`` in Latin-1, or in UTF-8 when Latin-1 cannot spell it."""
     try:
-        return header_value.encode("latin-1")
-    except UnicodeEncodeError:  # not from a socket (a test client): take it as typed
-        return header_value.encode()
-
-
-def _latin1(secret: str) -> bytes:
-    try:
-        return secret.encode("latin-1")
-    except UnicodeEncodeError:  # one Latin-1 cannot spell can only come as UTF-8
-        return secret.encode()
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
 
 
 def _same_secret(given: str, expected: str) -> bool:

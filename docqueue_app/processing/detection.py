@@ -7,7 +7,7 @@ import zipfile
 from pathlib import PurePosixPath
 
 from .docx import MAIN_PART as DOCX_MAIN_PART
-from .docx import OLE2_SIGNATURE, zip_listing_refusal
+from .docx import OLE2_SIGNATURE, UNREADABLE_ZIP, zip_listing_refusal
 from .errors import UnsupportedContentType
 
 PDF = "application/pdf"
@@ -103,8 +103,8 @@ def _classify_zip(content: bytes, suffix: str) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
-        # NotImplementedError: an entry needs a ZIP version zipfile does not know.
+    except UNREADABLE_ZIP:
+        # NotImplementedError among them: an entry needs a ZIP version zipfile does not know.
         if suffix == ".docx":
             return DOCX
         raise UnsupportedContentType("a damaged ZIP archive") from None

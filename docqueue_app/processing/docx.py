@@ -46,6 +46,9 @@ CORE_PROPERTIES_PART = "docProps/core.xml"
 _SECONDARY_PART = re.compile(r"word/(header|footer)(\d*)\.xml|word/(footnotes|endnotes)\.xml")
 _SECONDARY_ORDER = {"header": 0, "footer": 1, "footnotes": 2, "endnotes": 3}
 
+# What opening a damaged ZIP (listing its central directory) raises; the upload's
+# type detection and the extractor both take these as "not a readable ZIP".
+UNREADABLE_ZIP = (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError)
 # What reading a damaged entry raises: a bad CRC or header (BadZipFile), data cut
 # short (EOFError), an unknown compression method (NotImplementedError), and a broken
 # compressed stream, which zipfile lets through as its decompressor raised it
@@ -154,7 +157,7 @@ def _open_package(content: bytes) -> zipfile.ZipFile:
         raise PermanentProcessingError(f"{_ZIP_BOMB} {refusal}")
     try:
         package = zipfile.ZipFile(io.BytesIO(content))
-    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+    except UNREADABLE_ZIP:
         raise PermanentProcessingError("damaged DOCX: not a readable ZIP package") from None
     try:
         _check_zip_bomb_limits(package.infolist())
