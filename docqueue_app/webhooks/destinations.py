@@ -6,12 +6,19 @@ checked, and the sender connects to exactly that address: a second lookup,
 which a DNS rebinding attack could answer differently, never happens.
 ``DOCQUEUE_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address check (receivers on
 loopback or the local network), not the URL check.
+
+A delivery attempt resolves within its own time cap: a resolver that hangs
+must not hold a sender past it (glibc's own patience is seconds per server and
+try), and a resolver that fails for now is worth another attempt, unlike a
+name that does not exist.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,6 +28,10 @@ MAX_URL_LENGTH = 2048
 
 class RefusedDestination(ValueError):
     """The URL is not one a webhook may be sent to; the message says why."""
+
+
+class LookupFailedForNow(OSError):
+    """The resolver could not answer now (no answer from a server, SERVFAIL): try again later."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +46,16 @@ class Destination:
     address: str  # the resolved address that was checked
 
 
-def check_destination(url: str, allow_private: bool = False) -> Destination:
-    """The destination of ``url``, resolved and checked; raises RefusedDestination."""
+def check_destination(
+    url: str, allow_private: bool = False, timeout: float | None = None
+) -> Destination:
+    """The destination of ``url``, resolved and checked; raises RefusedDestination.
+
+    With a ``timeout`` (a delivery attempt's), a name not resolved within it
+    raises TimeoutError, and a resolver failing for now LookupFailedForNow.
+    """
     scheme, host, port, target = parse_url(url)
-    addresses = _resolve(host, port)
+    addresses = _resolve(host, port, timeout)
     if not addresses:
         if allow_private:
             raise RefusedDestination(f"{host} does not resolve")
@@ -107,14 +124,38 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     return scheme, parts.hostname, port or _SCHEMES[scheme], target
 
 
-def _resolve(host: str, port: int) -> list[str]:
+def _resolve(host: str, port: int, timeout: float | None) -> list[str]:
     """Every address the name resolves to (an address literal resolves to itself)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+        infos = _getaddrinfo(host, port, timeout)
+    except socket.gaierror as exc:
+        if timeout is not None and exc.errno == socket.EAI_AGAIN:
+            raise LookupFailedForNow(f"{host}: {exc.strerror}") from None
+        return []
+    except UnicodeError:
         return []
     addresses: list[str] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         if sockaddr[0] not in addresses:
             addresses.append(sockaddr[0])
     return addresses
+
+
+def _getaddrinfo(host: str, port: int, timeout: float | None) -> list[tuple]:
+    """``getaddrinfo``, given up after ``timeout`` seconds (TimeoutError) when one is given.
+
+    getaddrinfo cannot be interrupted, so it runs in a daemon thread of its own,
+    left to end when the resolver gives up.
+    """
+    if timeout is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    answer: Future[list[tuple]] = Future()
+
+    def look_up() -> None:
+        try:
+            answer.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the waiting attempt
+            answer.set_exception(exc)
+
+    threading.Thread(target=look_up, name="docqueue-webhook-dns", daemon=True).start()
+    return answer.result(timeout)

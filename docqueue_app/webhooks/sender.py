@@ -8,11 +8,11 @@ cannot slip a private address in). HTTPS wraps that socket in TLS with SNI
 and the certificate checked against the URL's host name, and the ``Host``
 header names the host as written.
 
-The time cap covers the whole attempt: connecting, TLS, sending and reading the
-answer's head. Socket timeouts alone do not (a receiver trickling a byte every
-few seconds resets them forever), so a timer shuts the socket down when the
-deadline passes. Redirects are not followed: a 3xx is a failed attempt, as is
-any status other than 2xx.
+The time cap covers the whole attempt: resolving the name, connecting, TLS,
+sending and reading the answer's head. Socket timeouts alone do not (a
+receiver trickling a byte every few seconds resets them forever), so a timer
+shuts the socket down when the deadline passes. Redirects are not followed:
+a 3xx is a failed attempt, as is any status other than 2xx.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from .destinations import Destination, RefusedDestination, check_destination
+from .destinations import (
+    Destination,
+    LookupFailedForNow,
+    RefusedDestination,
+    check_destination,
+)
 
 
 def _user_agent() -> str:
@@ -60,15 +65,14 @@ def post(
     allow_private: bool = False,
 ) -> AttemptResult:
     """POST ``body`` to ``url`` once, within ``timeout`` seconds in all; never raises."""
+    deadline = _Deadline(timeout)
     try:
-        destination = check_destination(url, allow_private)
+        destination = check_destination(url, allow_private, timeout=deadline.remaining())
+        status, reason = _exchange(destination, body, headers, deadline)
     except RefusedDestination as exc:
         return AttemptResult(
             False, error=f"not sent: the destination is refused: {exc}", permanent=True
         )
-    deadline = _Deadline(timeout)
-    try:
-        status, reason = _exchange(destination, body, headers, deadline)
     except Exception as exc:  # whatever the network did, it is this attempt's failure
         return AttemptResult(False, error=deadline.describe(exc))
     finally:
@@ -141,6 +145,8 @@ class _Deadline:
             return f"timed out after {self.seconds:g} s"
         if isinstance(error, ConnectionRefusedError):
             return "connection refused"
+        if isinstance(error, LookupFailedForNow):
+            return f"name resolution failed for now: {error}"
         if isinstance(error, ssl.SSLCertVerificationError):
             return f"TLS certificate refused: {error.verify_message}"
         return f"{type(error).__name__}: {error}".rstrip(": ")

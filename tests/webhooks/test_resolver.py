@@ -1,0 +1,127 @@
+"""One attempt against a real resolver that is slow or failing: the attempt's deadline holds.
+
+glibc takes its name server from /etc/resolv.conf only, so each attempt runs in
+a subprocess with a mount namespace of its own (``unshare -m``, as root) where
+/etc/resolv.conf names a DNS server of the test's: a UDP socket on loopback
+that never answers, or answers every query SERVFAIL. ``RES_OPTIONS`` makes
+glibc itself wait 30 s for an answer, far past the attempt's time cap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVFAIL_FLAGS = b"\x81\x82"  # a response, recursion desired and available, rcode 2
+ATTEMPT = """
+import dataclasses, json, sys
+from docqueue_app.webhooks.sender import post
+result = post(sys.argv[1], b"{}", {}, timeout=float(sys.argv[2]), allow_private=True)
+print(json.dumps(dataclasses.asdict(result)))
+"""
+
+
+def _mount_namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def own_resolv_conf() -> None:
+    if not _mount_namespaces_work():
+        reason = "a mount namespace of its own (unshare -m, as root) is needed"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} under CI=true", pytrace=False)
+        pytest.skip(reason)
+
+
+class DnsServer:
+    """A DNS server on a loopback address of its own, port 53: it records the queries it reads."""
+
+    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
+        self.address = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.53"
+        self.queries: list[bytes] = []
+        self._answer = answer
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind((self.address, 53))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, client = self._socket.recvfrom(4096)
+            except OSError:
+                return  # closed
+            self.queries.append(query)
+            reply = self._answer(query)
+            if reply is not None:
+                self._socket.sendto(reply, client)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def _servfail(query: bytes) -> bytes:
+    return query[:2] + SERVFAIL_FLAGS + query[4:]
+
+
+@pytest.fixture
+def dns_server(own_resolv_conf) -> Iterator[Callable[[Callable[[bytes], bytes | None]], DnsServer]]:
+    started: list[DnsServer] = []
+
+    def start(answer: Callable[[bytes], bytes | None]) -> DnsServer:
+        started.append(DnsServer(answer))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def attempt_with_resolver(server: DnsServer, url: str, timeout: float, tmp_path: Path) -> dict:
+    """``post(url)`` once in a process whose only name server is ``server``; the result."""
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text(f"nameserver {server.address}\n")
+    in_namespace = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"']
+    completed = subprocess.run(
+        [*in_namespace, str(resolv_conf), sys.executable, "-c", ATTEMPT, url, str(timeout)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RES_OPTIONS": "timeout:30 attempts:1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout)
+
+
+def test_a_resolver_that_never_answers_times_out_within_the_attempts_cap(dns_server, tmp_path):
+    server = dns_server(lambda _query: None)
+    result = attempt_with_resolver(server, "http://receiver.example/hook", 1, tmp_path)
+    assert server.queries  # the name was really looked up, and the lookup hung
+    assert (result["delivered"], result["permanent"]) == (False, False)
+    assert result["error"] == "timed out after 1 s"
+
+
+def test_a_resolver_failing_for_now_is_an_attempt_to_try_again(dns_server, tmp_path):
+    server = dns_server(_servfail)
+    result = attempt_with_resolver(server, "http://receiver.example/hook", 5, tmp_path)
+    assert server.queries
+    assert (result["delivered"], result["permanent"]) == (False, False)
+    assert result["error"] == (
+        "name resolution failed for now: receiver.example: Temporary failure in name resolution"
+    )
