@@ -101,12 +101,29 @@ def _exchange(
     # the Host header from the name (and the port when it is not the default).
     connection = connection_class(destination.host, destination.port)
     connection.sock = sock
+    connection.response_class = _FinalResponse
     try:
         connection.request("POST", destination.target, body=body, headers=dict(headers))
         response = connection.getresponse()
         return response.status, response.reason
     finally:
         connection.close()
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """A response read past its interim answers (102 Processing, 103 Early Hints...).
+
+    http.client skips only 100 Continue; any other 1xx would read as the final
+    status, and a receiver that answers 204 after it would be sent the delivery
+    again. 101 is final: the receiver switched protocols instead of answering.
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's, unused
 
 
 @functools.cache

@@ -8,8 +8,10 @@ as a receiver that accepts connections and never replies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import socket
 import ssl
 import threading
 import time
@@ -98,3 +100,39 @@ def signature_is_valid(secret: str, request: Received, tolerance: float = 300) -
     expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     recent = abs(time.time() - int(fields["t"])) <= tolerance
     return recent and hmac.compare_digest(expected, fields["v1"])
+
+
+class RawReceiver:
+    """A receiver that answers each request with the same raw bytes, then closes.
+
+    For receivers that bend HTTP: interim answers, odd status lines, bytes
+    that are no HTTP at all. It counts the requests it read.
+    """
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}{path}"
+
+    def start(self) -> RawReceiver:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with connection:
+                connection.recv(65536)
+                self.requests += 1
+                with contextlib.suppress(OSError):  # the sender gave up
+                    connection.sendall(self.answer)

@@ -148,3 +148,16 @@ def test_https_refuses_a_certificate_from_an_authority_not_trusted(
     assert (result.delivered, result.permanent) == (False, False)
     assert result.error == "TLS certificate refused: unable to get local issuer certificate"
     assert receiver.requests == []
+
+
+def test_interim_answers_before_the_final_one_are_skipped(raw_receiver):
+    # 102 Processing and 103 Early Hints say the final answer is coming: a
+    # receiver that sends them and then 204 has taken the delivery.
+    receiver = raw_receiver(
+        b"HTTP/1.1 102 Processing\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+    )
+    result = post(receiver.url(), b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.status_code, result.error) == (True, 204, None)
+    assert receiver.requests == 1
