@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -44,6 +45,8 @@ def _user_agent() -> str:
 
 
 USER_AGENT = _user_agent()
+# The longest error an attempt records (a receiver chooses its reason phrase).
+ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,31 @@ def post(
             False, error=f"not sent: the destination is refused: {exc}", permanent=True
         )
     except Exception as exc:  # whatever the network did, it is this attempt's failure
-        return AttemptResult(False, error=deadline.describe(exc))
+        return AttemptResult(False, error=_readable(deadline.describe(exc)))
     finally:
         deadline.cancel()
     if 200 <= status < 300:
         return AttemptResult(True, status_code=status)
     note = " (redirects are not followed)" if 300 <= status < 400 else ""
-    return AttemptResult(False, status_code=status, error=f"HTTP {status} {reason}{note}".strip())
+    error = _readable(f"HTTP {status} {reason}".strip()) + note
+    return AttemptResult(False, status_code=status, error=error)
+
+
+# C0 and C1 controls and DEL, as a receiver may put them in its status line.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _readable(error: str) -> str:
+    """``error`` with control characters as escapes (``\\x00``), cut to ERROR_CHARS.
+
+    The receiver chooses these bytes: PostgreSQL's text refuses NUL (the result
+    could not be recorded, so the delivery was sent again past its maximum),
+    and an ESC sequence would drive the terminal of whoever reads the log.
+    """
+    escaped = _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], error)
+    if len(escaped) <= ERROR_CHARS:
+        return escaped
+    return escaped[: ERROR_CHARS - 1] + "…"
 
 
 def _exchange(
