@@ -128,8 +128,21 @@ class DeliveryService(TransactionalService):
         cause = Cause.PERMANENT_ERROR if result.permanent else Cause.ERROR
         decision = decide(cause, claimed.attempt, claimed.max_attempts, now, self.policy)
         if decision.retries:
-            return {**values, "next_attempt_at": decision.run_at}
+            return {**values, "next_attempt_at": self._retry_at(decision.run_at, result, now)}
         return {**values, "status": DeliveryStatus.FAILED}
+
+    def _retry_at(
+        self, backoff_at: datetime | None, result: AttemptResult, now: datetime
+    ) -> datetime | None:
+        """The backoff's time, or later when the receiver asked for longer (Retry-After).
+
+        Never later than the queue's longest backoff: a receiver may slow its
+        deliveries down, not park them for days.
+        """
+        if result.retry_after is None or backoff_at is None:
+            return backoff_at
+        asked = timedelta(seconds=min(result.retry_after, self.policy.max_seconds))
+        return max(backoff_at, now + asked)
 
     # -- admin actions ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ a 3xx is a failed attempt, as is any status other than 2xx.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import functools
 import http.client
 import re
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from .destinations import (
@@ -58,6 +60,8 @@ class AttemptResult:
     error: str | None = None
     # Never worth trying again: the destination is refused.
     permanent: bool = False
+    # Seconds the receiver asked to be left alone (its answer's Retry-After).
+    retry_after: float | None = None
 
 
 def post(
@@ -71,7 +75,7 @@ def post(
     deadline = _Deadline(timeout)
     try:
         destination = check_destination(url, allow_private, timeout=deadline.remaining())
-        status, reason = _exchange(destination, body, headers, deadline)
+        status, reason, retry_after = _exchange(destination, body, headers, deadline)
     except RefusedDestination as exc:
         return AttemptResult(
             False, error=f"not sent: the destination is refused: {exc}", permanent=True
@@ -84,7 +88,7 @@ def post(
         return AttemptResult(True, status_code=status)
     note = " (redirects are not followed)" if 300 <= status < 400 else ""
     error = _readable(f"HTTP {status} {reason}".strip()) + note
-    return AttemptResult(False, status_code=status, error=error)
+    return AttemptResult(False, status_code=status, error=error, retry_after=retry_after)
 
 
 # C0 and C1 controls and DEL, as a receiver may put them in its status line.
@@ -106,8 +110,8 @@ def _readable(error: str) -> str:
 
 def _exchange(
     destination: Destination, body: bytes, headers: Mapping[str, str], deadline: _Deadline
-) -> tuple[int, str]:
-    """Send the request and read the answer's status line and headers."""
+) -> tuple[int, str, float | None]:
+    """Send the request and read the answer's head: its status, reason and Retry-After."""
     sock = socket.create_connection(
         (destination.address, destination.port), timeout=deadline.remaining()
     )
@@ -126,7 +130,7 @@ def _exchange(
     try:
         connection.request("POST", destination.target, body=body, headers=dict(headers))
         response = connection.getresponse()
-        return response.status, response.reason
+        return response.status, response.reason, _seconds(response.getheader("Retry-After"))
     finally:
         connection.close()
 
@@ -145,6 +149,20 @@ class _FinalResponse(http.client.HTTPResponse):
             if not 100 <= status < 200 or status == 101:
                 return version, status, reason
             http.client.parse_headers(self.fp)  # the interim answer's, unused
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A Retry-After header's seconds from now (seconds or an HTTP date); None if neither."""
+    value = (retry_after or "").strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 @functools.cache

@@ -33,6 +33,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.answers: list[int] = []  # statuses to answer, in order
         self.default = 204
+        self.retry_after: str | None = None  # a Retry-After header on every answer but 2xx
         self.hanging = threading.Event()
         self.released = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_of(self))
@@ -84,6 +85,8 @@ def _handler_of(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             if 300 <= status < 400:
                 self.send_header("Location", receiver.url("/elsewhere"))
+            if receiver.retry_after is not None and not 200 <= status < 300:
+                self.send_header("Retry-After", receiver.retry_after)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

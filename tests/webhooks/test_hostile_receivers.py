@@ -8,6 +8,7 @@ both back ends.
 from __future__ import annotations
 
 from docqueue_app.states import DeliveryStatus
+from docqueue_app.webhooks.deliveries import DeliveryService
 from docqueue_app.webhooks.lane import send_due_deliveries
 from docqueue_app.webhooks.sender import ERROR_CHARS
 from tests.webhooks.support import deliveries, drain, settings, upload_text
@@ -50,3 +51,34 @@ def test_bytes_that_are_no_http_are_a_failed_attempt_recorded_readably(make_app,
         None,
     )
     assert delivery.last_error == "BadStatusLine: \\x00\\x01SSH-2.0-OpenSSH\\r\\n"
+
+
+def _first_attempt_then_due_in(make_app, receiver, **overrides) -> float:
+    """Send a delivery's first attempt to ``receiver``; the seconds until its next is due."""
+    app = make_app(**settings(WEBHOOK_URL=receiver.url(), **overrides))
+    upload_text(app.test_client(), "told to a receiver that asks for time")
+    drain(app)
+    with app.app_context():
+        assert send_due_deliveries() == 1
+        due_in = DeliveryService().seconds_until_due()
+    [delivery] = deliveries(app)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == (
+        DeliveryStatus.PENDING,
+        1,
+        429,
+    )
+    return due_in
+
+
+def test_a_receiver_asking_to_retry_after_a_while_is_left_alone_that_long(make_app, receiver):
+    receiver.answers = [429]
+    receiver.retry_after = "120"
+    due_in = _first_attempt_then_due_in(make_app, receiver, RETRY_MAX_SECONDS=600)
+    assert due_in > 100  # the backoff alone: 0.5 s
+
+
+def test_a_retry_after_beyond_the_queues_longest_backoff_waits_only_that(make_app, receiver):
+    receiver.answers = [429]
+    receiver.retry_after = "Wed, 21 Oct 2099 07:28:00 GMT"
+    due_in = _first_attempt_then_due_in(make_app, receiver, RETRY_MAX_SECONDS=600)
+    assert 500 < due_in <= 600
