@@ -54,8 +54,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Secrets are compared byte for byte, so they must never be parsed as JSON
-# (a token such as ``123`` or ``true`` would otherwise change type).
-SECRET_KEYS = ("CRON_SECRET", "ADMIN_PASSWORD", "API_TOKEN", "WEBHOOK_SECRET")
+# (a token such as ``123`` or ``true`` would otherwise change type). Flask's
+# SECRET_KEY neither: as the number 123 it failed every page's CSRF signing.
+SECRET_KEYS = ("CRON_SECRET", "ADMIN_PASSWORD", "API_TOKEN", "WEBHOOK_SECRET", "SECRET_KEY")
 
 # What an INTEGER column holds on every back end (PostgreSQL's are 32-bit, SQLite's
 # 64-bit): a larger id or count would fail in the database, so input is refused first.

@@ -176,3 +176,15 @@ def test_a_blank_secret_or_webhook_url_means_unset(clean_env):
     clean_env.setenv("DOCQUEUE_WEBHOOK_URL", "")
     config = create_app().config
     assert config["ADMIN_PASSWORD"] is None and config["WEBHOOK_URL"] is None
+
+
+@pytest.mark.parametrize("key", ["123", "true", "[1, 2]", '"quoted"'])
+def test_a_secret_key_that_looks_like_json_stays_the_text_given(clean_env, key):
+    # DOCQUEUE_SECRET_KEY=123 was read as the number 123: every page then failed
+    # with 500 as it signed its CSRF token.
+    clean_env.setenv("DOCQUEUE_SECRET_KEY", key)
+    app = create_app()
+    assert app.config["SECRET_KEY"] == key
+    page = app.test_client().get("/")
+    assert page.status_code == 200
+    assert b'name="csrf_token"' in page.data
