@@ -343,4 +343,8 @@ def start_up_is_over() -> None:
 def main() -> None:
     """Entry point of the ``docqueue`` console script."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    # Alembic logs each plugin it sets up at INFO as it is imported, before its own
+    # logging settings (migrations/alembic.ini) apply: seven lines of its internals
+    # on every `db` command, which the `flask` launcher, logging nothing at INFO, hides.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     DocqueueGroup(create_app=create_app, help="docqueue command line.")(prog_name="docqueue")

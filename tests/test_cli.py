@@ -88,6 +88,18 @@ def test_console_script_migrates_from_any_folder(tmp_path):
     assert json.loads(stats.stdout)["total"] == 0
 
 
+def test_db_commands_print_alembic_migrations_and_not_its_plugin_setup(tmp_path):
+    # `docqueue db ...` printed seven lines "INFO setup plugin alembic...." first,
+    # even for --help, which `flask --app docqueue_app db ...` never showed.
+    env = sqlite_env(tmp_path)
+    help_text = run_script("docqueue", "db", "upgrade", "--help", cwd=tmp_path, env=env)
+    assert (help_text.returncode, help_text.stderr) == (0, "")
+    upgrade = run_script("docqueue", "db", "upgrade", cwd=tmp_path, env=env)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "setup plugin" not in upgrade.stderr
+    assert "Running upgrade" in upgrade.stderr
+
+
 @pytest.mark.parametrize("launcher", [["docqueue"], ["flask", "--app", "docqueue_app"]])
 def test_both_launchers_offer_every_command_and_the_whole_app(tmp_path, launcher):
     # `docqueue` builds the queue commands an app without the web parts: the
