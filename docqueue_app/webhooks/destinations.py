@@ -83,18 +83,32 @@ def checked_callback_url(raw: str | None, allow_private: bool = False) -> str | 
 def non_public_kind(address: str) -> str | None:
     """What kind of non-public address this is ("loopback", "private"...), None when public.
 
-    An IPv4 address written as IPv6 (``::ffff:127.0.0.1``) is judged as the
-    IPv4 address it names.
+    An IPv4 address written as IPv6 (``::ffff:127.0.0.1``) or carried by a
+    6to4 prefix (``2002:7f00:1::``, routed to that IPv4 address where 6to4 is
+    set up) is judged as the IPv4 address it names.
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
-        if getattr(ip, f"is_{kind}"):
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ip.ipv4_mapped or ip.sixtofour or ip
+    for kind in _NON_PUBLIC_KINDS:
+        if getattr(ip, f"is_{kind}", False):  # site_local is IPv6's only
             return kind.replace("_", "-")
     if not ip.is_global:
         return "non-public"
     return None
+
+
+# Python's is_global lets IPv6 site-local (fec0::/10) through: deprecated,
+# still routed in places.
+_NON_PUBLIC_KINDS = (
+    "loopback",
+    "link_local",
+    "site_local",
+    "multicast",
+    "unspecified",
+    "reserved",
+    "private",
+)
 
 
 def parse_url(url: str) -> tuple[str, str, int, str]:
