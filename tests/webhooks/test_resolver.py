@@ -1,9 +1,10 @@
-"""One attempt against a real resolver that is slow or failing: the attempt's deadline holds.
+"""One attempt against a real resolver: slow, failing, or giving addresses of the test's.
 
 glibc takes its name server from /etc/resolv.conf only, so each attempt runs in
 a subprocess with a mount namespace of its own (``unshare -m``, as root) where
 /etc/resolv.conf names a DNS server of the test's: a UDP socket on loopback
-that never answers, or answers every query SERVFAIL. ``RES_OPTIONS`` makes
+that never answers, answers every query SERVFAIL, or gives every name the same
+IPv4 addresses. ``RES_OPTIONS`` makes
 glibc itself wait 30 s for an answer, far past the attempt's time cap.
 """
 
@@ -14,6 +15,7 @@ import os
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -24,10 +26,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVFAIL_FLAGS = b"\x81\x82"  # a response, recursion desired and available, rcode 2
+OK_FLAGS = b"\x81\x80"  # the same, rcode 0
 ATTEMPT = """
 import dataclasses, json, sys
 from docqueue_app.webhooks.sender import post
-result = post(sys.argv[1], b"{}", {}, timeout=float(sys.argv[2]), allow_private=True)
+allow_private = sys.argv[3] == "allow-private"
+result = post(sys.argv[1], b"{}", {}, timeout=float(sys.argv[2]), allow_private=allow_private)
 print(json.dumps(dataclasses.asdict(result)))
 """
 
@@ -79,6 +83,22 @@ def _servfail(query: bytes) -> bytes:
     return query[:2] + SERVFAIL_FLAGS + query[4:]
 
 
+def _a_records(*addresses: str) -> Callable[[bytes], bytes]:
+    """Answers giving every name these IPv4 addresses (and no IPv6 one)."""
+
+    def answer(query: bytes) -> bytes:
+        question_end = query.index(b"\0", 12) + 5  # the name, its type and class
+        asks_for_a = query[question_end - 4 : question_end - 2] == b"\0\1"
+        records = [
+            b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+            for address in (addresses if asks_for_a else ())
+        ]
+        header = query[:2] + OK_FLAGS + struct.pack("!HHHH", 1, len(records), 0, 0)
+        return header + query[12:question_end] + b"".join(records)
+
+    return answer
+
+
 @pytest.fixture
 def dns_server(own_resolv_conf) -> Iterator[Callable[[Callable[[bytes], bytes | None]], DnsServer]]:
     started: list[DnsServer] = []
@@ -92,13 +112,17 @@ def dns_server(own_resolv_conf) -> Iterator[Callable[[Callable[[bytes], bytes | 
         server.close()
 
 
-def attempt_with_resolver(server: DnsServer, url: str, timeout: float, tmp_path: Path) -> dict:
+def attempt_with_resolver(
+    server: DnsServer, url: str, timeout: float, tmp_path: Path, allow_private: bool = True
+) -> dict:
     """``post(url)`` once in a process whose only name server is ``server``; the result."""
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text(f"nameserver {server.address}\n")
     in_namespace = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"']
+    addresses = "allow-private" if allow_private else "public-only"
+    attempt = [sys.executable, "-c", ATTEMPT, url, str(timeout), addresses]
     completed = subprocess.run(
-        [*in_namespace, str(resolv_conf), sys.executable, "-c", ATTEMPT, url, str(timeout)],
+        [*in_namespace, str(resolv_conf), *attempt],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "RES_OPTIONS": "timeout:30 attempts:1"},
         capture_output=True,
@@ -125,3 +149,23 @@ def test_a_resolver_failing_for_now_is_an_attempt_to_try_again(dns_server, tmp_p
     assert result["error"] == (
         "name resolution failed for now: receiver.example: Temporary failure in name resolution"
     )
+
+
+def test_a_name_resolving_to_a_public_and_a_private_address_is_refused(dns_server, tmp_path):
+    server = dns_server(_a_records("93.184.216.34", "127.0.0.1"))
+    url = "http://receiver.example/hook"
+    result = attempt_with_resolver(server, url, 5, tmp_path, allow_private=False)
+    assert (result["delivered"], result["permanent"]) == (False, True)
+    assert result["error"] == (
+        "not sent: the destination is refused: receiver.example resolves to 127.0.0.1,"
+        " which is a loopback address"
+    )
+
+
+def test_a_name_resolving_to_the_receiver_is_delivered_to_it(dns_server, receiver, tmp_path):
+    server = dns_server(_a_records("127.0.0.1"))
+    url = receiver.url(host="receiver.example")
+    result = attempt_with_resolver(server, url, 5, tmp_path)
+    assert (result["delivered"], result["status_code"]) == (True, 204)
+    [request] = receiver.requests
+    assert request.headers["Host"] == f"receiver.example:{receiver.port}"
