@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from docqueue_app.states import DeliveryStatus
 from tests.e2e.server import start_worker, stop_worker
 from tests.helpers import wait_until
@@ -18,10 +20,14 @@ from tests.webhooks.support import SECRET, deliveries, upload_text
 TIMEOUT_SECONDS = 2.5  # the lease: twice this
 
 
+# 1: the attempt killed was the last allowed, and the delivery is still sent
+# again (one past the maximum), since the killed one may never have arrived.
+@pytest.mark.parametrize("max_attempts", [8, 1])
 def test_a_worker_killed_mid_delivery_delivers_it_after_its_restart(
-    make_app, database_url, receiver, tmp_path
+    make_app, database_url, receiver, tmp_path, max_attempts
 ):
     env = {
+        "DOCQUEUE_WEBHOOK_MAX_ATTEMPTS": str(max_attempts),
         "DATABASE_URL": database_url,
         "DOCQUEUE_SECRET_KEY": "webhook-crash",
         "DOCQUEUE_POLL_INTERVAL": "0.2",
