@@ -31,12 +31,19 @@ def create_app(config: Mapping[str, Any] | None = None, *, serve_http: bool = Tr
     (a worker, ``queue stats``, ``import``, ``db``), which then start without
     importing flask-smorest, apispec, flask-wtf or any view.
     """
+    from flask.cli import NoAppException
+
     from . import cli, database
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .models import db
 
     app = Flask(__name__)
-    load_config(app, config)
+    try:
+        load_config(app, config)
+    except ConfigError as error:
+        if cli.listing_flask_commands():
+            raise NoAppException(error.format_message()) from None
+        raise
     db.init_app(app)
     DeferredMigrate(app, db).init_app()
     database.init_app(app)

@@ -10,6 +10,7 @@ again in each child process it starts (the processing sandboxes).
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import signal
@@ -308,6 +309,24 @@ class DocqueueGroup(FlaskGroup):
         # with the ConfigError's one line, as any command does.
         ctx.ensure_object(ScriptInfo).load_app()
         return super().list_commands(ctx)
+
+
+def listing_flask_commands() -> bool:
+    """Whether ``flask --help`` (Flask's own group) is listing commands in this call.
+
+    Flask's help lists its own commands (run, shell, routes) even when the app
+    cannot load: it shows the error of an app it cannot find (NoAppException) in
+    one line, and any other as a traceback. ``create_app`` raises a bad setting as
+    the former there; everywhere else it stays a ConfigError, which ends a command
+    with its one line.
+    """
+    listing = FlaskGroup.list_commands.__code__
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code is listing:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def stop_flag_set_by_signals() -> threading.Event:

@@ -225,6 +225,16 @@ def test_a_bad_setting_ends_docqueue_help_with_one_line_and_exit_2(tmp_path):
     assert (result.exit_code, result.stderr.strip()) == (2, BAD_POLL_INTERVAL), result.output
 
 
+def test_flask_help_with_a_bad_setting_says_so_in_one_line_and_lists_flasks_commands(tmp_path):
+    # Flask's help lists its own commands even when the app cannot load, with the
+    # reason in one line for an app it cannot find; a bad setting printed a traceback.
+    env = {**sqlite_env(tmp_path), "DOCQUEUE_POLL_INTERVAL": "abc"}
+    result = run_script("flask", "--app", "docqueue_app", "--help", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == BAD_POLL_INTERVAL
+    assert {"routes", "run", "shell"} <= command_names(result.stdout)
+
+
 def test_a_bad_setting_shows_no_traceback_through_the_console_script(tmp_path):
     env = {**sqlite_env(tmp_path), "DOCQUEUE_RETENTION_DAYS": "-5"}
     result = run_script("docqueue", "queue", "stats", cwd=tmp_path, env=env)
