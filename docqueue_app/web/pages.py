@@ -10,6 +10,7 @@ tokens checked by Flask-WTF), and write through ``DocumentQueueService``.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import (
     Blueprint,
@@ -22,6 +23,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_wtf.csrf import CSRFError
 from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound, UnprocessableEntity
@@ -55,6 +57,11 @@ LIVE_STATUSES = (DocumentStatus.PENDING, DocumentStatus.PROCESSING)
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; object-src 'none'; base-uri 'self'; "
     "form-action 'self'; frame-ancestors 'none'"
+)
+# Why a form's CSRF token no longer holds, in words for the person who sent it.
+FORM_EXPIRED = (
+    "this page was loaded more than an hour ago, or the server has restarted since, "
+    "so its form had expired."
 )
 _STATUS_FIELDS = ("id", "status", "error", "updated_at")
 # Metadata the processors find (processing/pdf.py, docx.py, text.py, html.py), in the
@@ -112,10 +119,32 @@ def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, s
     # Keep headers such as Allow (405); the body is this page, not werkzeug's.
     headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
     if request.endpoint == "web.upload_files":
-        page = _render_upload_form(error=error.description)
+        page = _render_upload_form(error=_upload_refusal(error))
+    elif isinstance(error, CSRFError):
+        page = render_template(
+            "web/expired.html",
+            error=error,
+            form_expired=FORM_EXPIRED,
+            reload_url=_page_the_form_was_on(),
+        )
     else:
         page = render_template("web/error.html", error=error)
     return page, error.code or 500, headers
+
+
+def _upload_refusal(error: HTTPException) -> str | None:
+    if isinstance(error, CSRFError):
+        return f"Nothing was uploaded: {FORM_EXPIRED} Choose the files again and upload."
+    return error.description
+
+
+def _page_the_form_was_on() -> str:
+    """The page to reload after a stale form: the one it was sent from, when it is ours."""
+    referrer = urlsplit(request.referrer or "")
+    own = urlsplit(request.host_url)
+    if (referrer.scheme, referrer.netloc) == (own.scheme, own.netloc) and referrer.path:
+        return urlunsplit(("", "", referrer.path, referrer.query, ""))
+    return url_for("admin.dashboard" if request.blueprint == "admin" else ".upload_form")
 
 
 def render_unrouted_error_page(error: HTTPException) -> Response:

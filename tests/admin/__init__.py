@@ -57,6 +57,10 @@ class Queue:
         with self.app.app_context():
             return db.session.get(QueueItem, item_id).status
 
+    def document_id(self, item_id: int) -> int:
+        with self.app.app_context():
+            return db.session.get(QueueItem, item_id).document_id
+
     def _make_due(self, item_id: int) -> None:
         """Skip the retry backoff: the item is due now."""
         past = utcnow() - timedelta(seconds=1)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from docqueue_app import create_app
+from tests.admin import Queue
 from tests.e2e.server import Server, run_cli
 
 try:
@@ -104,6 +108,36 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
         yield context.new_page()
     finally:
         context.close()
+
+
+@contextmanager
+def admin_tab(browser: Browser, url: str, password: str, **options: Any) -> Iterator[Page]:
+    """A tab in its own context, logged in as admin (the browser answers the Basic challenge)."""
+    context = browser.new_context(
+        base_url=url, http_credentials={"username": "admin", "password": password}, **options
+    )
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def queue(server: Server, database: Path) -> Queue:
+    """Builds items in the SQLite database of the module's server, as its workers would.
+
+    For modules that define ``database``; their ``server`` has migrated it.
+    """
+    app = create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{database}",
+            "SCHEDULER_ENABLED": False,
+            "PROCESS_ISOLATION": "none",
+            "SECRET_KEY": "seeding",
+        }
+    )
+    return Queue(app)
 
 
 @dataclass

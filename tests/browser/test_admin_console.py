@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from docqueue_app import create_app
 from docqueue_app.models import QueueItem, db, utcnow
 from docqueue_app.queue import DocumentQueueService
 from tests.admin import Queue
-from tests.browser.conftest import ACTION_TIMEOUT_MS, PageEvents
+from tests.browser.conftest import PageEvents, admin_tab
 from tests.e2e.server import ROOT, Server, run_cli
 from tests.helpers import execute_sql
 
@@ -59,33 +58,10 @@ def server(database: Path) -> Iterator[Server]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def queue(server: Server, database: Path) -> Queue:
-    """Builds items in the server's database, as its workers would."""
-    app = create_app(
-        {
-            "DATABASE_URL": f"sqlite:///{database}",
-            "SCHEDULER_ENABLED": False,
-            "PROCESS_ISOLATION": "none",
-            "SECRET_KEY": "seeding",
-        }
-    )
-    return Queue(app)
-
-
 @pytest.fixture
 def page(browser: Browser, server: Server) -> Iterator[Page]:
-    """A tab logged in as admin (the browser answers the Basic challenge)."""
-    context = browser.new_context(
-        base_url=server.url,
-        http_credentials={"username": "admin", "password": PASSWORD},
-        viewport={"width": 1400, "height": 1000},
-    )
-    context.set_default_timeout(ACTION_TIMEOUT_MS)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    with admin_tab(browser, server.url, PASSWORD, viewport={"width": 1400, "height": 1000}) as tab:
+        yield tab
 
 
 def unique(stem: str) -> str:
@@ -203,7 +179,8 @@ def test_a_form_posted_without_its_csrf_token_is_refused(page: Page) -> None:
     with page.expect_navigation() as navigation:
         page.get_by_role("button", name="Pause processing").click()
     assert navigation.value.status == 400
-    expect(page.locator("p.error")).to_contain_text("CSRF")
+    expect(page.get_by_role("heading", level=1)).to_have_text("This page had expired")
+    expect(page.locator("main")).to_contain_text("CSRF token is missing")
     page.goto("/admin/")
     expect(page.locator("[data-field=paused]")).to_have_text("running")
 

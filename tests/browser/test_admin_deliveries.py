@@ -13,9 +13,9 @@ from tests.browser.conftest import PageEvents
 from tests.browser.test_admin_console import SCREENSHOTS, flash, unique
 from tests.delivery_rows import delivery_state, record_delivery
 
-# The console tests' server (admin login on, no scheduler), its database, a tab
-# logged in as admin, and the seeding of items in that database.
-database, server, page, queue = console.database, console.server, console.page, console.queue
+# The console tests' server (admin login on, no scheduler), its database and a tab
+# logged in as admin; conftest's queue seeds items in that database.
+database, server, page = console.database, console.server, console.page
 
 with contextlib.suppress(ImportError):
     from playwright.sync_api import Page, expect
