@@ -24,6 +24,10 @@ from urllib.parse import urlsplit
 
 _SCHEMES = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 2048
+# The longest an upload waits for its callback_url's name to resolve: one of
+# glibc's tries, where three dead name servers would take 30 s, gunicorn's
+# worker timeout.
+UPLOAD_LOOKUP_SECONDS = 5.0
 
 
 class RefusedDestination(ValueError):
@@ -32,6 +36,18 @@ class RefusedDestination(ValueError):
 
 class LookupFailedForNow(OSError):
     """The resolver could not answer now (no answer from a server, SERVFAIL): try again later."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class LookupTimedOut(TimeoutError):
+    """The name was not resolved within the time given."""
+
+    def __init__(self, host: str, seconds: float) -> None:
+        super().__init__(f"{host} did not resolve in time ({seconds:g} s)")
 
 
 @dataclass(frozen=True)
@@ -72,11 +88,20 @@ def check_destination(
 def checked_callback_url(raw: str | None, allow_private: bool = False) -> str | None:
     """A ``callback_url`` as given at upload or import: trimmed, blank = None, checked.
 
-    Raises RefusedDestination for a URL webhooks may not be sent to.
+    Raises RefusedDestination for a URL webhooks may not be sent to, and for
+    one whose name the resolver cannot answer for within UPLOAD_LOOKUP_SECONDS
+    (saying to try again): the uploader waits for the answer.
     """
     url = (raw or "").strip()
     if url:
-        check_destination(url, allow_private)
+        try:
+            check_destination(url, allow_private, timeout=UPLOAD_LOOKUP_SECONDS)
+        except LookupTimedOut as exc:
+            raise RefusedDestination(f"{exc}; try again") from None
+        except LookupFailedForNow as exc:
+            raise RefusedDestination(
+                f"{exc.host} could not be resolved for now ({exc.reason}); try again"
+            ) from None
     return url or None
 
 
@@ -144,8 +169,10 @@ def _resolve(host: str, port: int, timeout: float | None) -> list[str]:
         infos = _getaddrinfo(host, port, timeout)
     except socket.gaierror as exc:
         if timeout is not None and exc.errno == socket.EAI_AGAIN:
-            raise LookupFailedForNow(f"{host}: {exc.strerror}") from None
+            raise LookupFailedForNow(host, exc.strerror) from None
         return []
+    except TimeoutError:
+        raise LookupTimedOut(host, timeout or 0) from None
     except UnicodeError:
         return []
     addresses: list[str] = []

@@ -34,6 +34,14 @@ allow_private = sys.argv[3] == "allow-private"
 result = post(sys.argv[1], b"{}", {}, timeout=float(sys.argv[2]), allow_private=allow_private)
 print(json.dumps(dataclasses.asdict(result)))
 """
+CALLBACK_URL_CHECK = """
+import json, sys
+from docqueue_app.webhooks.destinations import RefusedDestination, checked_callback_url
+try:
+    print(json.dumps({"accepted": checked_callback_url(sys.argv[1])}))
+except RefusedDestination as refused:
+    print(json.dumps({"refused": str(refused)}))
+"""
 
 
 def _mount_namespaces_work() -> bool:
@@ -116,13 +124,22 @@ def attempt_with_resolver(
     server: DnsServer, url: str, timeout: float, tmp_path: Path, allow_private: bool = True
 ) -> dict:
     """``post(url)`` once in a process whose only name server is ``server``; the result."""
+    addresses = "allow-private" if allow_private else "public-only"
+    return _with_resolver(server, tmp_path, ATTEMPT, url, str(timeout), addresses)
+
+
+def callback_url_check_with_resolver(server: DnsServer, url: str, tmp_path: Path) -> dict:
+    """The check of a ``callback_url`` at upload, with ``server`` the only name server."""
+    return _with_resolver(server, tmp_path, CALLBACK_URL_CHECK, url)
+
+
+def _with_resolver(server: DnsServer, tmp_path: Path, script: str, *args: str) -> dict:
+    """What ``script`` prints (JSON), run with ``server`` as the only name server."""
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text(f"nameserver {server.address}\n")
     in_namespace = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"']
-    addresses = "allow-private" if allow_private else "public-only"
-    attempt = [sys.executable, "-c", ATTEMPT, url, str(timeout), addresses]
     completed = subprocess.run(
-        [*in_namespace, str(resolv_conf), *attempt],
+        [*in_namespace, str(resolv_conf), sys.executable, "-c", script, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "RES_OPTIONS": "timeout:30 attempts:1"},
         capture_output=True,
@@ -169,3 +186,26 @@ def test_a_name_resolving_to_the_receiver_is_delivered_to_it(dns_server, receive
     assert (result["delivered"], result["status_code"]) == (True, 204)
     [request] = receiver.requests
     assert request.headers["Host"] == f"receiver.example:{receiver.port}"
+
+
+@pytest.mark.parametrize(
+    "answer, refusal",
+    [
+        (None, "receiver.example did not resolve in time (5 s); try again"),
+        (
+            "servfail",
+            "receiver.example could not be resolved for now"
+            " (Temporary failure in name resolution); try again",
+        ),
+    ],
+)
+def test_a_callback_url_whose_resolver_hangs_or_fails_is_refused_soon_saying_try_again(
+    dns_server, tmp_path, answer, refusal
+):
+    # An upload waited for glibc's whole patience (30 s here, as long as
+    # gunicorn's worker timeout with three dead name servers), then said the
+    # name "does not resolve", as if it never would.
+    server = dns_server(_servfail if answer == "servfail" else lambda _query: None)
+    result = callback_url_check_with_resolver(server, "http://receiver.example/hook", tmp_path)
+    assert server.queries
+    assert result == {"refused": refusal}
