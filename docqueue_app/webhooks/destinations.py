@@ -1,9 +1,9 @@
 """Where a webhook may be sent: the SSRF guard of SPEC §8.
 
 A destination is an ``http`` or ``https`` URL whose host resolves only to public
-addresses. The guard resolves the name once and hands back the address it
-checked, and the sender connects to exactly that address: a second lookup,
-which a DNS rebinding attack could answer differently, never happens.
+addresses. The guard resolves the name once and hands back the addresses it
+checked, and the sender connects to exactly those: a second lookup, which a
+DNS rebinding attack could answer differently, never happens.
 ``DOCQUEUE_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address check (receivers on
 loopback or the local network), not the URL check.
 
@@ -52,14 +52,19 @@ class LookupTimedOut(TimeoutError):
 
 @dataclass(frozen=True)
 class Destination:
-    """A checked URL: where to connect (``address``) and what to ask for there."""
+    """A checked URL: where to connect (``addresses``, in turn) and what to ask for there."""
 
     url: str
     scheme: str
     host: str  # as written: the Host header and the name TLS verifies
     port: int
     target: str  # path and query
-    address: str  # the resolved address that was checked
+    addresses: tuple[str, ...]  # every address the name resolved to, each checked
+
+    @property
+    def address(self) -> str:
+        """The address tried first."""
+        return self.addresses[0]
 
 
 def check_destination(
@@ -82,7 +87,7 @@ def check_destination(
             if kind is not None:
                 named = host if host == address else f"{host} resolves to {address}, which"
                 raise RefusedDestination(f"{named} is a {kind} address")
-    return Destination(url, scheme, host, port, target, addresses[0])
+    return Destination(url, scheme, host, port, target, tuple(addresses))
 
 
 def checked_callback_url(raw: str | None, allow_private: bool = False) -> str | None:

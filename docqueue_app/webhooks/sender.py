@@ -1,12 +1,12 @@
-"""One attempt at a webhook delivery: a POST to the checked address, within a hard deadline.
+"""One attempt at a webhook delivery: a POST to the checked addresses, within a hard deadline.
 
 The destination is checked again at each attempt (``check_destination``: a
 name may resolve elsewhere today) and the connection goes to exactly the
-address that was checked: the socket is connected here, by address, and
-handed to ``http.client``, so no second DNS lookup happens (DNS rebinding
-cannot slip a private address in). HTTPS wraps that socket in TLS with SNI
-and the certificate checked against the URL's host name, and the ``Host``
-header names the host as written.
+addresses that were checked, in turn until one accepts: the socket is
+connected here, by address, and handed to ``http.client``, so no second DNS
+lookup happens (DNS rebinding cannot slip a private address in). HTTPS wraps
+that socket in TLS with SNI and the certificate checked against the URL's
+host name, and the ``Host`` header names the host as written.
 
 The time cap covers the whole attempt: resolving the name, connecting, TLS,
 sending and reading the answer's head. Socket timeouts alone do not (a
@@ -112,9 +112,7 @@ def _exchange(
     destination: Destination, body: bytes, headers: Mapping[str, str], deadline: _Deadline
 ) -> tuple[int, str, float | None]:
     """Send the request and read the answer's head: its status, reason and Retry-After."""
-    sock = socket.create_connection(
-        (destination.address, destination.port), timeout=deadline.remaining()
-    )
+    sock = _connect(destination, deadline)
     deadline.watch(sock)
     if destination.scheme == "https":
         sock = _tls_context().wrap_socket(sock, server_hostname=destination.host)
@@ -133,6 +131,26 @@ def _exchange(
         return response.status, response.reason, _seconds(response.getheader("Retry-After"))
     finally:
         connection.close()
+
+
+def _connect(destination: Destination, deadline: _Deadline) -> socket.socket:
+    """A socket connected to the first checked address that accepts, within the deadline.
+
+    As curl or a browser: a name whose first address refuses (an AAAA record
+    with nothing listening on IPv6) is reached at its next. A timeout ends the
+    attempt, which has no time left for another address.
+    """
+    failures: list[OSError] = []
+    for address in destination.addresses:
+        try:
+            return socket.create_connection(
+                (address, destination.port), timeout=deadline.remaining()
+            )
+        except TimeoutError:
+            raise
+        except OSError as exc:  # refused, unreachable: the next address may answer
+            failures.append(exc)
+    raise failures[0]  # a destination has at least one address
 
 
 class _FinalResponse(http.client.HTTPResponse):

@@ -27,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVFAIL_FLAGS = b"\x81\x82"  # a response, recursion desired and available, rcode 2
 OK_FLAGS = b"\x81\x80"  # the same, rcode 0
+RECORD_TYPES = {4: 1, 16: 28}  # A and AAAA, by the length of their address
 ATTEMPT = """
 import dataclasses, json, sys
 from docqueue_app.webhooks.sender import post
@@ -91,20 +92,25 @@ def _servfail(query: bytes) -> bytes:
     return query[:2] + SERVFAIL_FLAGS + query[4:]
 
 
-def _a_records(*addresses: str) -> Callable[[bytes], bytes]:
-    """Answers giving every name these IPv4 addresses (and no IPv6 one)."""
+def _records(*addresses: str) -> Callable[[bytes], bytes]:
+    """Answers giving every name these addresses: A records for IPv4, AAAA for IPv6."""
 
     def answer(query: bytes) -> bytes:
         question_end = query.index(b"\0", 12) + 5  # the name, its type and class
-        asks_for_a = query[question_end - 4 : question_end - 2] == b"\0\1"
+        (asked_type,) = struct.unpack("!H", query[question_end - 4 : question_end - 2])
         records = [
-            b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
-            for address in (addresses if asks_for_a else ())
+            b"\xc0\x0c" + struct.pack("!HHIH", asked_type, 1, 60, len(data)) + data
+            for data in map(_packed, addresses)
+            if RECORD_TYPES[len(data)] == asked_type
         ]
         header = query[:2] + OK_FLAGS + struct.pack("!HHHH", 1, len(records), 0, 0)
         return header + query[12:question_end] + b"".join(records)
 
     return answer
+
+
+def _packed(address: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
 
 
 @pytest.fixture
@@ -169,7 +175,7 @@ def test_a_resolver_failing_for_now_is_an_attempt_to_try_again(dns_server, tmp_p
 
 
 def test_a_name_resolving_to_a_public_and_a_private_address_is_refused(dns_server, tmp_path):
-    server = dns_server(_a_records("93.184.216.34", "127.0.0.1"))
+    server = dns_server(_records("93.184.216.34", "127.0.0.1"))
     url = "http://receiver.example/hook"
     result = attempt_with_resolver(server, url, 5, tmp_path, allow_private=False)
     assert (result["delivered"], result["permanent"]) == (False, True)
@@ -180,7 +186,7 @@ def test_a_name_resolving_to_a_public_and_a_private_address_is_refused(dns_serve
 
 
 def test_a_name_resolving_to_the_receiver_is_delivered_to_it(dns_server, receiver, tmp_path):
-    server = dns_server(_a_records("127.0.0.1"))
+    server = dns_server(_records("127.0.0.1"))
     url = receiver.url(host="receiver.example")
     result = attempt_with_resolver(server, url, 5, tmp_path)
     assert (result["delivered"], result["status_code"]) == (True, 204)
@@ -209,3 +215,15 @@ def test_a_callback_url_whose_resolver_hangs_or_fails_is_refused_soon_saying_try
     result = callback_url_check_with_resolver(server, "http://receiver.example/hook", tmp_path)
     assert server.queries
     assert result == {"refused": refusal}
+
+
+def test_a_name_whose_first_address_refuses_is_delivered_to_the_next_it_resolves_to(
+    dns_server, receiver, tmp_path
+):
+    # ::1 comes first (IPv6 is preferred) and nothing listens there, as with an
+    # AAAA record whose host has no IPv6 receiver: curl tries the next
+    # address, and so must a delivery.
+    server = dns_server(_records("::1", "127.0.0.1"))
+    result = attempt_with_resolver(server, receiver.url(host="receiver.example"), 5, tmp_path)
+    assert (result["delivered"], result["status_code"]) == (True, 204)
+    assert len(receiver.requests) == 1
