@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     jsonify,
     make_response,
@@ -26,7 +27,13 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import BadRequest, HTTPException, NotFound, UnprocessableEntity
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    UnprocessableEntity,
+)
 
 from ..documents import (
     document_attempts,
@@ -135,7 +142,15 @@ def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, s
 def _upload_refusal(error: HTTPException) -> str | None:
     if isinstance(error, CSRFError):
         return f"Nothing was uploaded: {FORM_EXPIRED} Choose the files again and upload."
+    if isinstance(error, RequestEntityTooLarge) and _says_nothing_of_the_limit(error):
+        # The body ran past the request limit: werkzeug refused it unread, file names unknown.
+        limit = f"{current_app.config['MAX_UPLOAD_MB']:g} MB"
+        return f"Nothing was uploaded: the files sent are larger than the upload limit of {limit}."
     return error.description
+
+
+def _says_nothing_of_the_limit(error: RequestEntityTooLarge) -> bool:
+    return error.description == RequestEntityTooLarge.description
 
 
 def _page_the_form_was_on() -> str:

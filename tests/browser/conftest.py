@@ -67,7 +67,15 @@ def require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server_settings() -> dict[str, str]:
+    """Settings a module's server adds to (or overrides in) the default ones."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, server_settings: dict[str, str]
+) -> Iterator[Server]:
     """gunicorn on a fresh SQLite database, scheduler on, documents in child processes."""
     folder = tmp_path_factory.mktemp("browser-server")
     env = {
@@ -77,6 +85,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "DOCQUEUE_POLL_INTERVAL": "0.2",
         "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
         "DOCQUEUE_PROCESSOR": "tests.browser:slow_when_marked",
+        **server_settings,
     }
     migrated = run_cli(env, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr

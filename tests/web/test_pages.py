@@ -130,6 +130,7 @@ def test_body_over_the_request_limit_shows_the_form_again(make_app) -> None:
     response = submit_form(client, [(b"x" * (1024 * 1024 + 4096), "huge.txt")], csrf_token=token)
 
     assert response.status_code == 413
+    assert "larger than the upload limit of 0.001 MB" in response.text
     assert csrf_token_of(response.text)
     assert document_count(client) == 0
 

@@ -21,6 +21,10 @@
   var apiUrl = form.getAttribute("data-api-url");
   var statusUrl = form.getAttribute("data-status-url");
   var documentUrl = form.getAttribute("data-document-url");
+  // A larger file is refused here, unsent: the server would only refuse it after
+  // the whole of it arrived (or, past its request limit, without naming the file).
+  var maxUploadMb = form.getAttribute("data-max-upload-mb");
+  var maxUploadBytes = Math.floor(parseFloat(maxUploadMb) * 1024 * 1024);
   var input = form.querySelector("input[type=file]");
   var priority = form.querySelector("select[name=priority]");
   var zone = form.querySelector("[data-drop-zone]");
@@ -123,6 +127,11 @@
 
   function send(file) {
     var view = addRow(file);
+    if (file.size > maxUploadBytes) {
+      // The server's own words for a file over the limit (uploads.py).
+      refuse(view, file.name + " is larger than the upload limit of " + maxUploadMb + " MB.");
+      return;
+    }
     var body = new FormData();
     body.append("file", file, file.name);
     body.append("priority", priority.value);
