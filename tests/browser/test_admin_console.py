@@ -30,6 +30,8 @@ with contextlib.suppress(ImportError):
 PASSWORD = "browser-admin"
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.txt"
 SCREENSHOTS = ROOT / "screenshots"
+# Each element's computed SVG fill: a colour, or the url() of a pattern.
+FILLS_JS = "elements => elements.map(element => getComputedStyle(element).fill)"
 # admin.js polls every 5 s; a change shows within two polls.
 REFRESH_MS = 12_000
 
@@ -183,6 +185,25 @@ def test_a_form_posted_without_its_csrf_token_is_refused(page: Page) -> None:
     expect(page.locator("main")).to_contain_text("CSRF token is missing")
     page.goto("/admin/")
     expect(page.locator("[data-field=paused]")).to_have_text("running")
+
+
+def test_the_chart_tells_failed_from_completed_by_more_than_colour(
+    page: Page, queue: Queue
+) -> None:
+    queue.item(unique("charted") + ".txt", "completed")
+    queue.item(unique("charted") + ".txt", "failed")
+    page.goto("/admin/")
+
+    def fills(selector: str) -> set[str]:
+        return set(page.locator(selector).evaluate_all(FILLS_JS))
+
+    # Red and green are one colour to many eyes: failed bars are hatched as well.
+    failed, completed = fills("svg.throughput .bar-failed"), fills("svg.throughput .bar-completed")
+    assert len(failed) == 1 and next(iter(failed)).startswith("url(")
+    assert failed.isdisjoint(completed)
+    # The legend's swatches are drawn as the bars are.
+    assert fills(".legend .bar-failed") == failed
+    assert fills(".legend .bar-completed") == completed
 
 
 def test_a_wrong_password_is_401(browser: Browser, server: Server) -> None:
