@@ -206,6 +206,16 @@ def test_the_chart_tells_failed_from_completed_by_more_than_colour(
     assert fills(".legend .bar-completed") == completed
 
 
+def test_every_column_of_the_items_has_a_header_with_a_name(page: Page, queue: Queue) -> None:
+    queue.item(unique("headed") + ".txt", "failed")
+    page.goto("/admin/?status=failed")
+
+    expect(page.locator("table.items tbody tr").first).to_be_visible()
+    names = page.locator("table.items thead th").all_text_contents()
+    assert all(name.strip() for name in names), names
+    expect(page.get_by_role("columnheader", name="Actions")).to_have_count(1)
+
+
 def test_a_wrong_password_is_401(browser: Browser, server: Server) -> None:
     context = browser.new_context(http_credentials={"username": "admin", "password": "wrong"})
     try:
