@@ -216,6 +216,19 @@ def test_every_column_of_the_items_has_a_header_with_a_name(page: Page, queue: Q
     expect(page.get_by_role("columnheader", name="Actions")).to_have_count(1)
 
 
+def test_without_javascript_the_dashboard_promises_no_live_figures(
+    page: Page, browser: Browser, server: Server
+) -> None:
+    promise = "Refreshed every 5 s while this tab is shown."
+    page.goto("/admin/")
+    expect(page.get_by_text(promise)).to_be_visible()
+
+    with admin_tab(browser, server.url, PASSWORD, java_script_enabled=False) as still:
+        still.goto("/admin/")
+        expect(still.get_by_role("heading", level=1)).to_have_text("Queue admin")
+        expect(still.get_by_text(promise)).to_be_hidden()
+
+
 def test_a_wrong_password_is_401(browser: Browser, server: Server) -> None:
     context = browser.new_context(http_credentials={"username": "admin", "password": "wrong"})
     try:

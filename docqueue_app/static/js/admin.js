@@ -14,6 +14,11 @@
   var url = panel.getAttribute("data-stats-url");
   var timer = null;
   var request = null; // the poll on its way, if any
+  // Said only where it is true: without this script the figures stay as loaded.
+  var refreshed = panel.querySelector("[data-field='refreshed']");
+  if (refreshed) {
+    refreshed.hidden = false;
+  }
 
   function showCount(name, count) {
     var cell = panel.querySelector("[data-count='" + name + "']");
@@ -46,7 +51,6 @@
     if (paused && paused.textContent.trim() !== (stats.paused ? "paused" : "running")) {
       window.location.reload();
     }
-    var refreshed = panel.querySelector("[data-field='refreshed']");
     if (refreshed) {
       refreshed.textContent = "Updated " + new Date().toLocaleTimeString() + "; refreshed every 5 s while this tab is shown.";
     }
