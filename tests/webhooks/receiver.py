@@ -135,7 +135,32 @@ class RawReceiver:
             except OSError:
                 return  # closed
             with connection:
-                connection.recv(65536)
+                _read_request(connection)
                 self.requests += 1
                 with contextlib.suppress(OSError):  # the sender gave up
                     connection.sendall(self.answer)
+
+
+def _read_request(connection: socket.socket) -> bytes:
+    """The whole request, head and body: closing with bytes unread would reset the connection."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return request
+        request += chunk
+    head, body = request.split(b"\r\n\r\n", 1)
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body

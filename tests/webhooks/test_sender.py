@@ -161,3 +161,25 @@ def test_interim_answers_before_the_final_one_are_skipped(raw_receiver):
     result = post(receiver.url(), b"{}", {}, timeout=5, allow_private=True)
     assert (result.delivered, result.status_code, result.error) == (True, 204, None)
     assert receiver.requests == 1
+
+
+@pytest.mark.parametrize(
+    "answer, delivered, status, error",
+    [
+        # The status decides: a body promised and never sent is not waited for.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n", True, 200, None),
+        (b"HTTP/1.1 204 No Content\r\n\r\n" + b"x" * 1_000_000, True, 204, None),
+        (b"", False, None, "RemoteDisconnected: Remote end closed connection without response"),
+        (b"HTTP/1.1 20", False, None, "BadStatusLine: HTTP/1.1 20"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Many: yes\r\n" * 101, False, None, None),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", False, 101, "HTTP 101 Switching Protocols"),
+        (b"HTTP/1.1 410 Gone\r\n\r\n", False, 410, "HTTP 410 Gone"),
+    ],
+)
+def test_a_receiver_bending_http_gets_a_verdict_from_its_status_alone(
+    raw_receiver, answer, delivered, status, error
+):
+    result = post(raw_receiver(answer).url(), b"{}", {}, timeout=5, allow_private=True)
+    assert (result.delivered, result.status_code, result.permanent) == (delivered, status, False)
+    if error is not None:
+        assert result.error == error
