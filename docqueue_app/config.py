@@ -331,6 +331,7 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["DATABASE_URL"] or default_sqlite_url(app)
     )
+    _check_sqlite_folder(app.config["SQLALCHEMY_DATABASE_URI"])
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
     app.config["MAX_CONTENT_LENGTH"] = upload_limit_bytes(app.config) + _MULTIPART_OVERHEAD_BYTES
     if not app.config.get("SECRET_KEY"):
@@ -338,11 +339,12 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
 
 
 def check_environment() -> None:
-    """Raise ConfigError if the environment holds a bad setting; builds no app.
+    """Raise ConfigError if the environment holds a bad setting, or names folders
+    docqueue cannot use; the app it reads them into is left unbuilt.
 
     For gunicorn's master, which refuses to start then, before any worker does.
     """
-    _read_settings(Config(os.getcwd()))
+    load_config(Flask(__package__))
 
 
 def _read_settings(config: Config, overrides: Mapping[str, Any] | None = None) -> None:
@@ -364,8 +366,36 @@ def upload_limit_bytes(config: Mapping[str, Any]) -> int:
 
 
 def default_sqlite_url(app: Flask) -> str:
-    os.makedirs(app.instance_path, exist_ok=True)
+    try:
+        os.makedirs(app.instance_path, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"DATABASE_URL is unset and its folder {app.instance_path} cannot be made "
+            f"({error.strerror}): set DATABASE_URL, or let this user write it"
+        ) from None
     return f"sqlite:///{Path(app.instance_path) / 'docqueue.db'}"
+
+
+def _check_sqlite_folder(uri: str) -> None:
+    """Refuse a SQLite file in a folder missing or unwritable: SQLite writes its
+    journal beside the file (docqueue its scheduler lock and wake sockets too), so
+    every command failed, a worker and the server with a traceback."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return
+    if database.startswith("file:"):
+        return  # a SQLite URI filename: SQLite reads it, and may need no folder
+    folder = os.path.dirname(os.path.abspath(database))
+    if not os.path.isdir(folder):
+        problem = "a folder that does not exist"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = "a folder that this user cannot write (SQLite writes its journal there)"
+    else:
+        return
+    raise ConfigError(f"DATABASE_URL names a SQLite database in {folder}, {problem}")
 
 
 def normalize_database_url(url: str) -> str:
@@ -407,8 +437,19 @@ def environment_variable(key: str) -> str:
 
 def _instance_secret_key(app: Flask) -> str:
     """A key kept in the instance folder, so every gunicorn worker signs CSRF tokens alike."""
-    os.makedirs(app.instance_path, exist_ok=True)
     path = Path(app.instance_path) / "secret_key"
+    try:
+        return _read_or_make_key(path)
+    except OSError as error:
+        done, access = ("read", "read") if path.exists() else ("made", "write")
+        raise ConfigError(
+            f"DOCQUEUE_SECRET_KEY is unset and {path} cannot be {done} ({error.strerror}): "
+            f"set DOCQUEUE_SECRET_KEY, or let this user {access} it"
+        ) from None
+
+
+def _read_or_make_key(path: Path) -> str:
+    os.makedirs(path.parent, exist_ok=True)
     if not path.exists():
         # Written aside then linked: two workers starting at once must agree on one key.
         scratch = path.with_name(f"secret_key.{os.getpid()}")

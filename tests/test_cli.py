@@ -20,6 +20,7 @@ from docqueue_app.queue import DocumentQueueService
 from tests.conftest import BASE_CONFIG
 from tests.e2e.server import BIN, free_port
 from tests.helpers import close_connections, wait_until
+from tests.test_config import unwritable
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -241,6 +242,23 @@ def test_a_bad_setting_shows_no_traceback_through_the_console_script(tmp_path):
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         "Error: DOCQUEUE_RETENTION_DAYS must be a whole number >= 1 and <= 36500, got '-5'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [["queue", "worker"], *ONE_SHOT_COMMANDS, ["db", "upgrade"]], ids=" ".join
+)
+def test_a_sqlite_folder_this_user_cannot_write_ends_every_command_in_one_line(tmp_path, command):
+    # The worker died of a PermissionError traceback (exit 1), making its wake socket;
+    # the others said "the database is unreachable: unable to open database file".
+    (tmp_path / "a.txt").write_text("to import")
+    with unwritable(tmp_path / "locked") as folder:
+        env = {**sqlite_env(tmp_path), "DATABASE_URL": f"sqlite:///{folder}/docqueue.db"}
+        result = run_script("docqueue", *command, cwd=tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: DATABASE_URL names a SQLite database in {folder}, a folder that this user "
+        "cannot write (SQLite writes its journal there)\n"
     )
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+
 import pytest
+from flask import Flask
 
 from docqueue_app import create_app
-from docqueue_app.config import normalize_database_url
+from docqueue_app.config import ConfigError, load_config, normalize_database_url
 
 
 @pytest.fixture
@@ -188,3 +195,66 @@ def test_a_secret_key_that_looks_like_json_stays_the_text_given(clean_env, key):
     page = app.test_client().get("/")
     assert page.status_code == 200
     assert b'name="csrf_token"' in page.data
+
+
+@contextmanager
+def unwritable(folder: Path) -> Iterator[Path]:
+    """``folder`` made unwritable for this user (immutable as root, whom modes do not stop)."""
+    folder.mkdir(exist_ok=True)
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield folder
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def missing(folder: Path) -> AbstractContextManager[Path]:
+    return nullcontext(folder)
+
+
+@pytest.mark.parametrize(
+    ("folder_made", "problem"),
+    [
+        (unwritable, "this user cannot write (SQLite writes its journal there)"),
+        (missing, "does not exist"),
+    ],
+)
+def test_a_sqlite_database_in_a_folder_it_cannot_use_is_refused(
+    clean_env, tmp_path, folder_made, problem
+):
+    # SQLite writes its journal beside the database: every command then failed, and a
+    # worker or the server with a PermissionError traceback (its wake socket's folder).
+    with folder_made(tmp_path / "folder") as folder:
+        clean_env.setenv("DATABASE_URL", f"sqlite:///{folder}/docqueue.db")
+        with pytest.raises(ConfigError) as refused:
+            create_app()
+    assert str(refused.value) == (
+        f"DATABASE_URL names a SQLite database in {folder}, a folder that {problem}"
+    )
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "postgresql://u@h/d"])
+def test_databases_without_a_folder_are_not_checked_for_one(clean_env, url):
+    clean_env.setenv("DATABASE_URL", url)
+    assert create_app().config["DATABASE_URL"] == url
+
+
+def test_an_instance_folder_that_cannot_hold_the_secret_key_is_refused(clean_env, tmp_path):
+    # Unset, the key is kept in the instance folder; a folder root made and a service
+    # user runs in was a PermissionError traceback.
+    clean_env.delenv("DOCQUEUE_SECRET_KEY")
+    with unwritable(tmp_path / "instance") as folder:
+        app = Flask("docqueue_app", instance_path=str(folder))
+        with pytest.raises(ConfigError) as refused:
+            load_config(app)
+    assert str(refused.value).startswith(
+        f"DOCQUEUE_SECRET_KEY is unset and {folder}/secret_key cannot be made ("
+    )
+    assert str(refused.value).endswith("): set DOCQUEUE_SECRET_KEY, or let this user write it")

@@ -21,6 +21,7 @@ from flask import Flask
 from docqueue_app.queue import DocumentQueueService
 from tests.e2e.server import BIN, free_port
 from tests.helpers import wait_until
+from tests.test_config import unwritable
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -175,15 +176,16 @@ def test_sigterm_while_the_worker_starts_exits_0_with_nothing_claimed(
     assert (stats["pending"], stats["in_progress"]) == (1, 0)
 
 
-def test_gunicorn_refuses_a_bad_setting_in_one_line_before_starting_workers(tmp_path) -> None:
+def run_gunicorn(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:
+    """``gunicorn -c gunicorn.conf.py wsgi:app`` on a free port, as `make run` starts it."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'docqueue.db'}",
-        "DOCQUEUE_BATCH_SIZE": "[1]",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        **settings,
     }
     bind = f"127.0.0.1:{free_port()}"
-    server = subprocess.run(
+    return subprocess.run(
         [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--bind", bind, "wsgi:app"],
         cwd=CHECKOUT,
         env=env,
@@ -191,8 +193,28 @@ def test_gunicorn_refuses_a_bad_setting_in_one_line_before_starting_workers(tmp_
         text=True,
         timeout=60,
     )
+
+
+def assert_refused_before_any_worker(server: subprocess.CompletedProcess, refusal: str) -> None:
     assert server.returncode == 2, server.stderr
-    refusal = "Error: DOCQUEUE_BATCH_SIZE must be a whole number >= 1 and <= 2147483647, got '[1]'"
-    assert refusal in server.stderr
+    assert f"Error: {refusal}" in server.stderr
     assert "Traceback" not in server.stderr
     assert "Booting worker" not in server.stderr
+
+
+def test_gunicorn_refuses_a_bad_setting_in_one_line_before_starting_workers(tmp_path) -> None:
+    server = run_gunicorn(tmp_path, DOCQUEUE_BATCH_SIZE="[1]")
+    refusal = "DOCQUEUE_BATCH_SIZE must be a whole number >= 1 and <= 2147483647, got '[1]'"
+    assert_refused_before_any_worker(server, refusal)
+
+
+def test_gunicorn_refuses_a_sqlite_folder_it_cannot_write_before_starting_workers(
+    tmp_path,
+) -> None:
+    # Every worker died of a PermissionError traceback (its wake socket), then HaltServer.
+    with unwritable(tmp_path / "locked") as folder:
+        server = run_gunicorn(tmp_path, DATABASE_URL=f"sqlite:///{folder}/docqueue.db")
+    refusal = (
+        f"DATABASE_URL names a SQLite database in {folder}, a folder that this user cannot write"
+    )
+    assert_refused_before_any_worker(server, refusal)
