@@ -227,3 +227,13 @@ def test_a_name_whose_first_address_refuses_is_delivered_to_the_next_it_resolves
     result = attempt_with_resolver(server, receiver.url(host="receiver.example"), 5, tmp_path)
     assert (result["delivered"], result["status_code"]) == (True, 204)
     assert len(receiver.requests) == 1
+
+
+def test_an_internationalized_name_is_delivered_with_its_ascii_form_as_host(
+    dns_server, receiver, tmp_path
+):
+    server = dns_server(_records("127.0.0.1"))
+    result = attempt_with_resolver(server, receiver.url(host="bücher.example"), 5, tmp_path)
+    assert (result["delivered"], result["status_code"]) == (True, 204)
+    [request] = receiver.requests
+    assert request.headers["Host"] == f"xn--bcher-kva.example:{receiver.port}"
