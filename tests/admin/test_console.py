@@ -154,6 +154,22 @@ def test_pages_through_the_items(
     assert admin.get("/admin/?page=0").status_code == 400
 
 
+def test_a_page_past_the_end_says_so_and_links_to_the_first_page(
+    admin: FlaskClient, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docqueue_app.admin import views
+
+    monkeypatch.setattr(views, "PER_PAGE", 2)
+    for n in range(3):
+        queue.item(f"stale-{n}.txt")
+
+    page = " ".join(admin.get("/admin/?filename=stale&page=9").get_data(as_text=True).split())
+
+    assert "No queue items" not in page
+    assert "Page 9 is past the end: 3 matching items fill 2 pages." in page
+    assert 'href="/admin/?filename=stale">Go to the first page</a>' in page
+
+
 def test_a_nul_in_a_search_is_dropped(admin: FlaskClient, queue: Queue) -> None:
     # No stored file name or error holds NUL, and PostgreSQL refuses it even as a parameter.
     failed = queue.item("scan.pdf", "failed", error="PDF is encrypted")

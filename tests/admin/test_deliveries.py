@@ -109,8 +109,15 @@ def test_an_unknown_delivery_is_404(admin: FlaskClient) -> None:
     assert "no-such-delivery" in response.get_data(as_text=True)
 
 
-def test_a_page_past_the_end_lists_none_and_a_bad_page_is_400(admin: FlaskClient) -> None:
-    assert admin.get(f"{DELIVERIES}?page=5").status_code == 200
+def test_a_page_past_the_end_lists_none_and_a_bad_page_is_400(
+    admin_app: Flask, admin: FlaskClient
+) -> None:
+    record_delivery(admin_app, None)
+    past_the_end = admin.get(f"{DELIVERIES}?page=5")
+    assert past_the_end.status_code == 200
+    page = " ".join(past_the_end.get_data(as_text=True).split())
+    assert "Page 5 is past the end: 1 failed delivery fills 1 page." in page
+    assert f'href="{DELIVERIES}">Go to the first page</a>' in page
     assert admin.get(f"{DELIVERIES}?page=zero").status_code == 400
 
 

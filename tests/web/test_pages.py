@@ -292,6 +292,20 @@ def test_a_list_page_out_of_range_is_an_html_422(client: FlaskClient) -> None:
             assert field in response.text
 
 
+def test_a_page_past_the_end_says_so_and_links_to_the_last_page(client: FlaskClient) -> None:
+    # A stale link (documents were deleted since) or a typed page number.
+    for n in range(3):
+        upload(client, f"document {n}".encode(), f"doc-{n}.txt")
+
+    response = client.get("/documents?page=7&per_page=2")
+
+    assert response.status_code == 200
+    page = " ".join(response.text.split())  # as a browser shows it
+    assert "No documents." not in page
+    assert "Page 7 is past the end: 3 documents fill 2 pages." in page
+    assert 'href="/documents?page=2&amp;per_page=2">Go to the last page</a>' in page
+
+
 # -- search, reprocess, delete, failures -------------------------------------------
 
 
