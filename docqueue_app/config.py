@@ -331,7 +331,7 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         app.config["DATABASE_URL"] or default_sqlite_url(app)
     )
-    _check_sqlite_folder(app.config["SQLALCHEMY_DATABASE_URI"])
+    _check_sqlite_folder(app.config["SQLALCHEMY_DATABASE_URI"], app.config["DATABASE_URL"] is None)
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
     app.config["MAX_CONTENT_LENGTH"] = upload_limit_bytes(app.config) + _MULTIPART_OVERHEAD_BYTES
     if not app.config.get("SECRET_KEY"):
@@ -376,7 +376,7 @@ def default_sqlite_url(app: Flask) -> str:
     return f"sqlite:///{Path(app.instance_path) / 'docqueue.db'}"
 
 
-def _check_sqlite_folder(uri: str) -> None:
+def _check_sqlite_folder(uri: str, by_default: bool) -> None:
     """Refuse a SQLite file in a folder missing or unwritable: SQLite writes its
     journal beside the file (docqueue its scheduler lock and wake sockets too), so
     every command failed, a worker and the server with a traceback."""
@@ -395,7 +395,8 @@ def _check_sqlite_folder(uri: str) -> None:
         problem = "a folder that this user cannot write (SQLite writes its journal there)"
     else:
         return
-    raise ConfigError(f"DATABASE_URL names a SQLite database in {folder}, {problem}")
+    where = "is unset and its database is" if by_default else "names a SQLite database"
+    raise ConfigError(f"DATABASE_URL {where} in {folder}, {problem}")
 
 
 def normalize_database_url(url: str) -> str:

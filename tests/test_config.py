@@ -240,6 +240,16 @@ def test_a_sqlite_database_in_a_folder_it_cannot_use_is_refused(
     )
 
 
+def test_an_instance_folder_that_cannot_hold_the_default_database_is_refused(clean_env, tmp_path):
+    clean_env.delenv("DATABASE_URL")
+    with unwritable(tmp_path / "instance") as folder, pytest.raises(ConfigError) as refused:
+        load_config(Flask("docqueue_app", instance_path=str(folder)))
+    assert str(refused.value) == (
+        f"DATABASE_URL is unset and its database is in {folder}, a folder that this user "
+        "cannot write (SQLite writes its journal there)"
+    )
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "postgresql://u@h/d"])
 def test_databases_without_a_folder_are_not_checked_for_one(clean_env, url):
     clean_env.setenv("DATABASE_URL", url)
