@@ -24,7 +24,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -57,8 +58,10 @@ def postgres_bindir() -> Path | None:
 class PostgresCluster:
     """One initdb'd cluster on 127.0.0.1:<port>; ``stop()`` and ``start()`` keep the port."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, initdb_options: Sequence[str] = ()) -> None:
+        """``initdb_options`` are added to initdb's (``--waldir`` elsewhere, say)."""
         self.bindir = bindir
+        self.initdb_options = tuple(initdb_options)
         self.as_root = os.geteuid() == 0
         self.root = Path(tempfile.mkdtemp(prefix="docqueue-pg-"))
         self.data = self.root / "data"
@@ -99,6 +102,7 @@ class PostgresCluster:
             "--locale",
             "C",
             "--no-sync",
+            *self.initdb_options,
         )
         self.start()
         with psycopg.connect(self.admin_url, connect_timeout=5, autocommit=True) as conn:
@@ -158,17 +162,27 @@ class PostgresCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture
-def pg_cluster() -> Iterator[PostgresCluster]:
-    """A fresh cluster with an empty database ``docqueue``; stopped and removed at teardown."""
+@contextmanager
+def owned_cluster(initdb_options: Sequence[str] = ()) -> Iterator[PostgresCluster]:
+    """A fresh cluster with an empty database ``docqueue``; stopped and removed after.
+
+    Skipped when the server binaries are missing, a failure under CI=true.
+    """
     bindir = postgres_bindir()
     if bindir is None:
         reason = "PostgreSQL server binaries (initdb, pg_ctl) not found"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} under CI=true", pytrace=False)
         pytest.skip(reason)
-    cluster = PostgresCluster(bindir)
+    cluster = PostgresCluster(bindir, initdb_options)
     try:
         yield cluster.init()
     finally:
         cluster.destroy()
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A fresh cluster with an empty database ``docqueue``; stopped and removed at teardown."""
+    with owned_cluster() as cluster:
+        yield cluster

@@ -1,0 +1,154 @@
+"""End to end: the disk fills up for real, and nothing is lost, stuck or processed twice.
+
+Each disk is a tmpfs of a few megabytes that the test fills with a filler file
+until the kernel answers ENOSPC, then frees by deleting that file, as an
+operator would (``tests/e2e/full_disk.py``). Real gunicorn servers, real
+``docqueue queue worker`` processes, real PostgreSQL clusters of the test's own:
+
+- the database on a full disk (SQLite's file; PostgreSQL's database in a
+  tablespace there, which answers SQLSTATE 53100 when a file cannot grow):
+  uploads are JSON 503s of the "full" kind, nothing half-written, the server
+  stays up, and once there is room everything lands and is processed once;
+- a worker whose outcome cannot be written when the disk fills keeps it and
+  writes it once there is room (README "When the database goes away");
+- PostgreSQL whose WAL cannot be written PANICs and goes down: an outage like
+  any other, and nothing lost or repeated once it is started again;
+- the temporary folder (TMPDIR) full: a large upload, which werkzeug spools to
+  a temporary file, is a JSON 503; a worker's processing still ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from docqueue_app.database import RETRY_AFTER_SECONDS
+from tests.e2e.full_disk import SizeCappedFolder, capped_folder, row_counts
+from tests.e2e.pg_cluster import OS_USER, PostgresCluster
+from tests.e2e.processors import RECORD_ENV
+from tests.e2e.server import (
+    Reply,
+    Server,
+    document_statuses,
+    run_cli,
+    wait_for,
+)
+
+__all__ = ["capped_folder"]  # a fixture
+
+DATABASE_DISK_BYTES = 32 * 1024 * 1024
+# Larger than any slack a database keeps in its files (SQLite's WAL is reused
+# from its start after a checkpoint; PostgreSQL's pages keep free space).
+BIG_BYTES = 2 * 1024 * 1024
+# Room for pg_wal of a cluster with 1 MB segments, little more.
+WAL_DISK_BYTES = 24 * 1024 * 1024
+TMP_DISK_BYTES = 8 * 1024 * 1024
+
+
+def big_text(seed: int) -> bytes:
+    """BIG_BYTES of plain text that compresses poorly (base64 of random bytes)."""
+    return base64.encodebytes(os.urandom(BIG_BYTES * 3 // 4)) + f"seed {seed}\n".encode()
+
+
+def assert_json_503(reply: Reply, kind: str) -> None:
+    """SPEC §4's error shape, with Retry-After, of the given kind."""
+    assert reply.status == 503, (reply.status, reply.body)
+    assert reply.headers.get("Retry-After") == str(RETRY_AFTER_SECONDS)
+    assert isinstance(reply.body, dict), reply.body
+    assert (reply.body["code"], reply.body["status"]) == (503, "Service Unavailable")
+    assert kind in reply.body["message"], reply.body
+
+
+def runs_recorded(record: Path) -> Counter:
+    return Counter(record.read_text().split())
+
+
+def all_completed(server: Server, count: int) -> Callable[[], bool]:
+    return lambda: document_statuses(server) == ["completed"] * count
+
+
+@dataclass
+class DatabaseOnSmallDisk:
+    url: str
+    disk: SizeCappedFolder
+    env: dict[str, str]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_on_small_disk(
+    request: pytest.FixtureRequest,
+    capped_folder: Callable[[int], SizeCappedFolder],
+    tmp_path: Path,
+) -> DatabaseOnSmallDisk:
+    """A migrated database whose data lives on a small disk of its own.
+
+    SQLite: the file (and its WAL) there. PostgreSQL: a cluster of the test's own
+    (its WAL on the ordinary disk) whose database ``docqueue`` is moved to a
+    tablespace there, so a table that cannot grow raises 53100 (disk_full).
+    """
+    disk = capped_folder(DATABASE_DISK_BYTES)  # mounted first, so unmounted last
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+        url = cluster.url
+        move_into_tablespace(cluster, disk.subfolder("tablespace", owner=OS_USER))
+    else:
+        url = f"sqlite:///{disk.path / 'docqueue.db'}"
+    env = {
+        "DATABASE_URL": url,
+        "DOCQUEUE_SECRET_KEY": "e2e",
+        "DOCQUEUE_POLL_INTERVAL": "0.2",
+        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+        RECORD_ENV: str(tmp_path / "processed.log"),
+    }
+    (tmp_path / "processed.log").touch()
+    migrated = run_cli(env, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    return DatabaseOnSmallDisk(url, disk, env)
+
+
+def move_into_tablespace(cluster: PostgresCluster, location: Path) -> None:
+    with psycopg.connect(cluster.admin_url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE small_disk LOCATION '{location}'")
+        conn.execute("ALTER DATABASE docqueue SET TABLESPACE small_disk")
+
+
+# -- the database's disk fills -------------------------------------------------------
+
+
+def test_uploads_to_a_full_disk_are_503_full_and_land_once_there_is_room(
+    database_on_small_disk: DatabaseOnSmallDisk, tmp_path: Path
+) -> None:
+    database, record = database_on_small_disk, Path(database_on_small_disk.env[RECORD_ENV])
+    env = {**database.env, "DOCQUEUE_PROCESSOR": "tests.e2e.processors:recording_extract"}
+    server = Server(env, workers=2, log_path=tmp_path / "server.log").start()
+    try:
+        master, workers = server.process.pid, server.worker_pids()
+        assert server.upload("before.txt", b"uploaded before the disk filled")[0] == 202
+        wait_for(all_completed(server, 1), "the first document to be processed")
+        database.disk.fill()
+        before = row_counts(database.url)
+
+        refused = {f"big-{n}.txt": big_text(n) for n in range(3)}
+        for filename, data in refused.items():
+            assert_json_503(server.upload_reply(filename, data), "full")
+        assert row_counts(database.url) == before, "a refused upload left rows behind"
+        # The database answers and reads are served: a full disk is no health failure.
+        assert server.get("/healthz") == (200, {"status": "ok", "database": "ok"})
+        assert document_statuses(server) == ["completed"]
+
+        database.disk.free()
+        for filename, data in refused.items():
+            assert server.upload(filename, data)[0] == 202
+        wait_for(all_completed(server, 4), "every document to be processed")
+        assert runs_recorded(record) == Counter(["before.txt", *refused])
+        assert server.process.poll() is None and server.process.pid == master
+        assert server.worker_pids() == workers, "a gunicorn worker was replaced"
+    finally:
+        server.stop()
