@@ -32,9 +32,7 @@ _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 def on_starting(server):
     refuse_bad_settings(server)
-    # Counters from an earlier run of the server would otherwise be added in.
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
-    os.makedirs(_metrics_dir, exist_ok=True)
+    empty_metrics_folder(server)
 
 
 def refuse_bad_settings(server):
@@ -50,6 +48,24 @@ def refuse_bad_settings(server):
     except ConfigError as error:
         server.log.error("Error: %s", error.format_message())
         sys.exit(error.exit_code)
+
+
+def empty_metrics_folder(server):
+    """Start the counters from zero, or stop here with one line (exit 2) if the folder
+    cannot be written, rather than with a traceback."""
+    # Counters from an earlier run of the server would otherwise be added in.
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    try:
+        os.makedirs(_metrics_dir, exist_ok=True)
+        writable = os.access(_metrics_dir, os.W_OK | os.X_OK)
+        reason = "this user cannot write"
+    except OSError as error:
+        writable, reason = False, f"cannot be made ({error.strerror})"
+    if not writable:
+        server.log.error(
+            "Error: PROMETHEUS_MULTIPROC_DIR names %s, a folder that %s", _metrics_dir, reason
+        )
+        sys.exit(2)
 
 
 def post_worker_init(worker):

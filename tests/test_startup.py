@@ -218,3 +218,11 @@ def test_gunicorn_refuses_a_sqlite_folder_it_cannot_write_before_starting_worker
         f"DATABASE_URL names a SQLite database in {folder}, a folder that this user cannot write"
     )
     assert_refused_before_any_worker(server, refusal)
+
+
+def test_gunicorn_refuses_a_metrics_folder_it_cannot_make_in_one_line(tmp_path) -> None:
+    # gunicorn.conf.py's on_starting hook died with a PermissionError traceback.
+    with unwritable(tmp_path / "locked") as folder:
+        server = run_gunicorn(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"))
+    refusal = f"PROMETHEUS_MULTIPROC_DIR names {folder / 'metrics'}, a folder that cannot be made"
+    assert_refused_before_any_worker(server, refusal)
