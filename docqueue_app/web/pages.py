@@ -143,9 +143,14 @@ def _upload_refusal(error: HTTPException) -> str | None:
     if isinstance(error, CSRFError):
         return f"Nothing was uploaded: {FORM_EXPIRED} Choose the files again and upload."
     if isinstance(error, RequestEntityTooLarge) and _says_nothing_of_the_limit(error):
-        # The body ran past the request limit: werkzeug refused it unread, file names unknown.
-        limit = f"{current_app.config['MAX_UPLOAD_MB']:g} MB"
-        return f"Nothing was uploaded: the files sent are larger than the upload limit of {limit}."
+        # The body ran past the request limit: werkzeug refused it unread, file names
+        # unknown. One file too large, or several within the limit that add up.
+        together = current_app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
+        each = current_app.config["MAX_UPLOAD_MB"]
+        return (
+            f"Nothing was uploaded: the files sent were over {together:g} MB together. "
+            f"Each file may have up to {each:g} MB; send fewer files at once."
+        )
     return error.description
 
 

@@ -130,8 +130,22 @@ def test_body_over_the_request_limit_shows_the_form_again(make_app) -> None:
     response = submit_form(client, [(b"x" * (1024 * 1024 + 4096), "huge.txt")], csrf_token=token)
 
     assert response.status_code == 413
-    assert "larger than the upload limit of 0.001 MB" in response.text
+    assert "Each file may have up to 0.001 MB" in response.text
     assert csrf_token_of(response.text)
+    assert document_count(client) == 0
+
+
+def test_files_each_within_the_limit_but_over_the_request_limit_together(make_app) -> None:
+    # Three files of 0.9 MB under a 1 MB limit: the request limit (2 MB) is what they pass.
+    client = make_app(MAX_UPLOAD_MB=1).test_client()
+    files = [(bytes([65 + n]) * (900 * 1024), f"part-{n}.txt") for n in range(3)]
+
+    response = submit_form(client, files)
+
+    assert response.status_code == 413
+    page = " ".join(response.text.split())
+    assert "Nothing was uploaded: the files sent were over 2 MB together." in page
+    assert "Each file may have up to 1 MB; send fewer files at once." in page
     assert document_count(client) == 0
 
 
