@@ -104,6 +104,11 @@ def outage_kind(error: BaseException) -> str:
     return "unreachable"
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """True for an outage of the ``full`` kind: the database's disk has no room."""
+    return is_outage(error) and outage_kind(error) == "full"
+
+
 def database_now(session: Session) -> datetime:
     """The database's clock, read inside the session's current transaction.
 

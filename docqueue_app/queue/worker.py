@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
-from ..database import OUTAGES, Backoff, report_failure
+from ..database import OUTAGES, Backoff, is_disk_full, report_failure
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import db, run_on_driver
 from ..processing import (
@@ -441,12 +441,38 @@ class OutcomeWriter:
             service.record_outcomes(self.unwritten)
         except Exception as exc:
             report_failure(exc, "writing %d outcomes failed; will retry", len(self.unwritten))
-            return False
+            if len(self.unwritten) > 1 and is_disk_full(exc):
+                self._write_one_by_one(service)
+            return not self.unwritten
         OUTAGES.succeeded()
-        for outcome in self.unwritten:
-            self.claims.pop(outcome.item_id, None)
+        self._written(self.unwritten)
         self.unwritten = []
         return True
+
+    def _write_one_by_one(self, service: DocumentQueueService) -> None:
+        """Write each unwritten outcome alone, keeping those that still do not fit.
+
+        A full disk may take the outcomes one at a time though not all at once: a
+        group needs room for all its results together, and PostgreSQL a temporary
+        file as large as the group besides. Retried whole, a group that did not fit
+        after room returned never did, and its documents were processed again once
+        their leases ran out.
+        """
+        unwritten = []
+        for outcome in self.unwritten:
+            try:
+                service.record_outcomes([outcome])
+            except Exception:  # already reported: the database is full
+                unwritten.append(outcome)
+            else:
+                self._written([outcome])
+        self.unwritten = unwritten
+        if not unwritten:
+            OUTAGES.succeeded()
+
+    def _written(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self.claims.pop(outcome.item_id, None)
 
     def _release_unstarted(self, service: DocumentQueueService) -> bool:
         """Hand back the claimed items not started; False when the database refused (kept)."""

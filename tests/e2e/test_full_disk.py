@@ -32,12 +32,15 @@ import pytest
 from docqueue_app.database import RETRY_AFTER_SECONDS
 from tests.e2e.full_disk import SizeCappedFolder, capped_folder, row_counts
 from tests.e2e.pg_cluster import OS_USER, PostgresCluster
-from tests.e2e.processors import RECORD_ENV
+from tests.e2e.processors import HOLD_ENV, RECORD_ENV
 from tests.e2e.server import (
     Reply,
     Server,
     document_statuses,
+    queue_items,
     run_cli,
+    start_worker,
+    stop_worker,
     wait_for,
 )
 
@@ -151,4 +154,52 @@ def test_uploads_to_a_full_disk_are_503_full_and_land_once_there_is_room(
         assert server.process.poll() is None and server.process.pid == master
         assert server.worker_pids() == workers, "a gunicorn worker was replaced"
     finally:
+        server.stop()
+
+
+def test_an_outcome_the_full_disk_refused_is_written_once_there_is_room(
+    database_on_small_disk: DatabaseOnSmallDisk, tmp_path: Path
+) -> None:
+    """The README: a document in hand when the database cannot take writes is
+    finished, its outcome kept and written once it can (within the lease); nothing
+    processed twice, nothing left ``processing``."""
+    database, record = database_on_small_disk, Path(database_on_small_disk.env[RECORD_ENV])
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = {
+        **database.env,
+        "DOCQUEUE_PROCESSOR": "tests.e2e.full_disk:held_and_recorded",
+        HOLD_ENV: str(hold),
+        "DOCQUEUE_SCHEDULER_ENABLED": "false",  # the standalone worker alone processes
+    }
+    server = Server(env, workers=1, log_path=tmp_path / "server.log").start()
+    worker_log = tmp_path / "worker.log"
+    worker = None
+    try:
+        # Each result is the whole text, so no outcome fits once the disk is full.
+        documents = {f"doc-{n}.txt": big_text(n) for n in range(3)}
+        for filename, data in documents.items():
+            assert server.upload(filename, data)[0] == 202
+        worker = start_worker(env, worker_log, "--concurrency", "1")
+        wait_for(lambda: (hold / "started-doc-0.txt").exists(), "the first document to start")
+        assert document_statuses(server) == ["processing"] * 3  # one claim took them all
+
+        database.disk.fill()
+        (hold / "release").touch()
+        wait_for(lambda: len(list(hold.glob("started-*"))) == 3, "every document to be run")
+        wait_for(
+            lambda: "database outage: the database is full" in worker_log.read_text(),
+            "the worker to meet the full disk",
+        )
+        assert document_statuses(server) == ["processing"] * 3  # kept, not lost, not failed
+
+        database.disk.free()
+        wait_for(all_completed(server, 3), "the kept outcomes to be written")
+        assert runs_recorded(record) == Counter(list(documents))  # each processed once
+        assert queue_items(database.url) == [("completed", 1)] * 3
+        assert worker.poll() is None, "the worker exited"
+    finally:
+        (hold / "release").touch()  # never leave a processor waiting
+        if worker is not None:
+            stop_worker(worker)
         server.stop()
