@@ -73,7 +73,8 @@ def check_destination(
     """The destination of ``url``, resolved and checked; raises RefusedDestination.
 
     With a ``timeout`` (a delivery attempt's), a name not resolved within it
-    raises TimeoutError, and a resolver failing for now LookupFailedForNow.
+    raises LookupTimedOut (a TimeoutError), and a resolver failing for now
+    (EAI_AGAIN) LookupFailedForNow; without one, both count as not resolving.
     """
     scheme, host, port, target = parse_url(url)
     addresses = _resolve(host, port, timeout)
