@@ -27,7 +27,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, ScriptInfo, with_appcontext
 
 from . import create_app
-from .config import MAX_PURGE_AGE_DAYS, SETTINGS, Number, Refused, Setting
+from .config import DEFAULTS, MAX_PURGE_AGE_DAYS, SETTINGS, Number, Refused, Setting
 from .states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 # A command stopped by a database outage (unreachable, read-only, full, busy, not
@@ -93,12 +93,19 @@ ITEM_COUNT = Checked(SETTINGS["BATCH_SIZE"], "integer")
 PURGE_AGE = Checked(Number(0, MAX_PURGE_AGE_DAYS), "days")
 
 
+def default_from(key: str) -> str:
+    """How an option's help names the setting its default comes from."""
+    return f"Default: DOCQUEUE_{key} ({DEFAULTS[key]:g} when unset)."
+
+
 def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, default=str))
 
 
 @queue_cli.command("process")
-@click.option("--limit", type=ITEM_COUNT, help="Items to claim (default BATCH_SIZE).")
+@click.option(
+    "--limit", type=ITEM_COUNT, help=f"Items to claim in this pass. {default_from('BATCH_SIZE')}"
+)
 def process_command(limit: int | None) -> None:
     """Run one pass over the queue and print its counts; then send due webhooks."""
     from .queue import process_document_queue
@@ -115,18 +122,25 @@ def process_command(limit: int | None) -> None:
 @click.option(
     "--concurrency",
     type=Checked(SETTINGS["CONCURRENCY"], "integer"),
-    help="Documents at once. Default: CONCURRENCY.",
+    help=f"Documents processed at once. {default_from('CONCURRENCY')}",
 )
-@click.option("--batch-size", type=ITEM_COUNT, help="Default: BATCH_SIZE.")
+@click.option(
+    "--batch-size",
+    type=ITEM_COUNT,
+    help=f"Items claimed at a time. {default_from('BATCH_SIZE')}",
+)
 @click.option(
     "--poll-interval",
     type=Checked(SETTINGS["POLL_INTERVAL"], "seconds"),
-    help="Default: POLL_INTERVAL.",
+    help=f"Seconds between looks at an idle queue. {default_from('POLL_INTERVAL')}",
 )
 def worker_command(
     concurrency: int | None, batch_size: int | None, poll_interval: float | None
 ) -> None:
-    """Process the queue until SIGTERM, which finishes the documents in hand."""
+    """Process the queue until SIGTERM or SIGINT, which finish the documents in hand.
+
+    Claimed items not yet started go back to pending; then it exits 0.
+    """
     from .queue.runner import run_worker
 
     start_up_is_over()
@@ -156,7 +170,12 @@ def retry_failed_command() -> None:
 
 
 @queue_cli.command("purge")
-@click.option("--older-than-days", type=PURGE_AGE, required=True)
+@click.option(
+    "--older-than-days",
+    type=PURGE_AGE,
+    required=True,
+    help=f"Age in days of the finished items to delete, 0 to {MAX_PURGE_AGE_DAYS}.",
+)
 @click.option(
     "--status",
     "statuses",
@@ -213,7 +232,7 @@ def import_command(
     Prints {"imported": n, "duplicates": n, "rejected": n}; exits 1 when a file
     was refused (each is named on stderr with the reason), 3 when a database
     outage stopped the import, 130 when SIGINT or SIGTERM did (what was stored
-    stays stored: run it again).
+    stays stored: run it again); with --watch they end it with 0 (or 1).
     """
     from .imports import import_paths
 

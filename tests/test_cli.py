@@ -120,6 +120,35 @@ def test_both_launchers_offer_every_command_and_the_whole_app(tmp_path, launcher
     assert {"/api/documents", "/api/openapi.json", "/admin/", "/metrics", "/healthz"} <= rules
 
 
+@pytest.mark.parametrize(
+    ("command", "phrases"),
+    [
+        (
+            ["queue", "worker"],
+            [
+                "DOCQUEUE_CONCURRENCY (2 when unset)",
+                "DOCQUEUE_BATCH_SIZE (10 when unset)",
+                "DOCQUEUE_POLL_INTERVAL (1 when unset)",
+                "SIGINT",
+            ],
+        ),
+        (["queue", "process"], ["DOCQUEUE_BATCH_SIZE (10 when unset)"]),
+        (["queue", "purge"], ["Age in days of the finished items to delete, 0 to 36500"]),
+        (["import"], ["with --watch they end it with 0"]),
+    ],
+    ids=["queue worker", "queue process", "queue purge", "import"],
+)
+def test_each_commands_help_names_the_settings_behind_its_defaults(runner, command, phrases):
+    # The worker's help said "Default: CONCURRENCY", a name no variable has; purge's
+    # required --older-than-days said nothing; import's said SIGINT exits 130, which
+    # --watch does not.
+    result = runner.invoke(args=[*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for phrase in phrases:
+        assert phrase in text
+
+
 def command_names(help_text: str) -> set[str]:
     """The commands a click --help lists."""
     listing = help_text.split("Commands:", 1)[1]
