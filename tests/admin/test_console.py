@@ -197,6 +197,21 @@ def test_a_console_path_no_route_matches_is_an_html_404(admin: FlaskClient, path
     assert "404 Not Found" in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("path", ["/admin/?document_id=abc", "/admin/items/999999", "/admin/nope"])
+def test_an_error_page_of_the_console_leads_back_to_the_console(
+    admin: FlaskClient, path: str
+) -> None:
+    page = admin.get(path).get_data(as_text=True)
+    assert '<a href="/admin/">Back to the queue admin</a>' in page
+    assert "Back to the documents" not in page
+
+
+def test_the_login_page_of_the_console_leads_to_the_documents(admin_app: Flask) -> None:
+    # Whoever could not log in has no console to go back to.
+    page = admin_app.test_client().get("/admin/").get_data(as_text=True)
+    assert '<a href="/documents">Back to the documents</a>' in page
+
+
 def test_a_wrong_method_on_the_console_is_an_html_405(admin: FlaskClient) -> None:
     response = admin.delete("/admin/")
     assert response.status_code == 405
