@@ -23,18 +23,28 @@ than its two patterns.
 
 from __future__ import annotations
 
+import errno
 import io
 from typing import IO, Any
 
 import multipart
 from flask import Request
 from werkzeug.datastructures import FileStorage, Headers
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 
+from .database import RETRY_AFTER_SECONDS
+
 # Werkzeug's default_stream_factory keeps a file of up to this size in memory.
 IN_MEMORY_BYTES = 500 * 1024
+# Werkzeug writes a larger body's files to the temporary folder (TMPDIR). That folder
+# full is the server's trouble, not the client's: a 503 to retry later, as a full
+# database is, not a 500.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+TEMPORARY_FOLDER_FULL = (
+    "The server's temporary folder is full: nothing was stored; try again later."
+)
 # Werkzeug's own reading of a text field's charset (its list of those it trusts).
 _WERKZEUG_PARTS = MultiPartParser()
 
@@ -43,6 +53,22 @@ class MultipartFormDataParser(FormDataParser):
     """Werkzeug's form parser, with small multipart bodies parsed by ``multipart``."""
 
     def _parse_multipart(
+        self,
+        stream: IO[bytes],
+        mimetype: str,
+        content_length: int | None,
+        options: dict[str, str],
+    ) -> tuple[IO[bytes], Any, Any]:
+        try:
+            return self._parse_multipart_body(stream, mimetype, content_length, options)
+        except OSError as error:
+            if error.errno not in _NO_ROOM:
+                raise
+            raise ServiceUnavailable(
+                TEMPORARY_FOLDER_FULL, retry_after=RETRY_AFTER_SECONDS
+            ) from None
+
+    def _parse_multipart_body(
         self,
         stream: IO[bytes],
         mimetype: str,

@@ -203,3 +203,37 @@ def test_an_outcome_the_full_disk_refused_is_written_once_there_is_room(
         if worker is not None:
             stop_worker(worker)
         server.stop()
+
+
+# -- the temporary folder fills ------------------------------------------------------
+
+
+def test_a_large_upload_while_the_temporary_folder_is_full_is_a_json_503(
+    capped_folder: Callable[[int], SizeCappedFolder], tmp_path: Path
+) -> None:
+    """Werkzeug writes a multipart body over 500 KB to a temporary file (TMPDIR)."""
+    temporary = capped_folder(TMP_DISK_BYTES)
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'docqueue.db'}",
+        "DOCQUEUE_SECRET_KEY": "e2e",
+        "DOCQUEUE_POLL_INTERVAL": "0.2",
+        "TMPDIR": str(temporary.path),
+    }
+    assert run_cli(env, "db", "upgrade").returncode == 0
+    server = Server(env, workers=1, log_path=tmp_path / "server.log").start()
+    try:
+        master, workers = server.process.pid, server.worker_pids()
+        temporary.fill()
+        before = row_counts(env["DATABASE_URL"])
+
+        assert_json_503(server.upload_reply("large.txt", big_text(0)), "temporary")
+        assert row_counts(env["DATABASE_URL"]) == before
+        assert server.upload("small.txt", b"a small upload is read in memory")[0] == 202
+        assert server.get("/healthz")[0] == 200
+
+        temporary.free()
+        assert server.upload("large.txt", big_text(0))[0] == 202
+        wait_for(all_completed(server, 2), "both documents to be processed")
+        assert server.process.pid == master and server.worker_pids() == workers
+    finally:
+        server.stop()
