@@ -237,3 +237,39 @@ def test_a_large_upload_while_the_temporary_folder_is_full_is_a_json_503(
         assert server.process.pid == master and server.worker_pids() == workers
     finally:
         server.stop()
+
+
+def test_a_worker_whose_temporary_folder_is_full_still_processes(
+    capped_folder: Callable[[int], SizeCappedFolder], tmp_path: Path
+) -> None:
+    """Processing needs no room in TMPDIR: the fork server's socket is in Linux's
+    abstract namespace, PDFium and Tesseract (OCR) work in memory. So both documents
+    complete with TMPDIR full, neither failed nor left stuck; this guard keeps it so."""
+    from tests.processing.scanned_pages import render_page, scanned_pdf
+
+    temporary = capped_folder(TMP_DISK_BYTES)
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'docqueue.db'}",
+        "DOCQUEUE_SECRET_KEY": "e2e",
+        "DOCQUEUE_POLL_INTERVAL": "0.2",
+        "DOCQUEUE_SCHEDULER_ENABLED": "false",
+        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+    }
+    assert run_cli(env, "db", "upgrade").returncode == 0
+    server = Server(env, workers=1).start()
+    worker = None
+    try:
+        page = render_page("The ferry runs every hour.", dpi=150, width_inches=4, margin_inches=0.3)
+        status, scan = server.upload("scan.pdf", scanned_pdf([page], dpi=150))
+        assert status == 202, scan
+        scan_id = scan["id"]
+        assert server.upload("note.txt", b"plain words")[0] == 202
+        temporary.fill()
+        worker = start_worker({**env, "TMPDIR": str(temporary.path)}, tmp_path / "worker.log")
+        wait_for(all_completed(server, 2), "both documents to be processed")
+        assert server.get(f"/api/documents/{scan_id}")[1]["metadata"]["ocr_pages"] == 1
+        assert "ferry" in server.get(f"/api/documents/{scan_id}/text")[1]
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        server.stop()
