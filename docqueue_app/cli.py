@@ -303,12 +303,35 @@ WORKER_COMMAND = ["queue", "worker"]
 _STOP_FLAG = "docqueue.worker_stop"
 
 
+def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    flask, python = version("flask"), sys.version.split()[0]
+    click.echo(f"docqueue {version('docqueue')} (Flask {flask}, Python {python})")
+    ctx.exit()
+
+
 class DocqueueGroup(FlaskGroup):
     """The ``docqueue`` command: it knows the command before the app is built.
 
     So a worker or ``queue stats`` gets the app without what serves requests,
     and a worker heeds SIGTERM from its first instants, not only once started.
+    Its ``--version`` is docqueue's, where Flask's group shows Flask's.
     """
+
+    def __init__(self, **options: Any) -> None:
+        version = click.Option(
+            ["--version"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=show_version,
+            help="Show docqueue's version.",
+        )
+        options["params"] = [*options.get("params", []), version]
+        super().__init__(add_version_option=False, **options)
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]

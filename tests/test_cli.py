@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,13 @@ def test_each_commands_help_names_the_settings_behind_its_defaults(runner, comma
     text = " ".join(result.output.split())
     for phrase in phrases:
         assert phrase in text
+
+
+def test_docqueue_version_is_docqueues(tmp_path):
+    # It printed Flask's own --version: Python, Flask and Werkzeug, not docqueue.
+    result = run_script("docqueue", "--version", cwd=tmp_path, env=sqlite_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"docqueue {version('docqueue')} (Flask ")
 
 
 def command_names(help_text: str) -> set[str]:
