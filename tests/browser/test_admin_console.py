@@ -133,6 +133,24 @@ def test_cancel_a_pending_and_an_in_progress_item(page: Page, queue: Queue) -> N
     expect(rows(page).locator(".status")).to_have_text(["cancelled", "cancelled"])
 
 
+def test_an_item_another_tab_changed_is_left_as_it_is_with_a_message(
+    page: Page, browser: Browser, server: Server, queue: Queue
+) -> None:
+    item_id = queue.item(unique("two-tabs") + ".txt")
+    page.goto(f"/admin/items/{item_id}")
+    with admin_tab(browser, server.url, PASSWORD) as other:
+        other.goto(f"/admin/items/{item_id}")
+        other.get_by_role("button", name=f"Cancel item {item_id}").click()
+        expect(flash(other)).to_have_text(f"Cancelled queue item {item_id}.")
+
+    page.get_by_role("button", name=f"Cancel item {item_id}").click()
+
+    expect(flash(page)).to_have_text(
+        f"Queue item {item_id} was not changed: a cancelled item cannot be cancelled."
+    )
+    assert queue.status(item_id) == "cancelled"
+
+
 def test_pause_and_resume(page: Page) -> None:
     page.goto("/admin/")
     page.get_by_role("button", name="Pause processing").click()
