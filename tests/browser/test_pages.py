@@ -76,6 +76,9 @@ def test_upload_lands_on_the_document_page_which_follows_it_until_completed(
 
     # A poll shows "processing" in place (a reloaded page would show a finished state)...
     expect(status).to_have_text("processing", timeout=PROCESSED_MS)
+    # ...in a live region, so that a screen reader says so too...
+    announced = page.get_by_role("status").filter(has_text="Status:")
+    expect(announced).to_contain_text("processing")
     # ...and once processed the page reloads itself, with the outcome.
     expect(status).to_have_text("completed", timeout=PROCESSED_MS)
     assert page.evaluate("window.openedByTheTest") is None, "the page did not reload itself"
