@@ -31,7 +31,7 @@ import pytest
 
 from docqueue_app.database import RETRY_AFTER_SECONDS
 from tests.e2e.full_disk import SizeCappedFolder, capped_folder, row_counts
-from tests.e2e.pg_cluster import OS_USER, PostgresCluster
+from tests.e2e.pg_cluster import OS_USER, PostgresCluster, owned_cluster
 from tests.e2e.processors import HOLD_ENV, RECORD_ENV
 from tests.e2e.server import (
     Reply,
@@ -50,8 +50,9 @@ DATABASE_DISK_BYTES = 32 * 1024 * 1024
 # Larger than any slack a database keeps in its files (SQLite's WAL is reused
 # from its start after a checkpoint; PostgreSQL's pages keep free space).
 BIG_BYTES = 2 * 1024 * 1024
-# Room for pg_wal of a cluster with 1 MB segments, little more.
-WAL_DISK_BYTES = 24 * 1024 * 1024
+# Room for pg_wal of a fresh cluster with 1 MB segments (CREATE DATABASE and the
+# migrations write some 10 MB of it).
+WAL_DISK_BYTES = 48 * 1024 * 1024
 TMP_DISK_BYTES = 8 * 1024 * 1024
 
 
@@ -203,6 +204,67 @@ def test_an_outcome_the_full_disk_refused_is_written_once_there_is_room(
         if worker is not None:
             stop_worker(worker)
         server.stop()
+
+
+# -- PostgreSQL's WAL cannot be written ----------------------------------------------
+
+
+def test_postgresql_that_cannot_write_its_wal_goes_down_and_loses_nothing(
+    capped_folder: Callable[[int], SizeCappedFolder], tmp_path: Path
+) -> None:
+    """PostgreSQL PANICs when it cannot write WAL, and the cluster goes down: an
+    outage like a crash. Uploads meanwhile are JSON 503s; once there is room and
+    the cluster is started, every upload a client sends again lands, and each
+    document is processed once (SPEC §3: the lease, 300 s, holds throughout)."""
+    wal_disk = capped_folder(WAL_DISK_BYTES)  # mounted first, so unmounted last
+    waldir = wal_disk.subfolder("pg_wal", owner=OS_USER)
+    with owned_cluster(["--waldir", str(waldir), "--wal-segsize", "1"]) as cluster:
+        record = tmp_path / "processed.log"
+        record.touch()
+        env = {
+            "DATABASE_URL": cluster.url,
+            "DOCQUEUE_SECRET_KEY": "e2e",
+            "DOCQUEUE_POLL_INTERVAL": "0.2",
+            "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+            "DOCQUEUE_PROCESSOR": "tests.e2e.processors:recording_extract",
+            RECORD_ENV: str(record),
+        }
+        assert run_cli(env, "db", "upgrade").returncode == 0
+        server = Server(env, workers=1, log_path=tmp_path / "server.log").start()
+        worker = start_worker(env, tmp_path / "worker.log", "--concurrency", "1")
+        try:
+            assert server.upload("before.txt", b"uploaded before the WAL filled")[0] == 202
+            wait_for(all_completed(server, 1), "the first document to be processed")
+            wal_disk.fill()
+
+            sent = {f"big-{n}.txt": big_text(n) for n in range(3)}
+            replies = {name: server.upload_reply(name, data) for name, data in sent.items()}
+            wait_for(lambda: "PANIC" in cluster.log_tail(500), "PostgreSQL to PANIC")
+            # Its crash recovery cannot write WAL either: the cluster shuts down.
+            wait_for(lambda: not cluster.running(), "PostgreSQL to shut down")
+            refused = [name for name, reply in replies.items() if reply.status != 202]
+            assert refused, "every upload was accepted with no room for the WAL"
+            for name in refused:
+                assert_json_503(replies[name], "")
+            assert_json_503(server.upload_reply("late.txt", b"sent while down"), "unreachable")
+            assert server.get("/healthz") == (503, {"status": "error", "database": "unreachable"})
+
+            wal_disk.free()
+            cluster.start()
+            wait_for(lambda: healthy(server), "the server to see PostgreSQL again")
+            sent["late.txt"] = b"sent while down"
+            for name in [*refused, "late.txt"]:  # what a client does with a 503: send it again
+                assert server.upload(name, sent[name])[0] in (200, 202)
+            wait_for(all_completed(server, 5), "every document to be processed")
+            assert runs_recorded(record) == Counter(["before.txt", *sent])
+            assert worker.poll() is None, "the standalone worker exited"
+        finally:
+            stop_worker(worker)
+            server.stop()
+
+
+def healthy(server: Server) -> bool:
+    return server.get("/healthz")[0] == 200
 
 
 # -- the temporary folder fills ------------------------------------------------------
