@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.pg_cluster import pg_cluster
-from tests.e2e.server import run_cli
+from tests.e2e.server import migrated_env
 
 __all__ = ["pg_cluster"]  # a fixture: a PostgreSQL cluster the test can stop and start
 
@@ -18,12 +18,4 @@ def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
         database_url = request.getfixturevalue("postgresql_clean")
     else:
         database_url = f"sqlite:///{tmp_path / 'docqueue.db'}"
-    env = {
-        "DATABASE_URL": database_url,
-        "DOCQUEUE_SECRET_KEY": "e2e",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-    }
-    migrated = run_cli(env, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
-    return env
+    return migrated_env(database_url)

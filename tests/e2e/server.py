@@ -188,6 +188,21 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def migrated_env(database_url: str, settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server and its workers (isolated processing, quick polls)
+    on ``database_url``, which ``docqueue db upgrade`` has migrated."""
+    env = {
+        "DATABASE_URL": database_url,
+        "DOCQUEUE_SECRET_KEY": "e2e",
+        "DOCQUEUE_POLL_INTERVAL": "0.2",
+        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+        **(settings or {}),
+    }
+    migrated = run_cli(env, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    return env
+
+
 def start_worker(env: dict[str, str], log_path: Path, *options: str) -> subprocess.Popen:
     """A standalone worker (``docqueue queue worker``) as an operator would start one.
 

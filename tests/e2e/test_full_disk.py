@@ -37,8 +37,8 @@ from tests.e2e.server import (
     Reply,
     Server,
     document_statuses,
+    migrated_env,
     queue_items,
-    run_cli,
     start_worker,
     stop_worker,
     wait_for,
@@ -104,16 +104,8 @@ def database_on_small_disk(
         move_into_tablespace(cluster, disk.subfolder("tablespace", owner=OS_USER))
     else:
         url = f"sqlite:///{disk.path / 'docqueue.db'}"
-    env = {
-        "DATABASE_URL": url,
-        "DOCQUEUE_SECRET_KEY": "e2e",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-        RECORD_ENV: str(tmp_path / "processed.log"),
-    }
     (tmp_path / "processed.log").touch()
-    migrated = run_cli(env, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
+    env = migrated_env(url, {RECORD_ENV: str(tmp_path / "processed.log")})
     return DatabaseOnSmallDisk(url, disk, env)
 
 
@@ -221,15 +213,13 @@ def test_postgresql_that_cannot_write_its_wal_goes_down_and_loses_nothing(
     with owned_cluster(["--waldir", str(waldir), "--wal-segsize", "1"]) as cluster:
         record = tmp_path / "processed.log"
         record.touch()
-        env = {
-            "DATABASE_URL": cluster.url,
-            "DOCQUEUE_SECRET_KEY": "e2e",
-            "DOCQUEUE_POLL_INTERVAL": "0.2",
-            "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-            "DOCQUEUE_PROCESSOR": "tests.e2e.processors:recording_extract",
-            RECORD_ENV: str(record),
-        }
-        assert run_cli(env, "db", "upgrade").returncode == 0
+        env = migrated_env(
+            cluster.url,
+            {
+                "DOCQUEUE_PROCESSOR": "tests.e2e.processors:recording_extract",
+                RECORD_ENV: str(record),
+            },
+        )
         server = Server(env, workers=1, log_path=tmp_path / "server.log").start()
         worker = start_worker(env, tmp_path / "worker.log", "--concurrency", "1")
         try:
@@ -275,13 +265,7 @@ def test_a_large_upload_while_the_temporary_folder_is_full_is_a_json_503(
 ) -> None:
     """Werkzeug writes a multipart body over 500 KB to a temporary file (TMPDIR)."""
     temporary = capped_folder(TMP_DISK_BYTES)
-    env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'docqueue.db'}",
-        "DOCQUEUE_SECRET_KEY": "e2e",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "TMPDIR": str(temporary.path),
-    }
-    assert run_cli(env, "db", "upgrade").returncode == 0
+    env = migrated_env(f"sqlite:///{tmp_path / 'docqueue.db'}", {"TMPDIR": str(temporary.path)})
     server = Server(env, workers=1, log_path=tmp_path / "server.log").start()
     try:
         master, workers = server.process.pid, server.worker_pids()
@@ -310,14 +294,9 @@ def test_a_worker_whose_temporary_folder_is_full_still_processes(
     from tests.processing.scanned_pages import render_page, scanned_pdf
 
     temporary = capped_folder(TMP_DISK_BYTES)
-    env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'docqueue.db'}",
-        "DOCQUEUE_SECRET_KEY": "e2e",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "DOCQUEUE_SCHEDULER_ENABLED": "false",
-        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
-    }
-    assert run_cli(env, "db", "upgrade").returncode == 0
+    env = migrated_env(
+        f"sqlite:///{tmp_path / 'docqueue.db'}", {"DOCQUEUE_SCHEDULER_ENABLED": "false"}
+    )
     server = Server(env, workers=1).start()
     worker = None
     try:
