@@ -18,6 +18,7 @@ from flask import Blueprint, Response, flash, jsonify, redirect, render_template
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
+from ..config import MAX_PURGE_AGE_DAYS
 from ..models import Document, db
 from ..queue import DocumentQueueService, InvalidTransition
 from ..queue_items import find_queue_item
@@ -85,6 +86,7 @@ def dashboard() -> str:
         statuses=[status.value for status in ItemStatus],
         next_url=request.full_path.rstrip("?"),
         default_purge_days=DEFAULT_PURGE_DAYS,
+        max_purge_days=MAX_PURGE_AGE_DAYS,
         failed_deliveries=queries.failed_delivery_count(),
     )
 

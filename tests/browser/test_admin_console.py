@@ -184,6 +184,21 @@ def test_purge_says_how_many_items_it_deletes(page: Page, queue: Queue) -> None:
         assert all(db.session.get(QueueItem, item_id) is None for item_id in old)
 
 
+def test_a_purge_age_past_the_maximum_is_caught_in_the_form(page: Page) -> None:
+    page.goto("/admin/")
+    days = page.locator("#purge-days")
+    days.fill("40000")
+
+    page.get_by_role("button", name="Purge…").click()
+
+    # The browser keeps the form and says why, rather than sending it for a 400 page.
+    expect(page).to_have_url(re.compile(r"/admin/$"))
+    assert days.evaluate("input => input.validity.rangeOverflow") is True
+    days.fill("36500")
+    page.get_by_role("button", name="Purge…").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Purge finished items")
+
+
 def _superseded_item(queue: Queue, name: str) -> int:
     """A cancelled item that is no longer its document's latest (so a purge may take it)."""
     item_id = queue.item(f"{name}.txt", "cancelled")
