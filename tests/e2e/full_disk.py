@@ -74,11 +74,8 @@ def _write_until_full(fd: int, chunk: bytes) -> None:
             return
 
 
-def require_root_mounts() -> None:
-    """Skip without root (``mount`` needs it); under CI=true that is a failure instead."""
-    if os.geteuid() == 0:
-        return
-    reason = "mounting a size-capped tmpfs needs root"
+def cannot_mount(reason: str) -> None:
+    """Skip: this machine cannot mount a tmpfs; under CI=true that is a failure instead."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} under CI=true", pytrace=False)
     pytest.skip(reason)
@@ -87,15 +84,18 @@ def require_root_mounts() -> None:
 @contextmanager
 def size_capped_folder(size_bytes: int) -> Iterator[SizeCappedFolder]:
     """A fresh tmpfs of ``size_bytes``, mounted on a temporary folder; unmounted after."""
-    require_root_mounts()
+    if os.geteuid() != 0:
+        cannot_mount("mounting a size-capped tmpfs needs root")
     mount_point = Path(tempfile.mkdtemp(prefix="docqueue-full-"))
     try:
-        subprocess.run(
+        mounted = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", mount_point],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=30,
         )
+        if mounted.returncode:  # root in a container without CAP_SYS_ADMIN, say
+            cannot_mount(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
         try:
             yield SizeCappedFolder(mount_point)
         finally:
