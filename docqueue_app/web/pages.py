@@ -126,7 +126,7 @@ def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, s
     # Keep headers such as Allow (405); the body is this page, not werkzeug's.
     headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
     if request.endpoint == "web.upload_files":
-        page = _render_upload_form(error=_upload_refusal(error))
+        page = _render_upload_form(_upload_refusal(error), _priority_sent())
     elif isinstance(error, CSRFError):
         page = render_template(
             "web/expired.html",
@@ -211,13 +211,21 @@ def _flash_duplicates(stored: list[Submission]) -> None:
             flash(f"{filename} was uploaded before; this is the existing document.")
 
 
-def _render_upload_form(error: str | None = None) -> str:
+def _render_upload_form(error: str | None = None, priority: int = DEFAULT_PRIORITY) -> str:
     return render_template(
         "web/upload.html",
         error=error,
         priorities=range(MIN_PRIORITY, MAX_PRIORITY + 1),
-        default_priority=DEFAULT_PRIORITY,
+        selected_priority=priority,
     )
+
+
+def _priority_sent() -> int:
+    """The priority a refused upload carried, offered again; the default when unreadable."""
+    try:
+        return UploadFormSchema(only=("priority",)).load(request.form)["priority"]
+    except (HTTPException, ValidationError):  # a body too large to read; a tampered value
+        return DEFAULT_PRIORITY
 
 
 # -- documents ------------------------------------------------------------------

@@ -140,7 +140,8 @@ def test_a_hostile_file_name_is_shown_as_text_and_runs_nothing(
 
 
 def test_an_unsupported_file_shows_the_form_again_with_the_reason(page: Page) -> None:
-    response = submit(page, [{"name": "picture.gif", "mimeType": "image/gif", "buffer": GIF_BYTES}])
+    picture = {"name": "picture.gif", "mimeType": "image/gif", "buffer": GIF_BYTES}
+    response = submit(page, [picture], priority="9")
 
     assert response.status == 415
     assert response.request.method == "POST"
@@ -150,6 +151,8 @@ def test_an_unsupported_file_shows_the_form_again_with_the_reason(page: Page) ->
     expect(alert).to_contain_text("not a supported type")
     expect(page.locator("#file")).to_be_visible()
     expect(page.get_by_role("button", name="Upload")).to_be_enabled()
+    # The priority chosen is kept for the next try.
+    expect(page.locator("#priority")).to_have_value("9")
 
     page.goto("/documents")
 
