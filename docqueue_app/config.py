@@ -256,11 +256,25 @@ class DatabaseUrl(Setting):
             return None
         if not normalize_database_url(url).startswith(("sqlite:", "postgresql+psycopg://")):
             raise Refused
+        if not _parses(normalize_database_url(url)):
+            raise Refused  # a port that is no number, 'sqlite:' without its slashes...
         return url
 
     def shown(self, value: Any) -> str:
         # Only the scheme: the rest may hold a password.
         return str(value).split(":", 1)[0] + ":..."
+
+
+def _parses(url: str) -> bool:
+    """Whether SQLAlchemy can read ``url`` (imported here, not by the sandbox children)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        return False
+    return True
 
 
 _SECONDS = Number(0, MAX_SECONDS, low_excluded=True)

@@ -152,6 +152,21 @@ def test_a_bad_database_url_is_refused_without_showing_its_password(clean_env):
     assert "hunter2" not in message
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresql://user:hunter2@db.example:54x2/docqueue", "sqlite:relative.db"]
+)
+def test_a_database_url_that_does_not_parse_is_refused_in_one_line(clean_env, url):
+    # A port that is not a number, or 'sqlite:' without its slashes, was a traceback
+    # (ValueError, ArgumentError) from every command.
+    clean_env.setenv("DATABASE_URL", url)
+    with pytest.raises(ConfigError) as refused:
+        create_app()
+    scheme = url.split(":", 1)[0]
+    assert str(refused.value) == (
+        f"DATABASE_URL must be a sqlite:// or postgresql:// URL, got '{scheme}:...'"
+    )
+
+
 def test_every_edge_of_a_range_and_every_boolean_spelling_is_accepted(clean_env):
     for variable, value in {
         "DOCQUEUE_POLL_INTERVAL": "86400",
