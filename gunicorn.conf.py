@@ -32,6 +32,7 @@ _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 def on_starting(server):
     refuse_bad_settings(server)
+    refuse_no_workers(server)
     empty_metrics_folder(server)
 
 
@@ -48,6 +49,16 @@ def refuse_bad_settings(server):
     except ConfigError as error:
         server.log.error("Error: %s", error.format_message())
         sys.exit(error.exit_code)
+
+
+def refuse_no_workers(server):
+    """gunicorn takes 0 workers: its master then listens and never answers."""
+    if server.cfg.workers < 1:
+        server.log.error(
+            "Error: gunicorn needs at least 1 worker (WEB_CONCURRENCY or --workers), got %s",
+            server.cfg.workers,
+        )
+        sys.exit(2)
 
 
 def empty_metrics_folder(server):

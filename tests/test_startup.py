@@ -226,3 +226,12 @@ def test_gunicorn_refuses_a_metrics_folder_it_cannot_make_in_one_line(tmp_path) 
         server = run_gunicorn(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"))
     refusal = f"PROMETHEUS_MULTIPROC_DIR names {folder / 'metrics'}, a folder that cannot be made"
     assert_refused_before_any_worker(server, refusal)
+
+
+def test_gunicorn_refuses_to_start_without_workers(tmp_path) -> None:
+    # WEB_CONCURRENCY=0 started a master that listened and booted no worker: every
+    # request waited for ever.
+    server = run_gunicorn(tmp_path, WEB_CONCURRENCY="0")
+    assert_refused_before_any_worker(
+        server, "gunicorn needs at least 1 worker (WEB_CONCURRENCY or --workers), got 0"
+    )
