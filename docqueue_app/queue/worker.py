@@ -462,7 +462,8 @@ class OutcomeWriter:
         for outcome in self.unwritten:
             try:
                 service.record_outcomes([outcome])
-            except Exception:  # already reported: the database is full
+            except Exception as exc:
+                report_failure(exc, "writing the outcome of queue item %s failed", outcome.item_id)
                 unwritten.append(outcome)
             else:
                 self._written([outcome])
