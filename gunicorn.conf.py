@@ -8,6 +8,7 @@ items back before it exits.
 Override anything on the command line or with GUNICORN_CMD_ARGS.
 """
 
+import contextlib
 import os
 import shutil
 import sys
@@ -77,6 +78,52 @@ def empty_metrics_folder(server):
             "Error: PROMETHEUS_MULTIPROC_DIR names %s, a folder that %s", _metrics_dir, reason
         )
         sys.exit(2)
+
+
+# The kinds of metric docqueue_app/metrics.py keeps, each in a file of its own per worker.
+METRIC_FILE_KINDS = ("counter", "histogram")
+
+
+def post_fork(server, worker):
+    reserve_metrics_files(server)
+
+
+def reserve_metrics_files(server):
+    """Give this worker's metric files their disk space before prometheus-client maps them.
+
+    prometheus-client makes them sparse and writes through the mapping, so on a full
+    disk the first write killed the worker with SIGBUS, and every worker gunicorn
+    started after it, and the server answered nothing until there was room. With no
+    room now, this worker counts in its own memory instead and serves; /metrics then
+    leaves its counts out.
+    """
+    from prometheus_client import mmap_dict, values
+
+    size = getattr(mmap_dict, "_INITIAL_MMAP_SIZE", 64 * 1024)
+    paths = [os.path.join(_metrics_dir, f"{kind}_{os.getpid()}.db") for kind in METRIC_FILE_KINDS]
+    try:
+        for path in paths:
+            _allocate(path, size)
+    except OSError as error:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # /metrics would fail to read an empty file
+        values.ValueClass = values.MutexValue
+        server.log.error(
+            "Worker %s: no room for this worker's metrics in %s (%s): it serves, and "
+            "/metrics leaves its counts out until it is restarted with room",
+            os.getpid(),
+            _metrics_dir,
+            error.strerror,
+        )
+
+
+def _allocate(path, size):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def post_worker_init(worker):

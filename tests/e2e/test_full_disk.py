@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -313,4 +314,38 @@ def test_a_worker_whose_temporary_folder_is_full_still_processes(
     finally:
         if worker is not None:
             stop_worker(worker)
+        server.stop()
+
+
+def test_workers_started_while_the_metrics_folder_is_full_serve(
+    capped_folder: Callable[[int], SizeCappedFolder], tmp_path: Path
+) -> None:
+    """prometheus-client maps each worker's counter files into memory as sparse files:
+    on a full disk the first write through the mapping killed a new worker with
+    SIGBUS, and gunicorn's next one likewise, so the server answered nothing until
+    there was room. Workers started then serve and say why their counts are missing."""
+    temporary = capped_folder(TMP_DISK_BYTES)
+    env = migrated_env(
+        f"sqlite:///{tmp_path / 'docqueue.db'}",
+        {"PROMETHEUS_MULTIPROC_DIR": str(temporary.subfolder("metrics"))},
+    )
+    log = tmp_path / "server.log"
+    server = Server(env, workers=2, log_path=log).start()
+    try:
+        assert server.upload("before.txt", b"counted before the disk filled")[0] == 202
+        temporary.fill()
+        started_with_room = server.worker_pids()
+        for pid in started_with_room:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(server.worker_pids() - started_with_room) == 2, "two new workers")
+        new_workers = server.worker_pids()
+
+        assert all(server.get("/healthz")[0] == 200 for _ in range(4))
+        assert server.upload("after.txt", b"uploaded on a full metrics disk")[0] == 202
+        assert server.worker_pids() == new_workers
+        assert log.read_text().count("no room for this worker's metrics") == 2
+
+        temporary.free()
+        assert server.get("/metrics")[0] == 200
+    finally:
         server.stop()
