@@ -29,6 +29,8 @@ from .states import ItemStatus
 
 EXTENSION = "docqueue_metrics"
 
+# Under gunicorn each kind of metric is a file per worker, which gunicorn.conf.py
+# allocates before the worker starts (METRIC_FILE_KINDS): a new kind goes there too.
 UPLOADS = Counter(
     "docqueue_uploads", "Documents received by upload", ["result"]
 )  # result: accepted | duplicate

@@ -104,6 +104,21 @@ def upload_view(submission: Submission) -> DocumentView:
     return document_view(submission.document, duplicate=True)
 
 
+def refused_unread(error: Exception) -> bool:
+    """True for werkzeug's 413 of a body past the request limit (MAX_CONTENT_LENGTH):
+    refused before a byte of it was read, with a description that names no limit."""
+    return (
+        isinstance(error, RequestEntityTooLarge)
+        and error.description == RequestEntityTooLarge.description
+    )
+
+
+def request_and_file_limits_mb() -> tuple[float, float]:
+    """The most a request may carry (the files and the form around them) and a file."""
+    config = current_app.config
+    return config["MAX_CONTENT_LENGTH"] / (1024 * 1024), config["MAX_UPLOAD_MB"]
+
+
 def _read_within_limit(source: IO[bytes], filename: str) -> bytes:
     limit = upload_limit_bytes(current_app.config)
     # One byte past the limit is enough to know it is too large.

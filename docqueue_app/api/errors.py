@@ -18,6 +18,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from ..schemas import describe_validation_errors
+from ..uploads import refused_unread, request_and_file_limits_mb
 from ..web.pages import render_unrouted_error_page
 
 API_PATH_PREFIX = "/api"
@@ -65,6 +66,12 @@ def json_error_response(error: HTTPException) -> Response:
 def _message(error: HTTPException, errors: Any) -> str:
     if errors:
         return describe_validation_errors(errors)
+    if refused_unread(error):
+        request_mb, file_mb = request_and_file_limits_mb()
+        return (
+            f"The request was over {request_mb:.3g} MB, so it was not read: the file may "
+            f"have up to {file_mb:g} MB. Nothing was stored."
+        )
     return error.description or error.name
 
 

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import (
     Blueprint,
     Response,
-    current_app,
     flash,
     jsonify,
     make_response,
@@ -31,7 +30,6 @@ from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
     NotFound,
-    RequestEntityTooLarge,
     UnprocessableEntity,
 )
 
@@ -53,7 +51,12 @@ from ..schemas import (
     describe_validation_errors,
 )
 from ..states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, DocumentStatus, Operation
-from ..uploads import check_upload, store_uploads
+from ..uploads import (
+    check_upload,
+    refused_unread,
+    request_and_file_limits_mb,
+    store_uploads,
+)
 
 blueprint = Blueprint("web", __name__)
 
@@ -142,20 +145,14 @@ def render_error_page(error: HTTPException) -> tuple[str, int, list[tuple[str, s
 def _upload_refusal(error: HTTPException) -> str | None:
     if isinstance(error, CSRFError):
         return f"Nothing was uploaded: {FORM_EXPIRED} Choose the files again and upload."
-    if isinstance(error, RequestEntityTooLarge) and _says_nothing_of_the_limit(error):
-        # The body ran past the request limit: werkzeug refused it unread, file names
-        # unknown. One file too large, or several within the limit that add up.
-        together = current_app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
-        each = current_app.config["MAX_UPLOAD_MB"]
+    if refused_unread(error):
+        # File names unknown: one file too large, or several within the limit that add up.
+        together, each = request_and_file_limits_mb()
         return (
             f"Nothing was uploaded: the files sent were over {together:g} MB together. "
             f"Each file may have up to {each:g} MB; send fewer files at once."
         )
     return error.description
-
-
-def _says_nothing_of_the_limit(error: RequestEntityTooLarge) -> bool:
-    return error.description == RequestEntityTooLarge.description
 
 
 def _page_the_form_was_on() -> str:
