@@ -259,12 +259,17 @@ def _say_import_stopped(why: str) -> None:
 
 def _checked_callback_url(url: str | None) -> str | None:
     """The URL if webhooks may be sent there (as at upload), else a usage error."""
-    from .webhooks.destinations import RefusedDestination, checked_callback_url
+    from .webhooks.destinations import CannotCheckNow, RefusedDestination, checked_callback_url
 
     try:
         return checked_callback_url(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
     except RefusedDestination as refused:
         raise click.BadParameter(str(refused), param_hint="'--callback-url'") from None
+    except CannotCheckNow as reason:
+        raise click.ClickException(
+            f"--callback-url could not be checked now: {reason}. Nothing was imported; "
+            "try again later."
+        ) from None
 
 
 def init_app(app: Flask) -> None:

@@ -23,10 +23,11 @@ from marshmallow import (
     validate,
     validates,
 )
+from werkzeug.exceptions import ServiceUnavailable
 
 # The command line and the settings share these bounds (config.py keeps them).
 from .config import MAX_INTEGER, MAX_PURGE_AGE_DAYS
-from .database import NOT_MIGRATED, OK, READ_ONLY, UNREACHABLE
+from .database import NOT_MIGRATED, OK, READ_ONLY, RETRY_AFTER_SECONDS, UNREACHABLE
 from .states import (
     DEFAULT_PRIORITY,
     FINISHED_STATUSES,
@@ -38,7 +39,7 @@ from .states import (
     ItemStatus,
     WebhookEvent,
 )
-from .webhooks.destinations import RefusedDestination, checked_callback_url
+from .webhooks.destinations import CannotCheckNow, RefusedDestination, checked_callback_url
 
 MAX_FILENAME_CHARS = 255
 FALLBACK_FILENAME = "upload"
@@ -147,6 +148,13 @@ class CallbackUrl(fields.String):
             return checked_callback_url(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
         except RefusedDestination as refused:
             raise ValidationError(f"Refused: {refused}.") from None
+        except CannotCheckNow as reason:
+            # The server's trouble, not the uploader's: a 422 would read as final.
+            raise ServiceUnavailable(
+                f"The callback_url could not be checked now: {reason}. Nothing was stored; "
+                "try again later.",
+                retry_after=RETRY_AFTER_SECONDS,
+            ) from None
 
 
 class UploadFormSchema(Schema):

@@ -34,6 +34,10 @@ class RefusedDestination(ValueError):
     """The URL is not one a webhook may be sent to; the message says why."""
 
 
+class CannotCheckNow(RuntimeError):
+    """The resolver gave no answer in time, or failed for now: the URL may be fine."""
+
+
 class LookupFailedForNow(OSError):
     """The resolver could not answer now (no answer from a server, SERVFAIL): try again later."""
 
@@ -94,20 +98,19 @@ def check_destination(
 def checked_callback_url(raw: str | None, allow_private: bool = False) -> str | None:
     """A ``callback_url`` as given at upload or import: trimmed, blank = None, checked.
 
-    Raises RefusedDestination for a URL webhooks may not be sent to, and for
-    one whose name the resolver cannot answer for within UPLOAD_LOOKUP_SECONDS
-    (saying to try again): the uploader waits for the answer.
+    Raises RefusedDestination for a URL webhooks may not be sent to, and
+    CannotCheckNow when the resolver cannot answer within UPLOAD_LOOKUP_SECONDS
+    (the uploader waits for the answer) or fails for now.
     """
     url = (raw or "").strip()
     if url:
         try:
             check_destination(url, allow_private, timeout=UPLOAD_LOOKUP_SECONDS)
         except LookupTimedOut as exc:
-            raise RefusedDestination(f"{exc}; try again") from None
+            raise CannotCheckNow(str(exc)) from None
         except LookupFailedForNow as exc:
-            raise RefusedDestination(
-                f"{exc.host} could not be resolved for now ({exc.reason}); try again"
-            ) from None
+            reason = f"{exc.host} could not be resolved for now ({exc.reason})"
+            raise CannotCheckNow(reason) from None
     return url or None
 
 

@@ -35,13 +35,38 @@ allow_private = sys.argv[3] == "allow-private"
 result = post(sys.argv[1], b"{}", {}, timeout=float(sys.argv[2]), allow_private=allow_private)
 print(json.dumps(dataclasses.asdict(result)))
 """
-CALLBACK_URL_CHECK = """
-import json, sys
-from docqueue_app.webhooks.destinations import RefusedDestination, checked_callback_url
-try:
-    print(json.dumps({"accepted": checked_callback_url(sys.argv[1])}))
-except RefusedDestination as refused:
-    print(json.dumps({"refused": str(refused)}))
+UPLOAD_WITH_CALLBACK_URL = """
+import io, json, sys
+from flask_migrate import upgrade
+from docqueue_app import create_app
+from docqueue_app.models import Document, db
+app = create_app({"DATABASE_URL": "sqlite:///" + sys.argv[2], "SCHEDULER_ENABLED": False})
+with app.app_context():
+    upgrade()
+    response = app.test_client().post(
+        "/api/documents",
+        data={"file": (io.BytesIO(b"words"), "a.txt"), "callback_url": sys.argv[1]},
+    )
+    print(json.dumps({
+        "status": response.status_code,
+        "retry_after": response.headers.get("Retry-After"),
+        "message": response.get_json()["message"],
+        "documents": db.session.query(Document).count(),
+    }))
+"""
+IMPORT_WITH_CALLBACK_URL = """
+import json, pathlib, sys
+from flask_migrate import upgrade
+from docqueue_app import create_app
+database = pathlib.Path(sys.argv[2])
+app = create_app({"DATABASE_URL": f"sqlite:///{database}", "SCHEDULER_ENABLED": False})
+folder = database.with_name("to-import")
+folder.mkdir()
+(folder / "a.txt").write_text("words")
+with app.app_context():
+    upgrade()
+result = app.test_cli_runner().invoke(args=["import", "--callback-url", sys.argv[1], str(folder)])
+print(json.dumps({"exit_code": result.exit_code, "output": result.output}))
 """
 
 
@@ -134,9 +159,16 @@ def attempt_with_resolver(
     return _with_resolver(server, tmp_path, ATTEMPT, url, str(timeout), addresses)
 
 
-def callback_url_check_with_resolver(server: DnsServer, url: str, tmp_path: Path) -> dict:
-    """The check of a ``callback_url`` at upload, with ``server`` the only name server."""
-    return _with_resolver(server, tmp_path, CALLBACK_URL_CHECK, url)
+def upload_with_resolver(server: DnsServer, url: str, tmp_path: Path) -> dict:
+    """An API upload with ``callback_url=url``, with ``server`` the only name server."""
+    database = str(tmp_path / "docqueue.db")
+    return _with_resolver(server, tmp_path, UPLOAD_WITH_CALLBACK_URL, url, database)
+
+
+def import_with_resolver(server: DnsServer, url: str, tmp_path: Path) -> dict:
+    """``docqueue import --callback-url url`` of one file, ``server`` the only name server."""
+    database = str(tmp_path / "docqueue.db")
+    return _with_resolver(server, tmp_path, IMPORT_WITH_CALLBACK_URL, url, database)
 
 
 def _with_resolver(server: DnsServer, tmp_path: Path, script: str, *args: str) -> dict:
@@ -195,26 +227,43 @@ def test_a_name_resolving_to_the_receiver_is_delivered_to_it(dns_server, receive
 
 
 @pytest.mark.parametrize(
-    "answer, refusal",
+    "answer, reason",
     [
-        (None, "receiver.example did not resolve in time (5 s); try again"),
+        (None, "receiver.example did not resolve in time (5 s)"),
         (
             "servfail",
-            "receiver.example could not be resolved for now"
-            " (Temporary failure in name resolution); try again",
+            "receiver.example could not be resolved for now (Temporary failure in name resolution)",
         ),
     ],
 )
-def test_a_callback_url_whose_resolver_hangs_or_fails_is_refused_soon_saying_try_again(
-    dns_server, tmp_path, answer, refusal
+def test_an_upload_whose_callback_url_cannot_be_resolved_now_is_a_503_soon(
+    dns_server, tmp_path, answer, reason
 ):
     # An upload waited for glibc's whole patience (30 s here, as long as
     # gunicorn's worker timeout with three dead name servers), then said the
-    # name "does not resolve", as if it never would.
+    # name "does not resolve", as if it never would; then a 422, which clients
+    # take as final, though the name may resolve in a minute.
     server = dns_server(_servfail if answer == "servfail" else lambda _query: None)
-    result = callback_url_check_with_resolver(server, "http://receiver.example/hook", tmp_path)
+    result = upload_with_resolver(server, "http://receiver.example/hook", tmp_path)
     assert server.queries
-    assert result == {"refused": refusal}
+    assert result == {
+        "status": 503,
+        "retry_after": "5",
+        "message": f"The callback_url could not be checked now: {reason}. Nothing was "
+        "stored; try again later.",
+        "documents": 0,
+    }
+
+
+def test_an_import_whose_callback_url_cannot_be_resolved_now_says_try_again(dns_server, tmp_path):
+    server = dns_server(_servfail)
+    result = import_with_resolver(server, "http://receiver.example/hook", tmp_path)
+    assert result == {
+        "exit_code": 1,
+        "output": "Error: --callback-url could not be checked now: receiver.example could not "
+        "be resolved for now (Temporary failure in name resolution). Nothing was imported; "
+        "try again later.\n",
+    }
 
 
 def test_a_name_whose_first_address_refuses_is_delivered_to_the_next_it_resolves_to(
