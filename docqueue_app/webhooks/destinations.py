@@ -166,6 +166,8 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
         raise RefusedDestination("must name a host")
     if parts.username is not None or parts.password is not None:
         raise RefusedDestination("must not carry a user name or password")
+    if port == 0:
+        raise RefusedDestination("must not name port 0")
     target = parts.path or "/"
     if parts.query:
         target = f"{target}?{parts.query}"

@@ -52,3 +52,9 @@ def test_localhost_with_a_trailing_dot_is_refused():
 def test_a_public_address_is_accepted_as_the_address_to_connect_to(url):
     destination = check_destination(url)
     assert destination.address == url.split("//")[1].split("/")[0].strip("[]")
+
+
+def test_port_zero_is_refused_not_read_as_the_default_port():
+    # urlsplit gives port 0, and "port or the default" sent http://host:0/ to port 80.
+    with pytest.raises(RefusedDestination, match="port"):
+        check_destination("http://8.8.8.8:0/hook")
