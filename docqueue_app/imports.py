@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import stat
 import sys
@@ -37,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from .database import describe_outage, is_outage
+from .printable import printable
 from .queue.submissions import NewDocument
 from .uploads import check_file, store_uploads
 
@@ -206,21 +206,6 @@ def _missing_reason(path: Path) -> str:
 
 
 # -- telling the user -------------------------------------------------------------
-
-
-# C0 and C1 controls and DEL, and the lone surrogates that stand for the bytes of a
-# name that is not UTF-8 (os.fsdecode).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def printable(message: str) -> str:
-    """``message`` with its control characters written as escapes (``\\x1b``).
-
-    A file name may hold any byte but "/" and NUL: printed as it is, an ESC
-    sequence in it would drive the terminal of whoever runs the import (clear the
-    screen, retitle the window, hide the lines before it).
-    """
-    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], message)
 
 
 class PlainReport:

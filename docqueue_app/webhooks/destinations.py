@@ -65,11 +65,6 @@ class Destination:
     target: str  # path and query
     addresses: tuple[str, ...]  # every address the name resolved to, each checked
 
-    @property
-    def address(self) -> str:
-        """The address tried first."""
-        return self.addresses[0]
-
 
 def check_destination(
     url: str, allow_private: bool = False, timeout: float | None = None

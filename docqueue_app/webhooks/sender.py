@@ -21,7 +21,6 @@ import contextlib
 import email.utils
 import functools
 import http.client
-import re
 import socket
 import ssl
 import threading
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
+from ..printable import printable
 from .destinations import (
     Destination,
     LookupFailedForNow,
@@ -91,10 +91,6 @@ def post(
     return AttemptResult(False, status_code=status, error=error, retry_after=retry_after)
 
 
-# C0 and C1 controls and DEL, as a receiver may put them in its status line.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
 def _readable(error: str) -> str:
     """``error`` with control characters as escapes (``\\x00``), cut to ERROR_CHARS.
 
@@ -102,7 +98,7 @@ def _readable(error: str) -> str:
     could not be recorded, so the delivery was sent again past its maximum),
     and an ESC sequence would drive the terminal of whoever reads the log.
     """
-    escaped = _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], error)
+    escaped = printable(error)
     if len(escaped) <= ERROR_CHARS:
         return escaped
     return escaped[: ERROR_CHARS - 1] + "…"

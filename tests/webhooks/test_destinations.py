@@ -51,7 +51,7 @@ def test_localhost_with_a_trailing_dot_is_refused():
 )
 def test_a_public_address_is_accepted_as_the_address_to_connect_to(url):
     destination = check_destination(url)
-    assert destination.address == url.split("//")[1].split("/")[0].strip("[]")
+    assert destination.addresses[0] == url.split("//")[1].split("/")[0].strip("[]")
 
 
 def test_port_zero_is_refused_not_read_as_the_default_port():
