@@ -235,6 +235,18 @@ def is_latest_of_its_document() -> ColumnElement[bool]:
     return ~exists().where(newer.document_id == QueueItem.document_id, newer.id > QueueItem.id)
 
 
+def lock_documents(document_ids: list[int]) -> Select:
+    """Lock these documents for an update (in id order, as every writer takes them),
+    waiting for any transaction that writes one to end. ``FOR NO KEY UPDATE``, the
+    lock an UPDATE takes: inserts that refer to the documents go on meanwhile."""
+    return (
+        select(Document.id)
+        .where(Document.id.in_(document_ids))
+        .order_by(Document.id)
+        .with_for_update(key_share=True)
+    )
+
+
 def pending_item_of(document_id: int) -> Select:
     """The document's one not-yet-started item, locked, if it has one."""
     return (
@@ -500,6 +512,16 @@ _RESULT_COLUMNS = (
 # document's latest item is either the one completed here (then "completed") or
 # a newer one this statement does not touch. Of two items of one document
 # completed together, the newer one speaks for it.
+#
+# Except for a reprocess that commits while the statement runs: the statement
+# waits for the document row it holds, then updates the row's newest version
+# with what it read before (PostgreSQL's READ COMMITTED), which does not show
+# the new item, and the document said "completed" while its reprocess waited.
+# So when the row changed under the statement (its xmin is not the one `seen`
+# read), its status and error stay as that writer, which saw the newer item,
+# left them; the result columns are written all the same. Only a newer item's
+# enqueue writes a document while one of its items is held (a cancel or a
+# rescue of the item ends its claim, and this statement then skips it).
 _POSTGRESQL_COMPLETE_BATCH = f"""
 WITH outcome AS (
   SELECT * FROM json_to_recordset(CAST(%(outcomes)s AS json)) AS o(
@@ -528,14 +550,17 @@ WITH outcome AS (
     )
 },
     processed_at = CASE WHEN o.has_result THEN now() ELSE d.processed_at END,
-    status = CASE WHEN latest.id = n.id THEN '{DocumentStatus.COMPLETED.value}'
+    status = CASE WHEN d.xmin <> seen.xmin THEN d.status
+      WHEN latest.id = n.id THEN '{DocumentStatus.COMPLETED.value}'
       ELSE {_document_status_of("latest.status")} END,
-    error = CASE WHEN latest.id <> n.id AND latest.status = '{ItemStatus.FAILED.value}'
+    error = CASE WHEN d.xmin <> seen.xmin THEN d.error
+      WHEN latest.id <> n.id AND latest.status = '{ItemStatus.FAILED.value}'
       THEN latest.last_error END,
     updated_at = now()
   FROM newest AS n
   JOIN outcome AS o ON o.id = n.id
   JOIN queue_items AS latest ON latest.id = {_latest_item_of("n.document_id")}
+  JOIN documents AS seen ON seen.id = n.document_id
   WHERE d.id = n.document_id
 )
 SELECT c.id, c.document_id, d.callback_url

@@ -1064,9 +1064,20 @@ class DocumentQueueService(TransactionalService):
     # -- bookkeeping shared by the transitions ----------------------------------
 
     def _sync_documents(self, document_ids: Iterable[int], now: Any) -> None:
+        """Each document's status and error from its latest item, as committed now.
+
+        On PostgreSQL the documents are locked first, in a statement of their own:
+        an UPDATE that waits for a row reads the other rows as they were when it
+        began (READ COMMITTED), so a cancel or a failure that waited for a
+        reprocess's commit set the document "cancelled" or "failed" while the
+        reprocess's item was pending. The next statement sees that item.
+        """
         ids = sorted(set(document_ids))
-        if ids:
-            self.session.execute(*queries.sync_documents(ids, now))
+        if not ids:
+            return
+        if self._dialect() == "postgresql":
+            self.session.execute(queries.lock_documents(ids))
+        self.session.execute(*queries.sync_documents(ids, now))
 
     # -- bulk admin actions -----------------------------------------------------
 

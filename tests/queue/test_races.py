@@ -1,0 +1,185 @@
+"""Admins, uploads and workers acting on the same rows at the same time, for real.
+
+The state machine test runs one operation at a time; here each actor is a thread
+with its own session (its own connection), on both back ends. Where an
+interleaving matters, one actor is held at a point of its transaction (before
+its commit, or before a statement) while the other runs into its locks, so the
+race is the same at every run; the rest run many rounds from a barrier.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import event, select, text
+from sqlalchemy.orm import Session
+
+from docqueue_app.models import Document, QueueItem, db
+from docqueue_app.queue import DocumentQueueService
+from docqueue_app.states import DOCUMENT_STATUS_OF_ITEM
+from tests.helpers import backend_name
+
+Action = Callable[[DocumentQueueService], Any]
+WAIT = 30  # seconds an actor waits for the test to let it go: only a broken test waits
+
+
+class Actor:
+    """An action run by a service of its own session in a thread; its answer or error."""
+
+    def __init__(
+        self, app: Flask, action: Action, setup: Callable[[Session], None] | None = None
+    ) -> None:
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(app, action, setup))
+
+    def _run(self, app: Flask, action: Action, setup: Callable[[Session], None] | None) -> None:
+        with app.app_context(), Session(db.engine) as session:
+            if setup is not None:
+                setup(session)
+            try:
+                self.answer = action(DocumentQueueService(session))
+            except BaseException as exc:  # the test reads it
+                self.error = exc
+
+    def start(self) -> Actor:
+        self._thread.start()
+        return self
+
+    def result(self) -> Any:
+        """The action's answer once it ended; its exception raised here."""
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive(), "the actor never finished"
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
+@contextmanager
+def held_before_commit(app: Flask, action: Action) -> Iterator[Actor]:
+    """Run ``action`` in a thread and hold its first transaction before it commits
+    (its locks held, its rows unseen by others) until the block ends."""
+    reached, go = threading.Event(), threading.Event()
+
+    def hold_first_commit(session: Session) -> None:
+        @event.listens_for(session, "before_commit")
+        def hold(_: Session) -> None:
+            if not reached.is_set():
+                reached.set()
+                go.wait(WAIT)
+
+    actor = Actor(app, action, hold_first_commit).start()
+    assert reached.wait(WAIT), "the held action never reached its commit"
+    try:
+        yield actor
+    finally:
+        go.set()
+
+
+def wait_until_blocked(app: Flask, actor: Actor) -> None:
+    """Return once ``actor`` waits for a lock another transaction holds.
+
+    PostgreSQL says so in pg_stat_activity. SQLite has no such view: there the
+    actor waits for the database's one write lock whatever it does, so the
+    order in which the two go cannot change the outcome.
+    """
+    if backend_name(app) != "postgresql":
+        return
+    with app.app_context(), db.engine.connect() as connection:
+        for _ in range(WAIT * 100):
+            waiting = connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+            )
+            connection.commit()
+            if waiting:
+                return
+            threading.Event().wait(0.01)
+    raise AssertionError("the actor never waited for a lock")
+
+
+# -- what a user sees ------------------------------------------------------------
+
+
+def items_of(document_id: int) -> list[QueueItem]:
+    db.session.commit()
+    return db.session.scalars(
+        select(QueueItem).where(QueueItem.document_id == document_id).order_by(QueueItem.id)
+    ).all()
+
+
+def document(document_id: int) -> Document | None:
+    db.session.commit()
+    return db.session.get(Document, document_id)
+
+
+def assert_document_follows_its_latest_item(document_id: int) -> None:
+    """SPEC §3: a document's status is its latest item's; never two pending, or two running."""
+    items = items_of(document_id)
+    shown = document(document_id)
+    assert shown is not None
+    statuses = [item.status for item in items]
+    assert statuses.count("pending") <= 1, statuses
+    assert statuses.count("in_progress") <= 1, statuses
+    if items:
+        assert shown.status == DOCUMENT_STATUS_OF_ITEM[items[-1].status], (shown.status, statuses)
+
+
+def new_document(service: DocumentQueueService, name: str = "a.txt") -> int:
+    document, created = service.submit_document(name, name.encode() * 3, "text/plain")
+    assert created
+    return document.id
+
+
+def running(service: DocumentQueueService, name: str = "a.txt") -> tuple[int, Any]:
+    """A new document whose item a worker holds: its id and the claimed item."""
+    document_id = new_document(service, name)
+    [item] = service.claim_due_items(1, "worker")
+    return document_id, item
+
+
+def failed(service: DocumentQueueService, name: str = "a.txt") -> tuple[int, int]:
+    """A new document whose item failed for good: its id and the item's."""
+    document_id, item = running(service, name)
+    assert service.mark_failed(item, "broken", permanent=True)
+    return document_id, item.id
+
+
+@pytest.fixture
+def service(app_ctx: Flask) -> DocumentQueueService:
+    return DocumentQueueService()
+
+
+# -- a reprocess committing while an item's end waits for it ----------------------
+
+
+ENDS: dict[str, Callable[[Any], Action]] = {
+    "completed": lambda item: lambda s: s.mark_completed(item, {"text": "done"}),
+    "failed": lambda item: lambda s: s.mark_failed(item, "broken", permanent=True),
+    "cancelled": lambda item: lambda s: s.cancel_item(item.id),
+}
+
+
+@pytest.mark.parametrize("end", sorted(ENDS))
+def test_an_item_ending_while_a_reprocess_commits_leaves_the_document_pending(app, service, end):
+    """The reprocess answered 'pending', and its item waits: the document says so.
+
+    It said completed, failed or cancelled on PostgreSQL: the end waited for the
+    document row the reprocess held and then wrote the status it had read before.
+    """
+    document_id, item = running(service)
+    with held_before_commit(app, lambda s: s.enqueue(document_id, "reprocess")) as reprocess:
+        ending = Actor(app, ENDS[end](item)).start()
+        wait_until_blocked(app, ending)
+    assert reprocess.result().status == "pending"
+    ending.result()
+    assert [i.status for i in items_of(document_id)] == [end, "pending"]
+    assert document(document_id).status == "pending"
+    assert_document_follows_its_latest_item(document_id)
