@@ -861,15 +861,29 @@ class DocumentQueueService(TransactionalService):
                 raise InvalidTransition(f"a {item.status} item cannot be retried")
             newer = self._newer_item_id(item)
             if newer is not None:
-                raise InvalidTransition(
-                    f"it was superseded by queue item {newer}; reprocess the document instead"
-                )
+                raise _superseded(newer)
             now = self._now()
-            session.execute(queries.retry(item.id, now))
+            self._pending_again_unless_superseded(item, now)
             self._sync_documents([item.document_id], now)
         announce_due_work(self.session)
         session.refresh(item)
         return item
+
+    def _pending_again_unless_superseded(self, item: QueueItem, now: datetime) -> None:
+        """The retry's write; refused as superseded when a reprocess won the document.
+
+        On PostgreSQL a reprocess may insert the document's pending item between
+        our look and our write: the unique index refuses ours once it commits
+        (an IntegrityError, which was a 500), and the newer item is the one to see.
+        """
+        try:
+            with self.session.begin_nested():
+                self.session.execute(queries.retry(item.id, now))
+        except IntegrityError:
+            newer = self._newer_item_id(item)
+            if newer is None:
+                raise  # refused for another reason
+            raise _superseded(newer) from None
 
     def cancel_item(self, item_id: int) -> QueueItem:
         """Withdraw a pending item, or stop one in progress (its worker's result is dropped)."""
@@ -1136,6 +1150,12 @@ def _detached(model: type[Any], **values: Any) -> Any:
     instance.__dict__.update({column.key: values.get(column.key) for column in mapper.column_attrs})
     make_transient_to_detached(instance)
     return instance
+
+
+def _superseded(newer: int) -> InvalidTransition:
+    return InvalidTransition(
+        f"it was superseded by queue item {newer}; reprocess the document instead"
+    )
 
 
 def _check_priority(priority: int) -> None:

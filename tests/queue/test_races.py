@@ -20,7 +20,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from docqueue_app.models import Document, QueueItem, db
-from docqueue_app.queue import DocumentQueueService
+from docqueue_app.queue import DocumentQueueService, InvalidTransition
 from docqueue_app.states import DOCUMENT_STATUS_OF_ITEM
 from tests.helpers import backend_name
 
@@ -182,4 +182,30 @@ def test_an_item_ending_while_a_reprocess_commits_leaves_the_document_pending(ap
     ending.result()
     assert [i.status for i in items_of(document_id)] == [end, "pending"]
     assert document(document_id).status == "pending"
+    assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_retry_that_waits_for_a_reprocess_is_refused_as_superseded(app, service):
+    """The admin is told the item was superseded (a 409), not a 500: PostgreSQL's unique
+    index refused the retry's second pending item with an IntegrityError."""
+    document_id, item_id = failed(service)
+    with held_before_commit(app, lambda s: s.enqueue(document_id, "reprocess")) as reprocess:
+        retry = Actor(app, lambda s: s.retry_item(item_id)).start()
+        wait_until_blocked(app, retry)
+    newer = reprocess.result().id
+    with pytest.raises(InvalidTransition, match=f"superseded by queue item {newer}"):
+        retry.result()
+    assert [i.status for i in items_of(document_id)] == ["failed", "pending"]
+    assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_reprocess_that_waits_for_a_retry_joins_the_retried_item(app, service):
+    document_id, item_id = failed(service)
+    with held_before_commit(app, lambda s: s.retry_item(item_id)) as retry:
+        reprocess = Actor(app, lambda s: s.enqueue(document_id, "reprocess", 8)).start()
+        wait_until_blocked(app, reprocess)
+    assert retry.result().status == "pending"
+    assert reprocess.result().id == item_id
+    [item] = items_of(document_id)
+    assert (item.status, item.priority) == ("pending", 8)
     assert_document_follows_its_latest_item(document_id)
