@@ -353,6 +353,10 @@ class DocumentQueueService(TransactionalService):
         """Remove a document, its bytes, its queue items and their history."""
         with self._write() as session:
             items = select(QueueItem.id).where(QueueItem.document_id == document_id)
+            # Items before their history, as every writer of an item takes them: a
+            # worker recording an outcome holds the item and then writes its history
+            # row, and a delete that took the history first deadlocked with it.
+            session.execute(items.order_by(QueueItem.id).with_for_update())
             for statement in queries.delete_items(items):
                 session.execute(statement)
             session.execute(

@@ -81,6 +81,33 @@ def held_before_commit(app: Flask, action: Action) -> Iterator[Actor]:
         go.set()
 
 
+@contextmanager
+def held_before_statement(app: Flask, action: Action, starting: str) -> Iterator[Actor]:
+    """Run ``action`` in a thread and hold it before its first statement that starts
+    with ``starting``, until the block ends.
+
+    The listener stays on the test app's engine, inert once it held: removing it
+    while another thread runs a statement breaks that thread's event dispatch.
+    """
+    reached, go = threading.Event(), threading.Event()
+    actor = Actor(app, action)
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        mine = threading.current_thread() is actor._thread
+        if mine and not reached.is_set() and statement.lstrip().startswith(starting):
+            reached.set()
+            go.wait(WAIT)
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", hold)
+    actor.start()
+    assert reached.wait(WAIT), f"the held action never sent {starting!r}"
+    try:
+        yield actor
+    finally:
+        go.set()
+
+
 def wait_until_blocked(app: Flask, actor: Actor) -> None:
     """Return once ``actor`` waits for a lock another transaction holds.
 
@@ -209,3 +236,17 @@ def test_a_reprocess_that_waits_for_a_retry_joins_the_retried_item(app, service)
     [item] = items_of(document_id)
     assert (item.status, item.priority) == ("pending", 8)
     assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_delete_while_a_worker_records_a_failure_deletes_the_document(app, service):
+    """The admin's delete is not refused with a deadlock (a 503 on PostgreSQL): it took
+    the document's history rows before its items, the worker's failure the other way."""
+    document_id, item = running(service)
+    fail = ENDS["failed"](item)
+    with held_before_statement(app, fail, "UPDATE queue_attempts") as failure:
+        delete = Actor(app, lambda s: s.delete_document(document_id)).start()
+        wait_until_blocked(app, delete)
+    assert failure.result() is True
+    assert delete.result() is True
+    assert document(document_id) is None
+    assert items_of(document_id) == []
