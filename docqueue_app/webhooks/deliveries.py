@@ -17,6 +17,7 @@ then due again for any sender: at least once.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,7 +38,8 @@ from .sender import AttemptResult
 
 # A claim's lease outlasts the attempt's own time cap by this much (or by the
 # cap itself, when shorter): the time to write its result. Past it, the
-# delivery is another sender's to send; a result written later changes nothing.
+# delivery is another sender's to send; once one claimed it, the late result
+# changes nothing.
 LEASE_MARGIN_SECONDS = 5.0
 # Rows deleted per transaction by the pruner.
 PRUNE_BATCH = 500
@@ -54,6 +56,10 @@ class ClaimedDelivery:
     payload: str
     attempt: int
     max_attempts: int
+    # Who holds it, as written in ``locked_by``: the sender's id and a tag of this
+    # claim's own. With the attempt, the fencing token: deliver_again resets
+    # attempts, so one sender may claim a delivery as attempt 1 twice, and the
+    # earlier claim's result must not land on the later one.
     sender: str
 
 
@@ -97,10 +103,11 @@ class DeliveryService(TransactionalService):
         """
         if limit <= 0:
             return []
+        holder = f"{sender}#{uuid.uuid4().hex[:16]}"
         with self._write() as session:
             now = self._now()
-            rows = session.execute(_claim(now, limit, sender, now + self.lease)).all()
-        return sorted((_claimed(row, sender) for row in rows), key=lambda claimed: claimed.id)
+            rows = session.execute(_claim(now, limit, holder, now + self.lease)).all()
+        return sorted((_claimed(row, holder) for row in rows), key=lambda claimed: claimed.id)
 
     def record_attempt(self, claimed: ClaimedDelivery, result: AttemptResult) -> bool:
         """Record how an attempt went; False when the claim no longer held (nothing written).
@@ -218,14 +225,14 @@ def _due(now: datetime, limit: int) -> Select:
     )
 
 
-def _claim(now: datetime, limit: int, sender: str, lease_until: datetime) -> Update:
-    """The one claim statement: due deliveries leased to ``sender``, an attempt counted."""
+def _claim(now: datetime, limit: int, holder: str, lease_until: datetime) -> Update:
+    """The one claim statement: due deliveries leased to ``holder``, an attempt counted."""
     return (
         update(WebhookDelivery)
         # No condition of its own (as the queue's claim): the locking subquery decides.
         .where(WebhookDelivery.id.in_(_due(now, limit).scalar_subquery()))
         .values(
-            locked_by=sender,
+            locked_by=holder,
             locked_until=lease_until,
             attempts=WebhookDelivery.attempts + 1,
         )
@@ -242,12 +249,12 @@ def _claim(now: datetime, limit: int, sender: str, lease_until: datetime) -> Upd
     )
 
 
-def _claimed(row: Sequence[Any], sender: str) -> ClaimedDelivery:
-    return ClaimedDelivery(*row, sender=sender)
+def _claimed(row: Sequence[Any], holder: str) -> ClaimedDelivery:
+    return ClaimedDelivery(*row, sender=holder)
 
 
 def _held(claimed: ClaimedDelivery) -> Update:
-    """An update of the delivery while ``claimed`` still holds it (same sender, same attempt)."""
+    """An update of the delivery while ``claimed`` still holds it (same claim, same attempt)."""
     return (
         update(WebhookDelivery)
         .where(
