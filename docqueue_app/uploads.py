@@ -18,7 +18,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from .config import upload_limit_bytes
-from .documents import DocumentView, document_view
+from .documents import DocumentView
 from .metrics import record_upload
 from .processing import (
     IMAGE_CONTENT_TYPES,
@@ -97,11 +97,10 @@ def store_uploads(uploads: Sequence[NewDocument]) -> list[Submission]:
 def upload_view(submission: Submission) -> DocumentView:
     """What an upload answers: a new document with the item just queued, or the existing one.
 
-    A new document is shown as it was written, without reading it back.
+    Either is shown as the upload wrote or found it, without reading it again: a
+    duplicate's document may be deleted by now.
     """
-    if submission.created:
-        return DocumentView(submission.document, submission.item)
-    return document_view(submission.document, duplicate=True)
+    return DocumentView(submission.document, submission.item, duplicate=not submission.created)
 
 
 def refused_unread(error: Exception) -> bool:

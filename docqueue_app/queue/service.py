@@ -53,6 +53,7 @@ from ..models import (
     QueueItem,
     QueueState,
     UTCDateTime,
+    latest_items,
     run_on_driver,
     run_walking_indexes_on_driver,
     stored_timestamp,
@@ -291,7 +292,7 @@ class DocumentQueueService(TransactionalService):
         for digest in digests:
             submission = stored[digest]
             if digest in answered:  # the same bytes again in this batch
-                submission = Submission(submission.document, created=False)
+                submission = replace(submission, created=False)
             answered.add(digest)
             submissions.append(submission)
         return submissions
@@ -306,12 +307,11 @@ class DocumentQueueService(TransactionalService):
         """
         with self._write_on_connection(**one_statement_options(self.session)) as connection:
             written = store_new_documents(connection, files, self.max_attempts)
-        existing = self._documents_by_sha256([digest for digest in files if digest not in written])
+        submissions = self._documents_by_sha256(
+            [digest for digest in files if digest not in written]
+        )
         if written:
             announce_due_work(self.session)
-        submissions = {
-            digest: Submission(document, created=False) for digest, document in existing.items()
-        }
         for digest, row in written.items():
             submissions[digest] = self._created(files[digest], digest, row)
         vanished = {digest: file for digest, file in files.items() if digest not in submissions}
@@ -320,12 +320,29 @@ class DocumentQueueService(TransactionalService):
             submissions.update(self._store_new_documents(vanished))
         return submissions
 
-    def _documents_by_sha256(self, digests: list[str]) -> dict[str, Document]:
+    def _documents_by_sha256(self, digests: list[str]) -> dict[str, Submission]:
+        """The documents stored before with these bytes, each with its latest item, as
+        one transaction read them (detached): an upload answers them as found.
+
+        Copies, out of the session, which would expire them at the commit: read
+        again for the answer, a document deleted in between made that answer an
+        ObjectDeletedError (a 500).
+        """
         if not digests:
             return {}
         with self._read() as session:
-            documents = session.scalars(select(Document).where(Document.sha256.in_(digests)))
-            return {document.sha256: document for document in documents}
+            documents = session.scalars(
+                select(Document).where(Document.sha256.in_(digests)).options(WITH_METADATA)
+            ).all()
+            items = latest_items(session, [document.id for document in documents])
+            return {
+                document.sha256: Submission(
+                    _detached_copy(document),
+                    created=False,
+                    item=_detached_copy(items.get(document.id)),
+                )
+                for document in documents
+            }
 
     def _created(self, file: NewDocument, digest: str, row: StoredDocument) -> Submission:
         """A new document and its item as written, built without reading them back."""
@@ -1154,6 +1171,23 @@ def _detached(model: type[Any], **values: Any) -> Any:
     instance.__dict__.update({column.key: values.get(column.key) for column in mapper.column_attrs})
     make_transient_to_detached(instance)
     return instance
+
+
+def _detached_copy(row: Any) -> Any:
+    """A detached copy of a loaded ORM object (None for None): the columns it loaded,
+    as read (a deferred one it did not load stays unloaded: reading it raises)."""
+    if row is None:
+        return None
+    state = inspect(row)
+    loaded = {
+        column.key: state.dict[column.key]
+        for column in state.mapper.column_attrs
+        if column.key in state.dict
+    }
+    copy = state.mapper.class_manager.new_instance()
+    copy.__dict__.update(loaded)
+    make_transient_to_detached(copy)
+    return copy
 
 
 def _superseded(newer: int) -> InvalidTransition:

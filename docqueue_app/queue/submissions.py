@@ -45,10 +45,11 @@ class NewDocument:
 
 @dataclass(frozen=True)
 class Submission:
-    """What became of one file: its document, whether it was created, and its new item.
+    """What became of one file: its document, whether it was created, and its item.
 
-    ``item`` is the queue item made for a created document; None for bytes that
-    were stored before (nothing was queued for them).
+    ``item`` is the queue item made for a created document; for bytes that were
+    stored before (nothing was queued for them), the document's latest item as
+    read with it (None when it has none).
     """
 
     document: Document

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from docqueue_app.models import Document, QueueItem, db
 from docqueue_app.queue import DocumentQueueService, InvalidTransition
+from docqueue_app.queue.submissions import NewDocument
 from docqueue_app.states import DOCUMENT_STATUS_OF_ITEM
 from tests.helpers import backend_name
 
@@ -250,3 +251,19 @@ def test_a_delete_while_a_worker_records_a_failure_deletes_the_document(app, ser
     assert delete.result() is True
     assert document(document_id) is None
     assert items_of(document_id) == []
+
+
+def test_a_duplicate_upload_answers_the_document_it_found_even_once_deleted(app, service):
+    """The upload's answer is the document as its lookup found it, with its queue item.
+
+    It was read again to be answered: deleted meanwhile (a delete racing the upload
+    of the same bytes), the answer was an ObjectDeletedError, a 500.
+    """
+    document_id = new_document(service, "found.txt")
+    [duplicate] = service.submit([NewDocument("again.txt", b"found.txt" * 3, "text/plain")])
+    Actor(app, lambda s: s.delete_document(document_id)).start().result()
+    assert not duplicate.created
+    found = duplicate.document
+    assert (found.id, found.filename, found.status) == (document_id, "found.txt", "pending")
+    assert found.extracted_metadata is None
+    assert (duplicate.item.document_id, duplicate.item.status) == (document_id, "pending")
