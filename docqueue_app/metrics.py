@@ -24,8 +24,12 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import func, literal, select
+from sqlalchemy.orm import Session
 
-from .states import ItemStatus
+from .database import database_clock
+from .models import QueueAttempt, QueueItem, WebhookDelivery, db
+from .states import DeliveryStatus, ItemStatus
 
 EXTENSION = "docqueue_metrics"
 
@@ -82,12 +86,100 @@ class QueueDepthCollector(Collector):
             "Seconds the oldest due pending item has waited",
             value=stats["oldest_pending_age_seconds"] or 0,
         )
+        # A paused queue's backlog grows like a stuck one's: this tells them apart.
+        yield GaugeMetricFamily(
+            "docqueue_queue_paused", "1 while the queue is paused", value=int(stats["paused"])
+        )
+
+
+class OperatorSignalsCollector(Collector):
+    """What the queue's counts do not show: webhooks, lost leases, silent workers."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        signals = read_operator_signals(self.session)
+        deliveries = GaugeMetricFamily(
+            "docqueue_webhook_deliveries",
+            "Webhook deliveries still owed (pending) or given up on (failed, until pruned)",
+            labels=["status"],
+        )
+        for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+            deliveries.add_metric([status], signals[status])
+        yield deliveries
+        yield GaugeMetricFamily(
+            "docqueue_oldest_due_webhook_delivery_age_seconds",
+            "Seconds the oldest due webhook delivery has waited to be sent",
+            value=_age(signals["now"], signals["oldest_due_delivery"]) or 0,
+        )
+        yield GaugeMetricFamily(
+            "docqueue_expired_leases",
+            "Items in progress whose worker stopped extending the lease (died or hung), "
+            "not yet rescued",
+            value=signals["expired_leases"],
+        )
+        last_claim = GaugeMetricFamily(
+            "docqueue_last_claim_age_seconds",
+            "Seconds since any worker last claimed an item (absent before the first claim)",
+        )
+        age = _age(signals["now"], signals["last_claim"])
+        if age is not None:
+            last_claim.add_metric([], age)
+        yield last_claim
+
+
+def read_operator_signals(session: Session) -> dict[str, Any]:
+    """The database's time and the signals above, in one statement of indexed reads.
+
+    Statuses are written into the statement (not bound), so SQLite can use the
+    partial indexes over pending deliveries and in-progress items.
+    """
+    now = database_clock(session.get_bind().dialect.name)
+
+    def status_is(column: Any, status: str) -> Any:
+        return column == literal(str(status), literal_execute=True)
+
+    def deliveries(status: str) -> Any:
+        where = status_is(WebhookDelivery.status, status)
+        return select(func.count()).select_from(WebhookDelivery).where(where).scalar_subquery()
+
+    oldest_due_delivery = select(func.min(WebhookDelivery.next_attempt_at)).where(
+        status_is(WebhookDelivery.status, DeliveryStatus.PENDING),
+        WebhookDelivery.next_attempt_at <= now,
+    )
+    expired_leases = (
+        select(func.count())
+        .select_from(QueueItem)
+        .where(
+            status_is(QueueItem.status, ItemStatus.IN_PROGRESS),
+            QueueItem.lease_expires_at <= now,
+        )
+    )
+    # Every claim starts an attempt row, so the newest one's start is the last claim.
+    last_claim = select(QueueAttempt.started_at).order_by(QueueAttempt.id.desc()).limit(1)
+    row = session.execute(
+        select(
+            now.label("now"),
+            deliveries(DeliveryStatus.PENDING).label(DeliveryStatus.PENDING),
+            deliveries(DeliveryStatus.FAILED).label(DeliveryStatus.FAILED),
+            oldest_due_delivery.scalar_subquery().label("oldest_due_delivery"),
+            expired_leases.scalar_subquery().label("expired_leases"),
+            last_claim.scalar_subquery().label("last_claim"),
+        )
+    ).one()
+    return row._asdict()
+
+
+def _age(now: Any, then: Any) -> float | None:
+    return None if then is None else round(max((now - then).total_seconds(), 0.0), 3)
 
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
     database = CollectorRegistry(auto_describe=False)
     database.register(QueueDepthCollector(current_app.extensions[EXTENSION]))
+    database.register(OperatorSignalsCollector(db.session))
     body = generate_latest(_process_registry()) + generate_latest(database)
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
