@@ -19,7 +19,7 @@ from flask import Flask
 from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
-from docqueue_app.models import Document, QueueItem, db
+from docqueue_app.models import Document, DocumentContent, QueueItem, db
 from docqueue_app.queue import DocumentQueueService, InvalidTransition
 from docqueue_app.queue.submissions import NewDocument
 from docqueue_app.states import DOCUMENT_STATUS_OF_ITEM
@@ -133,6 +133,23 @@ def wait_until_blocked(app: Flask, actor: Actor) -> None:
     raise AssertionError("the actor never waited for a lock")
 
 
+def race(app: Flask, *actions: Action) -> list[Actor]:
+    """Run the actions at once, each in its own thread, started from one barrier."""
+    barrier = threading.Barrier(len(actions))
+
+    def after_barrier(action: Action) -> Action:
+        def run(service: DocumentQueueService) -> Any:
+            barrier.wait(WAIT)
+            return action(service)
+
+        return run
+
+    actors = [Actor(app, after_barrier(action)).start() for action in actions]
+    for actor in actors:
+        actor._thread.join(WAIT)
+    return actors
+
+
 # -- what a user sees ------------------------------------------------------------
 
 
@@ -167,9 +184,16 @@ def new_document(service: DocumentQueueService, name: str = "a.txt") -> int:
 
 
 def running(service: DocumentQueueService, name: str = "a.txt") -> tuple[int, Any]:
-    """A new document whose item a worker holds: its id and the claimed item."""
+    """A new document whose item a worker holds: its id and the claimed item.
+
+    What earlier rounds left pending is withdrawn first, so the claim takes this one.
+    """
+    service.cancel_items(
+        db.session.scalars(select(QueueItem.id).where(QueueItem.status == "pending")).all()
+    )
     document_id = new_document(service, name)
     [item] = service.claim_due_items(1, "worker")
+    assert item.document_id == document_id
     return document_id, item
 
 
@@ -251,6 +275,245 @@ def test_a_delete_while_a_worker_records_a_failure_deletes_the_document(app, ser
     assert delete.result() is True
     assert document(document_id) is None
     assert items_of(document_id) == []
+
+
+# -- many rounds from one barrier ------------------------------------------------
+
+ROUNDS = 15
+
+
+def _uploaded(submitted: tuple[Document, bool]) -> tuple[int, bool]:
+    """An upload's answer as the API gives it: the document's id and whether it is new."""
+    document, created = submitted
+    return document.id, created
+
+
+def outcome(actor: Actor) -> Any:
+    """The actor's answer, or its refusal's class (any other error fails the test)."""
+    try:
+        return actor.result()
+    except (InvalidTransition, LookupError) as refusal:
+        return type(refusal)
+
+
+def test_two_admins_retrying_one_item_at_once_one_is_refused(app, service):
+    for n in range(ROUNDS):
+        document_id, item_id = failed(service, f"retry-{n}.txt")
+        answers = [outcome(a) for a in race(app, *[lambda s, i=item_id: s.retry_item(i)] * 2)]
+        refused = [a for a in answers if a is InvalidTransition]
+        assert len(refused) == 1, answers
+        [item] = items_of(document_id)
+        assert (item.status, item.attempts) == ("pending", 0)
+        assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_cancel_racing_the_workers_completion_answers_what_happened(app, service):
+    """Exactly one wins, and each is told which: a cancelled run's result changes
+    nothing; a completed item refuses the cancel (409)."""
+    for n in range(ROUNDS):
+        document_id, item = running(service, f"cancel-{n}.txt")
+        cancel, complete = race(app, lambda s, i=item.id: s.cancel_item(i), ENDS["completed"](item))
+        cancelled, recorded = outcome(cancel), complete.result()
+        if cancelled is InvalidTransition:
+            assert recorded is True
+            assert document(document_id).status == "completed"
+        else:
+            assert (cancelled.status, recorded) == ("cancelled", False)
+            assert document(document_id).status == "cancelled"
+            assert document(document_id).text is None  # the dropped result
+        assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_delete_racing_the_workers_end_always_deletes(app, service):
+    """The worker's late end never brings the document back, and the delete is not lost."""
+    for n in range(ROUNDS):
+        end = ("completed", "failed")[n % 2]
+        document_id, item = running(service, f"delete-{n}.txt")
+        delete, finish = race(app, lambda s, d=document_id: s.delete_document(d), ENDS[end](item))
+        assert delete.result() is True
+        assert finish.result() in (True, False)
+        assert document(document_id) is None
+        assert items_of(document_id) == []
+
+
+def test_two_reprocesses_at_once_queue_one_item_behind_the_running_one(app, service):
+    for n in range(ROUNDS):
+        document_id, running_item = running(service, f"reprocess-{n}.txt")
+        first, second = race(
+            app,
+            lambda s, d=document_id: s.enqueue(d, "reprocess", 3),
+            lambda s, d=document_id: s.enqueue(d, "reprocess", 7),
+        )
+        assert first.result().id == second.result().id
+        items = items_of(document_id)
+        assert [(i.status, i.priority) for i in items] == [("in_progress", 5), ("pending", 7)]
+        assert_document_follows_its_latest_item(document_id)
+        assert service.mark_completed(running_item, {"text": "first run"})
+        assert_document_follows_its_latest_item(document_id)
+        assert document(document_id).status == "pending"
+
+
+def test_the_same_bytes_uploaded_at_once_make_one_document(app, service):
+    for n in range(ROUNDS):
+        content = f"the same bytes {n}".encode()
+        upload = lambda s, c=content: _uploaded(s.submit_document("x.txt", c, "text/plain"))  # noqa: E731
+        answers = [a.result() for a in race(app, *[upload] * 4)]
+        assert sorted(created for _, created in answers) == [False, False, False, True]
+        assert len({document_id for document_id, _ in answers}) == 1
+        assert [i.status for i in items_of(answers[0][0])] == ["pending"]
+
+
+def test_an_upload_racing_the_delete_of_its_bytes_answers_a_document_that_was_there(app, service):
+    """Either the upload came first (a duplicate of the document then deleted), or it
+    stored the bytes anew: a document of its own, queued, with its bytes."""
+    for n in range(ROUNDS):
+        content = f"deleted bytes {n}".encode()
+        old, _ = service.submit_document("old.txt", content, "text/plain")
+        delete, upload = race(
+            app,
+            lambda s, d=old.id: s.delete_document(d),
+            lambda s, c=content: _uploaded(s.submit_document("new.txt", c, "text/plain")),
+        )
+        assert delete.result() is True
+        answered, created = upload.result()
+        assert document(old.id) is None
+        if not created:
+            assert answered == old.id
+            continue
+        assert answered != old.id
+        assert [i.status for i in items_of(answered)] == ["pending"]
+        assert db.session.get(DocumentContent, answered).data == content
+
+
+def test_a_purge_racing_a_retry_of_its_item_is_one_or_the_other(app, service):
+    """README: the purge locks what it chose, so a retry that made an item pending wins;
+    a retry that comes after the purge finds no item (404)."""
+    for n in range(ROUNDS):
+        document_id, item_id = failed(service, f"purge-{n}.txt")
+        purge, retry = race(
+            app, lambda s: s.purge_items(0, ["failed"]), lambda s, i=item_id: s.retry_item(i)
+        )
+        purged, retried = purge.result(), outcome(retry)
+        if retried is LookupError:
+            assert purged == 1
+            assert items_of(document_id) == []
+            assert document(document_id).status == "failed"
+        else:
+            assert (purged, retried.status) == (0, "pending")
+            assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_retry_racing_the_workers_failure_answers_what_happened(app, service):
+    """409 while the item still ran (it then ends failed), or pending again after it failed."""
+    for n in range(ROUNDS):
+        document_id, item = running(service, f"retried-{n}.txt")
+        retry, failure = race(app, lambda s, i=item.id: s.retry_item(i), ENDS["failed"](item))
+        assert failure.result() is True
+        retried = outcome(retry)
+        [stored] = items_of(document_id)
+        if retried is InvalidTransition:
+            assert stored.status == "failed"
+        else:
+            assert (retried.status, stored.status, stored.attempts) == ("pending", "pending", 0)
+        assert_document_follows_its_latest_item(document_id)
+
+
+def test_a_purge_racing_the_workers_completion_keeps_the_documents_result(app, service):
+    """The purge takes finished items only: the running one completes, and the document
+    keeps its status and text whether its items went or not."""
+    for n in range(ROUNDS):
+        document_id, first = running(service, f"purged-{n}.txt")
+        assert service.mark_completed(first, {"text": "first"})
+        service.enqueue(document_id, "reprocess")
+        [item] = service.claim_due_items(1, "worker")
+        purge, finish = race(
+            app,
+            lambda s: s.purge_items(0),
+            lambda s, i=item: s.mark_completed(i, {"text": "second"}),
+        )
+        assert finish.result() is True
+        assert purge.result() >= 1
+        shown = document(document_id)
+        assert (shown.status, shown.text) == ("completed", "second")
+        assert [i.status for i in items_of(document_id)] in ([], ["completed"])
+
+
+# -- bulk actions and the pause against a worker draining the queue ---------------
+
+
+def drain(outcome_of: Callable[[DocumentQueueService, Any], bool]) -> Action:
+    """A worker: claims three at a time until nothing is due; how many outcomes it recorded."""
+
+    def work(service: DocumentQueueService) -> int:
+        recorded = 0
+        while batch := service.claim_due_items(3, "drainer", look_first=False):
+            recorded += sum(outcome_of(service, item) for item in batch)
+        return recorded
+
+    return work
+
+
+def complete(service: DocumentQueueService, item: Any) -> bool:
+    return service.mark_completed(item, {"text": "done"})
+
+
+def fail_for_good(service: DocumentQueueService, item: Any) -> bool:
+    return service.mark_failed(item, "broken", permanent=True)
+
+
+def test_cancelling_everything_while_a_worker_drains_counts_what_it_cancelled(app, service):
+    """Each item ends cancelled (pending, or stopped while running: the worker's result
+    dropped) or completed, and the admin's count is the number cancelled."""
+    documents = [new_document(service, f"bulk-{n}.txt") for n in range(40)]
+    ids = [items_of(document_id)[0].id for document_id in documents]
+    cancel, worker = race(app, lambda s: s.cancel_items(ids), drain(complete))
+    statuses = [items_of(document_id)[0].status for document_id in documents]
+    assert statuses.count("cancelled") == cancel.result()
+    assert statuses.count("completed") == worker.result()
+    assert len(statuses) == cancel.result() + worker.result()
+    for document_id in documents:
+        assert_document_follows_its_latest_item(document_id)
+
+
+def test_retrying_all_failed_while_a_worker_fails_them_again_retries_each_once(app, service):
+    documents = [failed(service, f"again-{n}.txt")[0] for n in range(20)]
+    retry, worker = race(app, lambda s: s.retry_failed_items(), drain(fail_for_good))
+    assert retry.result() == 20
+    assert worker.result() <= 20
+    DocumentQueueService().retry_failed_items()  # what the worker did not reach is pending
+    for document_id in documents:
+        [item] = items_of(document_id)
+        assert item.status in ("pending", "failed")
+        assert_document_follows_its_latest_item(document_id)
+
+
+@pytest.mark.parametrize("look_first", [True, False])
+def test_no_claim_begun_after_the_pause_answered_claims_anything(app, service, look_first):
+    """A claim under way when the pause commits may still start its batch (documents in
+    hand finish); one begun after the pause answered claims nothing."""
+    for n in range(150):
+        new_document(service, f"paused-{n}.txt")
+    answered, enough = threading.Event(), threading.Event()
+    late: list[list[Any]] = []
+
+    def claim_until_enough(worker: DocumentQueueService) -> None:
+        while not enough.is_set():
+            after_the_answer = answered.is_set()
+            claimed = worker.claim_due_items(2, "claimer", look_first=look_first)
+            for item in claimed:
+                complete(worker, item)
+            if after_the_answer:
+                late.append(claimed)
+                if len(late) >= 20:
+                    enough.set()
+
+    claimers = [Actor(app, claim_until_enough).start() for _ in range(2)]
+    assert service.set_paused(True) is True
+    answered.set()
+    for claimer in claimers:
+        claimer.result()
+    assert [claimed for claimed in late if claimed] == []
+    assert service.get_queue_stats()["in_progress"] == 0
 
 
 def test_a_duplicate_upload_answers_the_document_it_found_even_once_deleted(app, service):
