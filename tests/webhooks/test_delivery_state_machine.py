@@ -60,6 +60,7 @@ from tests.queue.test_state_machine import (
     STRESS_MINUTES,
     clear_tables,
     divergence_after,
+    run_together,
 )
 
 GLOBAL_URL = "https://hooks.example/docqueue"
@@ -928,3 +929,77 @@ def test_a_result_from_before_deliver_again_leaves_the_same_lanes_new_attempt_al
         assert service.claim_due(1, SENDERS[1]) == [], "claimable while its attempt is in flight"
         assert service.record_attempt(again, RESULTS["delivered"])
         assert delivery_rows()[row.id].status == DELIVERED
+
+
+# -- races: lanes and an admin at the same moment, from sessions of their own -----------------
+
+
+def deliveries_owed(app: Flask, documents: int) -> None:
+    """``documents`` cancelled documents with a callback_url, on an app with a global URL:
+    two deliveries each, all due."""
+    queue = DocumentQueueService()
+    for number in range(documents):
+        url = f"https://client.example/callbacks/{number}"
+        file = NewDocument(f"{number}.txt", f"race {number}".encode(), "text/plain", 5, url)
+        [submission] = queue.submit([file])
+        queue.cancel_item(submission.item.id)
+
+
+def test_lanes_claiming_at_once_never_share_a_delivery(make_app):
+    app = make_app(**MACHINE_CONFIG, WEBHOOK_URL=GLOBAL_URL)
+    with app.app_context():
+        for round_no in range(8):
+            clear_tables()
+            deliveries_owed(app, 3)
+            results = run_together(
+                app,
+                {
+                    sender: lambda s, sender=sender: DeliveryService(s.session).claim_due(3, sender)
+                    for sender in SENDERS
+                },
+                seed=round_no,
+            )
+            assert all(outcome == "ok" for outcome, _ in results.values()), results
+            claims = [claim for _, claimed in results.values() for claim in claimed]
+            # Whatever one lane skipped, the next look finds; none is claimed twice.
+            claims += DeliveryService().claim_due(6, "a later look")
+            assert sorted(claim.id for claim in claims) == sorted(delivery_rows())
+            rows = delivery_rows()
+            for claim in claims:
+                assert (rows[claim.id].locked_by, rows[claim.id].attempts) == (claim.sender, 1)
+            assert all(DeliveryService().record_attempt(c, RESULTS["delivered"]) for c in claims)
+
+
+def test_deliver_again_a_lane_and_a_late_result_at_once(make_app):
+    """On a failed delivery: the lane claims it only after deliver_again, and the result of
+    the attempt that failed it, arriving late, is never written whatever the order."""
+    app = make_app(**MACHINE_CONFIG)
+    with app.app_context():
+        for round_no in range(8):
+            clear_tables()
+            deliveries_owed(app, 1)
+            service = DeliveryService()
+            [old] = service.claim_due(1, SENDERS[0])
+            assert service.record_attempt(old, RESULTS["refused"])
+            results = run_together(app, deliver_again_lane_and_late_result(old), seed=round_no)
+            assert results["again"] == ("ok", "done") and results["late"] == ("ok", False), results
+            [row] = delivery_rows().values()
+            claimed = results["lane"][1]
+            assert row.status == PENDING and row.attempts == len(claimed), (results, row)
+            assert row.locked_by == (claimed[0].sender if claimed else None), (results, row)
+
+
+def deliver_again_lane_and_late_result(old: ClaimedDelivery) -> dict[str, Callable]:
+    """An admin's deliver_again, the same lane's claim, and ``old``'s result, late."""
+
+    def again(queue: DocumentQueueService) -> str:
+        DeliveryService(queue.session).deliver_again(old.delivery_id)
+        return "done"
+
+    return {
+        "again": again,
+        "lane": lambda queue: DeliveryService(queue.session).claim_due(1, SENDERS[0]),
+        "late": lambda queue: DeliveryService(queue.session).record_attempt(
+            old, RESULTS["delivered"]
+        ),
+    }
