@@ -85,7 +85,24 @@ METRIC_FILE_KINDS = ("counter", "histogram")
 
 
 def post_fork(server, worker):
+    route_app_logs(server)
     reserve_metrics_files(server)
+
+
+def route_app_logs(server):
+    """docqueue's own lines go where gunicorn's go, with its time, pid and level.
+
+    Python drops a library's INFO lines unless a handler takes them: a worker's
+    completed documents, the scheduler's start and an outage's end were never
+    seen, and warnings came out bare, without time or process.
+    """
+    import logging
+
+    errors = server.log.error_log
+    app_log = logging.getLogger("docqueue_app")
+    app_log.handlers = list(errors.handlers)
+    app_log.setLevel(errors.level)
+    app_log.propagate = False
 
 
 def reserve_metrics_files(server):

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from ..database import OUTAGES, Backoff, is_disk_full, report_failure
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import db, run_on_driver
+from ..printable import printable
 from ..processing import (
     PermanentProcessingError,
     ProcessingCancelled,
@@ -108,11 +109,16 @@ def process_document_queue(
                 outcome = process_item(item, document, cancel)
                 beat()
                 if outcome is None:
-                    log.info("document %s: cancelled while it was processed", item.document_id)
+                    log.info(
+                        "document %s: cancelled while it was processed (queue item %s)",
+                        item.document_id,
+                        item.id,
+                    )
                     continue
                 writer.submit(outcome)
                 label = outcome_label(outcome, item)
                 record_outcome(label)
+                log_outcome(label, outcome, item)
                 counts[label] += 1
                 counts["processed"] += 1
     return counts
@@ -139,7 +145,6 @@ def process_item(
     except PermanentProcessingError as exc:
         return Outcome.of(item, error=str(exc), permanent=True)
     except Exception as exc:  # any other error is transient by contract
-        log.warning("document %s attempt failed: %s", item.document_id, exc)
         return Outcome.of(item, error=_describe(exc))
     return Outcome.success(item, result)
 
@@ -149,6 +154,26 @@ def outcome_label(outcome: Outcome, item: ClaimedItem) -> str:
         return "completed"
     gave_up = outcome.permanent or outcome.claim.attempt >= item.max_attempts
     return "failed" if gave_up else "retried"
+
+
+# One line per attempt, with what an operator needs to look it up: a failure for
+# good is an error (someone must act), a retry a warning (it may yet complete).
+_OUTCOME_LOGS = {
+    "completed": (logging.INFO, "document %s completed: queue item %s, attempt %s of %s"),
+    "retried": (
+        logging.WARNING,
+        "document %s will be retried: queue item %s, attempt %s of %s failed: %s",
+    ),
+    "failed": (logging.ERROR, "document %s failed for good: queue item %s, attempt %s of %s: %s"),
+}
+
+
+def log_outcome(label: str, outcome: Outcome, item: ClaimedItem) -> None:
+    level, message = _OUTCOME_LOGS[label]
+    ids = (item.document_id, item.id, outcome.claim.attempt, item.max_attempts)
+    # A processor's message may hold newlines or escape sequences: one line, escaped.
+    error = () if outcome.error is None else (printable(outcome.error),)
+    log.log(level, message, *ids, *error)
 
 
 def _describe(exc: Exception) -> str:
