@@ -90,6 +90,7 @@ SENDERS = ("host1/webhooks", "host2/webhooks", "host3/webhooks")
 WORKERS = ("w1", "w2")
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 COMPLETED, ITEM_FAILED, CANCELLED = "document.completed", "document.failed", "document.cancelled"
+DOCUMENT_SHOWS = {COMPLETED: "completed", ITEM_FAILED: "failed", CANCELLED: "cancelled"}
 
 # How an attempt went, as the sender reports it.
 RESULTS: dict[str, AttemptResult] = {
@@ -394,6 +395,11 @@ class DeliveryMachine(RuleBasedStateMachine):
             body = json.loads(row.payload)
             assert body["id"] == row.delivery_id and body["event"] == row.event, body
             assert body["document"]["id"] == row.document_id, body
+            # The document as the outcome's transaction left it (nothing is queued behind
+            # an item here, so it shows that item's end), created when the row was.
+            shown = (body["document"]["status"], body["document"]["queue_item"]["status"])
+            assert shown == (DOCUMENT_SHOWS[row.event],) * 2, body
+            assert datetime.fromisoformat(body["created_at"]) == row.created_at, body
             assert row.status == PENDING and row.attempts == 0, row
             assert started - SLACK <= row.next_attempt_at <= ended + SLACK, row
             self.model.deliveries[row_id] = Delivery(
