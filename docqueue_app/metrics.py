@@ -41,6 +41,10 @@ UPLOADS = Counter(
 PROCESSING_OUTCOMES = Counter(
     "docqueue_processing_outcomes", "Processing attempts by outcome", ["outcome"]
 )  # outcome: completed | retried | failed
+RESCUED_ITEMS = Counter(
+    "docqueue_rescued_items",
+    "Items whose worker stopped extending the lease (died or hung), handed back or failed",
+)
 PROCESSING_SECONDS = Histogram(
     "docqueue_processing_seconds",
     "Time to process one document, isolation included",
@@ -65,6 +69,10 @@ def record_upload(duplicate: bool) -> None:
 
 def record_outcome(outcome: str) -> None:
     _OUTCOME_COUNTERS[outcome].inc()
+
+
+def record_rescues(count: int) -> None:
+    RESCUED_ITEMS.inc(count)
 
 
 class QueueDepthCollector(Collector):

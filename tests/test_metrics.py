@@ -111,3 +111,15 @@ def test_metrics_show_how_long_ago_any_worker_last_claimed(app, client):
         app, "UPDATE queue_attempts SET started_at = :then", then=utcnow() - timedelta(hours=1)
     )
     assert 3600 <= metric(scrape(client), "docqueue_last_claim_age_seconds") < 7200
+
+
+def test_metrics_count_the_items_rescued_from_a_worker_that_died(app, client):
+    before = metric(scrape(client), "docqueue_rescued_items_total")
+    with app.app_context():
+        service = DocumentQueueService()
+        service.submit_document("a.txt", b"one", "text/plain")
+        service.claim_due_items(1, "doomed-worker")
+    execute_sql(app, "UPDATE queue_items SET lease_expires_at = :past", past=utcnow())
+    with app.app_context():
+        assert process_document_queue()["completed"] == 1  # rescued, then run again
+    assert metric(scrape(client), "docqueue_rescued_items_total") == before + 1

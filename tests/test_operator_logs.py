@@ -8,10 +8,10 @@ import re
 import pytest
 from flask import Flask
 
-from docqueue_app.models import db, latest_items
+from docqueue_app.models import db, latest_items, utcnow
 from docqueue_app.queue import DocumentQueueService
 from tests.e2e.server import Server, start_worker, stop_worker, wait_for
-from tests.helpers import close_connections
+from tests.helpers import close_connections, execute_sql
 
 SETTINGS = {
     "DOCQUEUE_SECRET_KEY": "logs",
@@ -109,3 +109,25 @@ def test_the_scheduler_in_gunicorn_logs_its_documents_with_time_and_level(app, e
         "attempt 1 of 2$",
         completed,
     )
+
+
+def test_a_worker_logs_each_item_it_rescues_from_a_dead_worker(app, env, tmp_path):
+    document, item = submit(app, "fine.txt", b"one two three", "text/plain")
+    with app.app_context():
+        DocumentQueueService().claim_due_items(1, "dead-host:4242:abcdef")
+    execute_sql(app, "UPDATE queue_items SET lease_expires_at = :past", past=utcnow())
+    log_path = tmp_path / "worker.log"
+
+    worker = start_worker(env, log_path)
+    try:
+        wait_for(lambda: all_finished(app), "the document to be rescued and finish")
+    finally:
+        assert stop_worker(worker) == 0
+    log = log_path.read_text()
+
+    rescued, completed = lines_about(log, document)
+    assert rescued == (
+        f"WARNING queue item {item} of document {document}: the lease of worker "
+        "dead-host:4242:abcdef ran out during attempt 1 of 2; handed back to run again"
+    )
+    assert completed.startswith(f"INFO document {document} completed: queue item {item}, attempt 2")
