@@ -126,8 +126,6 @@ def _work_loop(
                 return 0
         OUTAGES.succeeded()
         backoff.reset()
-        if result["processed"]:
-            log.info("processed %s", result)
         return result["processed"]
 
     woken = False

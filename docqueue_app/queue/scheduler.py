@@ -297,8 +297,6 @@ class QueueScheduler:
                 return 0
         OUTAGES.succeeded()
         self._backoff.reset()
-        if result["processed"]:
-            log.info("processed queue items: %s", result)
         return result["processed"]
 
     def heartbeat(self) -> None:
