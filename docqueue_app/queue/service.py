@@ -876,7 +876,7 @@ class DocumentQueueService(TransactionalService):
         Only a document's latest item can be retried: an older one was superseded
         (reprocess the document instead), and its document's status is another's.
         """
-        with self._write() as session:
+        with self._write():
             item = self._item_for_update(item_id)
             if item.status not in (ItemStatus.FAILED, ItemStatus.CANCELLED):
                 raise InvalidTransition(f"a {item.status} item cannot be retried")
@@ -886,8 +886,8 @@ class DocumentQueueService(TransactionalService):
             now = self._now()
             self._pending_again_unless_superseded(item, now)
             self._sync_documents([item.document_id], now)
+            self._as_left(item)
         announce_due_work(self.session)
-        session.refresh(item)
         return item
 
     def _pending_again_unless_superseded(self, item: QueueItem, now: datetime) -> None:
@@ -922,8 +922,18 @@ class DocumentQueueService(TransactionalService):
             session.execute(queries.cancel(item.id, now))
             self._sync_documents([item.document_id], now)
             record_events(session, [DocumentEvent(item.document_id, WebhookEvent.CANCELLED)])
-        session.refresh(item)
+            self._as_left(item)
         return item
+
+    def _as_left(self, item: QueueItem) -> None:
+        """Read ``item`` as this transaction left it and take it out of the session, so
+        the commit does not expire it: the admin's answer is what the action did.
+
+        Read after the commit, a delete that landed in between made the answer an
+        InvalidRequestError (a 500) for an action that had happened.
+        """
+        self.session.refresh(item)
+        self.session.expunge(item)
 
     def retry_failed_items(self) -> int:
         """Retry every failed item that is its document's latest (what the document shows)."""

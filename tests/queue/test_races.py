@@ -109,6 +109,35 @@ def held_before_statement(app: Flask, action: Action, starting: str) -> Iterator
         go.set()
 
 
+@contextmanager
+def held_after_commit(app: Flask, action: Action) -> Iterator[Actor]:
+    """Run ``action`` in a thread; hold it at its first statement after its first commit,
+    if it sends one, until the block ends (the block starts once it is held or done)."""
+    reached, go, committed = threading.Event(), threading.Event(), threading.Event()
+    actor = Actor(app, action)
+
+    def note_commit(conn: Any) -> None:
+        if threading.current_thread() is actor._thread:
+            committed.set()
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        mine = threading.current_thread() is actor._thread
+        if mine and committed.is_set() and not reached.is_set():
+            reached.set()
+            go.wait(WAIT)
+
+    with app.app_context():
+        event.listen(db.engine, "commit", note_commit)
+        event.listen(db.engine, "before_cursor_execute", hold)
+    actor.start()
+    while not reached.wait(0.01) and actor._thread.is_alive():
+        pass
+    try:
+        yield actor
+    finally:
+        go.set()
+
+
 def wait_until_blocked(app: Flask, actor: Actor) -> None:
     """Return once ``actor`` waits for a lock another transaction holds.
 
@@ -275,6 +304,33 @@ def test_a_delete_while_a_worker_records_a_failure_deletes_the_document(app, ser
     assert delete.result() is True
     assert document(document_id) is None
     assert items_of(document_id) == []
+
+
+ADMIN_ACTIONS: dict[str, Callable[[DocumentQueueService], tuple[int, int]]] = {
+    "retry": lambda s: failed(s, "retried.txt"),
+    "cancel": lambda s: (d := new_document(s, "cancelled.txt"), items_of(d)[0].id),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ADMIN_ACTIONS))
+def test_an_admin_action_answers_the_item_it_changed_though_deleted_right_after(
+    app, service, action
+):
+    """The retry or cancel committed: its answer is the item as it left it (200), even
+    when a delete lands before the answer is written. The item was read again after the
+    commit, and the deleted row made that an InvalidRequestError, a 500."""
+    document_id, item_id = ADMIN_ACTIONS[action](service)
+    act = (
+        (lambda s: s.retry_item(item_id))
+        if action == "retry"
+        else (lambda s: s.cancel_item(item_id))
+    )
+    with held_after_commit(app, act) as admin:
+        Actor(app, lambda s: s.delete_document(document_id)).start().result()
+    answer = admin.result()
+    expected = "pending" if action == "retry" else "cancelled"
+    assert (answer.id, answer.document_id, answer.status) == (item_id, document_id, expected)
+    assert document(document_id) is None
 
 
 # -- many rounds from one barrier ------------------------------------------------
