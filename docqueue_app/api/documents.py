@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from flask import Response, request, send_file, url_for
@@ -19,7 +22,7 @@ from ..documents import (
     original_bytes,
     show_document,
 )
-from ..queue import DocumentNotFound, DocumentQueueService
+from ..queue import ChangedSince, DocumentNotFound, DocumentQueueService
 from ..schemas import (
     ID_CONVERTER,
     DeliveryListSchema,
@@ -110,8 +113,10 @@ class DocumentResource(MethodView):
     @blp.error_response(412, PRECONDITION_FAILED)
     @blp.error_response(404, NO_SUCH_DOCUMENT)
     def delete(self, document_id: int) -> None:
-        check_preconditions(document_id)
-        if not DocumentQueueService().delete_document(document_id):
+        since = check_preconditions(document_id)
+        with precondition_judged_with_the_change(document_id):
+            deleted = DocumentQueueService().delete_document(document_id, since)
+        if not deleted:
             raise NotFound(f"Document {document_id} does not exist.")
 
 
@@ -168,34 +173,52 @@ def get_document_file(document_id: int) -> Response:
 @blp.error_response(412, PRECONDITION_FAILED)
 @blp.error_response(404, NO_SUCH_DOCUMENT)
 def reprocess_document(body: dict[str, Any], document_id: int) -> DocumentView:
-    check_preconditions(document_id)
+    since = check_preconditions(document_id)
     try:
-        queued = DocumentQueueService().enqueue_and_show(
-            document_id, Operation.REPROCESS, body["priority"]
-        )
+        with precondition_judged_with_the_change(document_id):
+            queued = DocumentQueueService().enqueue_and_show(
+                document_id, Operation.REPROCESS, body["priority"], since
+            )
     except DocumentNotFound:
         raise NotFound(f"Document {document_id} does not exist.") from None
     return DocumentView(*queued)
 
 
-def check_preconditions(document_id: int) -> None:
-    """412 for a change the client made conditional on a state the document is not in.
+def check_preconditions(document_id: int) -> datetime | None:
+    """412 for a change the client made conditional on a state the document is not in;
+    the If-Unmodified-Since time the change itself must still hold to (None: none).
 
     Documents carry no entity tag, so ``If-Match`` holds only as ``*`` (the
     document exists); ``If-Unmodified-Since`` holds while ``updated_at`` (to the
     second, as HTTP dates go) is not later. Evaluated only for a document that
-    exists: an unknown one stays 404 (RFC 9110, 13.2.1).
+    exists: an unknown one stays 404 (RFC 9110, 13.2.1). The service judges that
+    time again in the change's transaction, the document locked: a worker's outcome
+    may land between this look and the change.
     """
     if_match, since = request.if_match, request.if_unmodified_since
     if not if_match and since is None:
-        return
+        return None
     updated_at = find_document(document_id).updated_at.replace(microsecond=0)
     # Beside If-Match, If-Unmodified-Since is ignored (RFC 9110, 13.1.4).
     holds = if_match.star_tag if if_match else updated_at <= since
     if not holds:
-        raise PreconditionFailed(
-            f"Document {document_id}: the precondition failed; nothing was changed."
-        )
+        raise _precondition_failed(document_id)
+    return None if if_match else since
+
+
+@contextmanager
+def precondition_judged_with_the_change(document_id: int) -> Iterator[None]:
+    """The service's ``ChangedSince`` as the 412 the look before it would have given."""
+    try:
+        yield
+    except ChangedSince:
+        raise _precondition_failed(document_id) from None
+
+
+def _precondition_failed(document_id: int) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"Document {document_id}: the precondition failed; nothing was changed."
+    )
 
 
 @blp.route(f"/<{ID_CONVERTER}:document_id>/deliveries", methods=["GET"])

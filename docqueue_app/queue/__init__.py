@@ -3,6 +3,7 @@
 from typing import Any
 
 from .service import (
+    ChangedSince,
     Claim,
     ClaimedItem,
     DocumentNotFound,
@@ -20,6 +21,7 @@ def read_queue_stats() -> dict[str, Any]:
 
 
 __all__ = [
+    "ChangedSince",
     "Claim",
     "ClaimedItem",
     "DocumentNotFound",

@@ -247,6 +247,15 @@ def lock_documents(document_ids: list[int]) -> Select:
     )
 
 
+def updated_at_locked(document_id: int) -> Select:
+    """When the document last changed, the row locked until the transaction ends."""
+    return (
+        select(Document.updated_at)
+        .where(Document.id == document_id)
+        .with_for_update(key_share=True)
+    )
+
+
 def pending_item_of(document_id: int) -> Select:
     """The document's one not-yet-started item, locked, if it has one."""
     return (

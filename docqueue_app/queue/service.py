@@ -95,6 +95,10 @@ class InvalidTransition(RuntimeError):
     """The item or document is not in a state that allows the action."""
 
 
+class ChangedSince(RuntimeError):
+    """The document changed after the time a conditional request named (HTTP 412)."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """Who holds an item, for which attempt, since when: the fencing token.
@@ -366,14 +370,19 @@ class DocumentQueueService(TransactionalService):
         )
         return Submission(document, created=True, item=item)
 
-    def delete_document(self, document_id: int) -> bool:
-        """Remove a document, its bytes, its queue items and their history."""
+    def delete_document(self, document_id: int, unmodified_since: datetime | None = None) -> bool:
+        """Remove a document, its bytes, its queue items and their history.
+
+        With ``unmodified_since``, only when the document has not changed after that
+        time (to the second, as HTTP dates go): else ``ChangedSince``, nothing deleted.
+        """
         with self._write() as session:
             items = select(QueueItem.id).where(QueueItem.document_id == document_id)
             # Items before their history, as every writer of an item takes them: a
             # worker recording an outcome holds the item and then writes its history
             # row, and a delete that took the history first deadlocked with it.
             session.execute(items.order_by(QueueItem.id).with_for_update())
+            self._check_unmodified_since(document_id, unmodified_since)
             for statement in queries.delete_items(items):
                 session.execute(statement)
             session.execute(
@@ -394,28 +403,41 @@ class DocumentQueueService(TransactionalService):
         return self.enqueue_and_show(document_id, operation, priority).item
 
     def enqueue_and_show(
-        self, document_id: int, operation: str, priority: int = DEFAULT_PRIORITY
+        self,
+        document_id: int,
+        operation: str,
+        priority: int = DEFAULT_PRIORITY,
+        unmodified_since: datetime | None = None,
     ) -> Queued:
         """``enqueue``, with the document as the same transaction left it (detached).
 
         What a reprocess answers (SPEC §4: the document pending): a worker woken by
         the commit may have taken the item, even finished it, before the answer is
-        written, so the answer is not read after the commit.
+        written, so the answer is not read after the commit. With
+        ``unmodified_since``, only when the document has not changed after that
+        time: else ``ChangedSince``, nothing queued.
         """
         operation = Operation(operation)
         _check_priority(priority)
         try:
-            return self._enqueue(document_id, operation, priority)
+            return self._enqueue(document_id, operation, priority, unmodified_since)
         except IntegrityError:
             # A concurrent enqueue (or retry) made the pending item first: join it.
-            return self._enqueue(document_id, operation, priority)
+            return self._enqueue(document_id, operation, priority, unmodified_since)
 
-    def _enqueue(self, document_id: int, operation: Operation, priority: int) -> Queued:
+    def _enqueue(
+        self,
+        document_id: int,
+        operation: Operation,
+        priority: int,
+        unmodified_since: datetime | None = None,
+    ) -> Queued:
         with self._write() as session:
             now = self._now()
             if session.get(Document, document_id) is None:
                 raise DocumentNotFound(document_id)
             pending = session.scalar(queries.pending_item_of(document_id))
+            self._check_unmodified_since(document_id, unmodified_since)
             if pending is not None:
                 pending.priority = max(pending.priority, priority)
                 pending.run_at = min(pending.run_at, now)
@@ -433,6 +455,19 @@ class DocumentQueueService(TransactionalService):
             session.expunge(item)
         announce_due_work(self.session)
         return Queued(document, item)
+
+    def _check_unmodified_since(self, document_id: int, since: datetime | None) -> None:
+        """Raise ``ChangedSince`` when the document changed after ``since``.
+
+        Judged in the transaction that makes the change, the document locked (after
+        its items, as every writer takes them): judged before it, a worker's outcome
+        landing in between was deleted or queued over as if unseen.
+        """
+        if since is None:
+            return
+        updated_at = self.session.scalar(queries.updated_at_locked(document_id))
+        if updated_at is not None and updated_at.replace(microsecond=0) > since:
+            raise ChangedSince(f"document {document_id} changed after {since.isoformat()}")
 
     def _new_item(
         self, document_id: int, operation: Operation, priority: int, now: datetime

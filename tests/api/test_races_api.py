@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
+from werkzeug.http import http_date
 from werkzeug.test import TestResponse
 
-from tests.api import run_queue
+from docqueue_app.queue import DocumentQueueService
+from tests.api import assert_json_error, run_queue
 from tests.api.test_admin import admin_client
-from tests.helpers import upload
+from tests.helpers import execute_sql, upload
 
 ROUNDS = 10
 WAIT = 30  # seconds: only a broken test waits that long
@@ -108,3 +111,60 @@ def test_a_cancel_racing_a_workers_pass_is_told_what_happened(admin_app):
         else:
             assert cancelled.status_code == 200, cancelled.get_json()
             assert (cancelled.get_json()["status"], status) == ("cancelled", "cancelled")
+
+
+CONDITIONAL_CHANGES = {
+    "delete": (
+        "delete_document",
+        lambda client, d, headers: client.delete(f"/api/documents/{d}", headers=headers),
+    ),
+    "reprocess": (
+        "enqueue_and_show",
+        lambda client, d, headers: client.post(f"/api/documents/{d}/reprocess", headers=headers),
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CONDITIONAL_CHANGES))
+def test_a_conditional_change_is_refused_when_a_worker_changed_the_document_meanwhile(
+    app, monkeypatch, change
+):
+    """If-Unmodified-Since is judged with the change, not before it: a worker that
+    completes the document between the two makes the request a 412, nothing changed.
+
+    The precondition was read in a transaction of its own, so the document was deleted
+    (or queued again) though it had changed after the time the client named.
+    """
+    method, send = CONDITIONAL_CHANGES[change]
+    client = app.test_client()
+    document_id = upload(client, b"changed while a client decides").get_json()["id"]
+    with app.app_context():
+        [item] = DocumentQueueService().claim_due_items(1, "worker")
+    an_hour_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    execute_sql(
+        app, "UPDATE documents SET updated_at = :t WHERE id = :d", t=an_hour_ago, d=document_id
+    )
+    reached, go = threading.Event(), threading.Event()
+    original = getattr(DocumentQueueService, method)
+
+    def held(self: DocumentQueueService, *args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        go.wait(WAIT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DocumentQueueService, method, held)
+    headers = {"If-Unmodified-Since": http_date(an_hour_ago)}
+    answers: list[TestResponse] = []
+    request = threading.Thread(
+        target=lambda: answers.append(send(app.test_client(), document_id, headers))
+    )
+    request.start()
+    assert reached.wait(WAIT)
+    with app.app_context():
+        assert DocumentQueueService().mark_completed(item, {"text": "done"})
+    go.set()
+    request.join(WAIT)
+    [response] = answers
+    assert_json_error(response, 412, "Precondition Failed")
+    shown = client.get(f"/api/documents/{document_id}").get_json()
+    assert (shown["status"], shown["queue_item"]["id"]) == ("completed", item.id)
