@@ -380,6 +380,24 @@ def test_a_cancel_racing_the_workers_completion_answers_what_happened(app, servi
         assert_document_follows_its_latest_item(document_id)
 
 
+def test_a_cancel_racing_the_claim_of_its_item_stops_it_either_way(app, service):
+    """Cancelled while pending (nothing claimed) or while just claimed (the worker's
+    result dropped): the admin's 200 holds, and the document ends cancelled."""
+    for n in range(ROUNDS):
+        document_id = new_document(service, f"claimed-{n}.txt")
+        [item_id] = [i.id for i in items_of(document_id)]
+        cancel, claim = race(
+            app,
+            lambda s, i=item_id: s.cancel_item(i),
+            lambda s: s.claim_due_items(5, "claimer", look_first=False),
+        )
+        assert cancel.result().status == "cancelled"
+        for claimed in claim.result():
+            assert service.mark_completed(claimed, {"text": "late"}) is (claimed.id != item_id)
+        assert [i.status for i in items_of(document_id)] == ["cancelled"]
+        assert document(document_id).status == "cancelled"
+
+
 def test_a_delete_racing_the_workers_end_always_deletes(app, service):
     """The worker's late end never brings the document back, and the delete is not lost."""
     for n in range(ROUNDS):
