@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from ..models import db
 from .pruner import prune_if_due
-from .rescuer import RescueReportingService, rescue_lost_items
+from .rescuer import rescue_lost_items
+from .service import DocumentQueueService
 
 MAINTENANCE_EVERY_SECONDS = 60.0
 
@@ -28,7 +29,7 @@ def run_maintenance() -> dict[str, int]:
         return {"rescued": 0, "pruned": 0}
     _last_round["at"] = time.monotonic()
     with Session(db.engine) as session:
-        service = RescueReportingService(session)
+        service = DocumentQueueService(session)
         return {
             "rescued": rescue_lost_items(service),
             "pruned": prune_if_due(service, current_app.config["RETENTION_DAYS"]),

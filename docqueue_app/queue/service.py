@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from ..database import database_clock, is_outage
+from ..metrics import record_rescues
 from ..models import (
     QUEUE_STATE_ID,
     WITH_METADATA,
@@ -1062,7 +1063,6 @@ class DocumentQueueService(TransactionalService):
         with self._read():
             if not self._exists(queries.expired_leases(self._now())):
                 return 0  # without taking the write lock
-        rescued = 0
         with self._write() as session:
             now = self._now()
             expired = session.execute(
@@ -1072,18 +1072,22 @@ class DocumentQueueService(TransactionalService):
                     QueueItem.priority,
                     QueueItem.max_attempts,
                     QueueItem.attempts,
+                    QueueItem.locked_by,
                 )
                 .order_by(QueueItem.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
             events: list[DocumentEvent] = []
-            for row in expired:
-                if self._rescue(row, now, events):
-                    rescued += 1
+            rescued = [row for row in expired if self._rescue(row, now, events)]
             self._sync_documents([row.document_id for row in expired], now)
             record_events(session, events)
-        return rescued
+        # Said once committed: a crashing or hung worker shows in the log and in
+        # /metrics (docqueue_rescued_items_total), not only in the items' history.
+        for row in rescued:
+            _log_rescue(row)
+        record_rescues(len(rescued))
+        return len(rescued)
 
     def _rescue(self, row: Any, now: datetime, events: list[DocumentEvent]) -> bool:
         """Rescue one item in a savepoint; its event (when it ended failed) goes to ``events``."""
@@ -1302,3 +1306,17 @@ def _document_result_values(result: dict[str, Any]) -> dict[str, Any]:
         "word_count": len(text.split()),
         "char_count": len(text),
     }
+
+
+def _log_rescue(row: Any) -> None:
+    out_of_attempts = row.attempts >= row.max_attempts
+    log.log(
+        logging.ERROR if out_of_attempts else logging.WARNING,
+        "queue item %s of document %s: the lease of worker %s ran out during attempt %s of %s; %s",
+        row.id,
+        row.document_id,
+        row.locked_by,
+        row.attempts,
+        row.max_attempts,
+        "it failed for good" if out_of_attempts else "handed back to run again",
+    )

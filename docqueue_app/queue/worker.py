@@ -34,7 +34,6 @@ from ..processing import (
     run_processor,
 )
 from ..transactions import one_statement_options
-from .rescuer import RescueReportingService
 from .service import Claim, ClaimedItem, DocumentQueueService, Outcome, default_worker_id
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ def process_document_queue(
     limit = config["BATCH_SIZE"] if limit is None else limit
     counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
     with Session(db.engine) as session:
-        service = RescueReportingService(session)
+        service = DocumentQueueService(session)
         items = service.claim_due_items(
             limit, worker_id or current_worker_id(), look_first, LOAD_GROUP_BYTES // max(limit, 1)
         )
