@@ -10,6 +10,8 @@ glibc itself wait 30 s for an answer, far past the attempt's time cap.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -90,11 +92,10 @@ class DnsServer:
     """A DNS server on a loopback address of its own, port 53: it records the queries it reads."""
 
     def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
-        self.address = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.53"
         self.queries: list[bytes] = []
         self._answer = answer
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind((self.address, 53))
+        self.address = _bind_to_a_free_loopback_address(self._socket)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -104,13 +105,36 @@ class DnsServer:
                 query, client = self._socket.recvfrom(4096)
             except OSError:
                 return  # closed
+            if client is None:
+                return  # shut down
             self.queries.append(query)
             reply = self._answer(query)
             if reply is not None:
                 self._socket.sendto(reply, client)
 
     def close(self) -> None:
+        # close() alone leaves the thread blocked in recvfrom, and the address bound
+        # for the rest of the run; shutdown() wakes it (Linux raises ENOTCONN for an
+        # unconnected socket, yet does it).
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
         self._socket.close()
+
+
+def _bind_to_a_free_loopback_address(server: socket.socket) -> str:
+    """Port 53 on a loopback address of its own, drawn afresh while one is taken."""
+    draw = random.Random()  # not the global generator, which a test may have seeded
+    for _ in range(20):
+        address = f"127.{draw.randint(64, 250)}.{draw.randint(1, 250)}.53"
+        try:
+            server.bind((address, 53))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return address
+    raise RuntimeError("no free loopback address for a DNS server in 20 draws")
 
 
 def _servfail(query: bytes) -> bytes:
@@ -286,3 +310,16 @@ def test_an_internationalized_name_is_delivered_with_its_ascii_form_as_host(
     assert (result["delivered"], result["status_code"]) == (True, 204)
     [request] = receiver.requests
     assert request.headers["Host"] == f"xn--bcher-kva.example:{receiver.port}"
+
+
+def test_a_closed_dns_server_frees_its_address_for_the_next_test():
+    # close() left the serving thread blocked in recvfrom, which kept the address
+    # bound for the rest of the run: a later test drawing the same address failed
+    # with "Address already in use".
+    server = DnsServer(_records("127.0.0.1"))
+    server.close()
+    again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        again.bind((server.address, 53))
+    finally:
+        again.close()
