@@ -158,8 +158,12 @@ def outcome_label(outcome: Outcome, item: ClaimedItem) -> str:
 
 # One line per attempt, with what an operator needs to look it up: a failure for
 # good is an error (someone must act), a retry a warning (it may yet complete).
+# A completion is a debug line: at thousands of documents a second, a line each
+# would cost the worker about 5% of its time and fill the log (journald's default
+# limit, 10,000 lines in 30 s, then drops the errors too); the counters and each
+# document's history say what completed.
 _OUTCOME_LOGS = {
-    "completed": (logging.INFO, "document %s completed: queue item %s, attempt %s of %s"),
+    "completed": (logging.DEBUG, "document %s completed: queue item %s, attempt %s of %s"),
     "retried": (
         logging.WARNING,
         "document %s will be retried: queue item %s, attempt %s of %s failed: %s",
