@@ -205,6 +205,9 @@ def test_a_secret_key_that_looks_like_json_stays_the_text_given(clean_env, key):
     # DOCQUEUE_SECRET_KEY=123 was read as the number 123: every page then failed
     # with 500 as it signed its CSRF token.
     clean_env.setenv("DOCQUEUE_SECRET_KEY", key)
+    # The page's request would start the queue scheduler, left ticking for the rest of
+    # the run (it then logged into a closed stream when pytest ended).
+    clean_env.setenv("DOCQUEUE_SCHEDULER_ENABLED", "false")
     app = create_app()
     assert app.config["SECRET_KEY"] == key
     page = app.test_client().get("/")
