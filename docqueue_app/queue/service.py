@@ -329,9 +329,9 @@ class DocumentQueueService(TransactionalService):
         """The documents stored before with these bytes, each with its latest item, as
         one transaction read them (detached): an upload answers them as found.
 
-        Copies, out of the session, which would expire them at the commit: read
-        again for the answer, a document deleted in between made that answer an
-        ObjectDeletedError (a 500).
+        Out of the session, which would expire them at the commit (as
+        ``enqueue_and_show`` does): read again for the answer, a document deleted
+        in between made that answer an ObjectDeletedError (a 500).
         """
         if not digests:
             return {}
@@ -340,14 +340,12 @@ class DocumentQueueService(TransactionalService):
                 select(Document).where(Document.sha256.in_(digests)).options(WITH_METADATA)
             ).all()
             items = latest_items(session, [document.id for document in documents])
-            return {
-                document.sha256: Submission(
-                    _detached_copy(document),
-                    created=False,
-                    item=_detached_copy(items.get(document.id)),
-                )
-                for document in documents
-            }
+            for row in (*documents, *items.values()):
+                session.expunge(row)
+        return {
+            document.sha256: Submission(document, created=False, item=items.get(document.id))
+            for document in documents
+        }
 
     def _created(self, file: NewDocument, digest: str, row: StoredDocument) -> Submission:
         """A new document and its item as written, built without reading them back."""
@@ -1220,23 +1218,6 @@ def _detached(model: type[Any], **values: Any) -> Any:
     instance.__dict__.update({column.key: values.get(column.key) for column in mapper.column_attrs})
     make_transient_to_detached(instance)
     return instance
-
-
-def _detached_copy(row: Any) -> Any:
-    """A detached copy of a loaded ORM object (None for None): the columns it loaded,
-    as read (a deferred one it did not load stays unloaded: reading it raises)."""
-    if row is None:
-        return None
-    state = inspect(row)
-    loaded = {
-        column.key: state.dict[column.key]
-        for column in state.mapper.column_attrs
-        if column.key in state.dict
-    }
-    copy = state.mapper.class_manager.new_instance()
-    copy.__dict__.update(loaded)
-    make_transient_to_detached(copy)
-    return copy
 
 
 def _superseded(newer: int) -> InvalidTransition:
