@@ -134,8 +134,24 @@ def process_command(limit: int | None) -> None:
     type=Checked(SETTINGS["POLL_INTERVAL"], "seconds"),
     help=f"Seconds between looks at an idle queue. {default_from('POLL_INTERVAL')}",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve this worker's counters for Prometheus at http://HOST:PORT/metrics. "
+    "Default: not served.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address --metrics-port listens on (0.0.0.0: every interface).",
+)
 def worker_command(
-    concurrency: int | None, batch_size: int | None, poll_interval: float | None
+    concurrency: int | None,
+    batch_size: int | None,
+    poll_interval: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Process the queue until SIGTERM or SIGINT, which finish the documents in hand.
 
@@ -143,6 +159,8 @@ def worker_command(
     """
     from .queue.runner import run_worker
 
+    if metrics_port is not None:
+        serve_worker_metrics(metrics_host, metrics_port)
     start_up_is_over()
     config = current_app.config
     run_worker(
@@ -151,6 +169,19 @@ def worker_command(
         poll_interval or config["POLL_INTERVAL"],
         stop=click.get_current_context().meta.get(_STOP_FLAG),
     )
+
+
+def serve_worker_metrics(host: str, port: int) -> None:
+    """Listen for scrapes, or stop here (exit 2) naming the address that is refused."""
+    from .metrics import serve_process_metrics
+
+    try:
+        serve_process_metrics(host, port)
+    except OSError as error:
+        raise click.BadParameter(
+            f"cannot listen on {host}:{port}: {error.strerror or error}",
+            param_hint="'--metrics-port'",
+        ) from None
 
 
 @queue_cli.command("stats")

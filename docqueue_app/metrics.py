@@ -8,6 +8,7 @@ whichever process answers.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -32,6 +34,7 @@ from .models import QueueAttempt, QueueItem, WebhookDelivery, db
 from .states import DeliveryStatus, ItemStatus
 
 EXTENSION = "docqueue_metrics"
+log = logging.getLogger(__name__)
 
 # Under gunicorn each kind of metric is a file per worker, which gunicorn.conf.py
 # allocates before the worker starts (METRIC_FILE_KINDS): a new kind goes there too.
@@ -208,3 +211,14 @@ def init_app(app: Flask, read_queue_stats: Callable[[], dict[str, Any]]) -> None
     """
     app.extensions[EXTENSION] = read_queue_stats
     app.register_blueprint(blueprint)
+
+
+def serve_process_metrics(host: str, port: int) -> None:
+    """Serve this process's counters at http://host:port/metrics, from a thread of its own.
+
+    For a standalone worker: the web app's /metrics counts gunicorn's processes only.
+    The queue's gauges are left to the web app, where every host reads the same.
+    Raises OSError when the address cannot be listened on.
+    """
+    start_http_server(port, addr=host, registry=_process_registry())
+    log.info("metrics on http://%s:%d/metrics", host, port)
