@@ -57,7 +57,15 @@ _WERKZEUG_PARTS = MultiPartParser()
 
 
 class MultipartFormDataParser(FormDataParser):
-    """Werkzeug's form parser, with small multipart bodies parsed by ``multipart``."""
+    """Werkzeug's form parser, with small multipart bodies parsed by ``multipart``.
+
+    A multipart body that does not follow its boundary is a 400 saying so. Werkzeug's
+    parser reads it as a form without fields (silently), so the upload answered "The
+    multipart field 'file' is missing" to a client that had sent one: a body cut
+    before its closing boundary, one written with another boundary, or a
+    Content-Type set by hand without its boundary (``requests`` given ``files=`` and
+    a Content-Type of the caller's).
+    """
 
     def _parse_multipart(
         self,
@@ -68,12 +76,30 @@ class MultipartFormDataParser(FormDataParser):
     ) -> tuple[IO[bytes], Any, Any]:
         try:
             return self._parse_multipart_body(stream, mimetype, content_length, options)
+        except ValueError:  # Werkzeug's parser: the body does not follow its boundary
+            raise BadRequest(_not_following(options.get("boundary", ""))) from None
+        except RequestEntityTooLarge as error:
+            if error.description != RequestEntityTooLarge.description or (
+                content_length is None and getattr(stream, "is_exhausted", False)
+            ):
+                raise  # ours, or a chunked body past the request limit (MAX_CONTENT_LENGTH)
+            raise RequestEntityTooLarge(self._outside_files(options.get("boundary", ""))) from None
         except OSError as error:
             if error.errno not in _NO_ROOM:
                 raise
             raise ServiceUnavailable(
                 TEMPORARY_FOLDER_FULL, retry_after=RETRY_AFTER_SECONDS
             ) from None
+
+    def _outside_files(self, boundary: str) -> str:
+        """Werkzeug's 413 for a form's text, which named no limit: errors.py took it for
+        a request over the limit ("The request was over 51 MB") whatever its size."""
+        return (
+            f"The multipart body has a part without a filename (a text field) over "
+            f"{(self.max_form_memory_size or 0) / 1000:g} KB, over {self.max_form_parts} "
+            f"parts, or no part starting with its boundary --{boundary}: send a file as a "
+            "file part, with its filename (curl -F file=@path). Nothing was stored."
+        )
 
     def _parse_multipart_body(
         self,
@@ -128,6 +154,20 @@ class MultipartFormDataParser(FormDataParser):
         if self.max_form_memory_size is not None and part.size > self.max_form_memory_size:
             raise RequestEntityTooLarge()
         return part.raw.decode(_WERKZEUG_PARTS.get_part_charset(headers), "replace")
+
+
+def _not_following(boundary: str) -> str:
+    if not boundary:
+        return (
+            "The Content-Type multipart/form-data names no boundary, so the body cannot "
+            "be split into its parts: let the client write this header itself (it adds "
+            "'; boundary=...'). Nothing was stored."
+        )
+    return (
+        f"The multipart body does not follow its boundary: no part starts with "
+        f"--{boundary}, or the body ends before the closing --{boundary}--. "
+        "Nothing was stored."
+    )
 
 
 class ReadableBody:

@@ -399,7 +399,6 @@ def part(headers: str, content: bytes = b"some text") -> bytes:
 END = b"--hostile-boundary--\r\n"
 FILE_PART = 'Content-Disposition: form-data; name="file"; filename="a.txt"'
 MALFORMED = {
-    "boundary never closed": part(FILE_PART),
     "two file parts": part(FILE_PART) + part(FILE_PART.replace("a.txt", "b.txt"), b"b") + END,
     "file part without a filename": part('Content-Disposition: form-data; name="file"') + END,
     "CRLF inside the filename": part(FILE_PART.replace("a.txt", "a.txt\r\nX-Injected: 1")) + END,
@@ -416,6 +415,66 @@ def test_a_malformed_multipart_body_is_a_json_400_storing_nothing(
     assert_json_error(exchange(fresh.server, request_head(framing=length(body)) + body), 400)
 
     assert stored_rows(fresh.database_url) == before
+
+
+# Werkzeug's parser streams a body past IN_MEMORY_BYTES; looking for the first
+# boundary it keeps at most MAX_FORM_MEMORY_SIZE (500 KB), then answers 413.
+NOT_FOLLOWING = {
+    "never closed": ("hostile-boundary", b"", 100, 400),
+    "never closed, streamed": ("hostile-boundary", b"", IN_MEMORY_BYTES + 100, 400),
+    "not the body's": ("another-boundary", END, 100, 400),
+    "not the body's, streamed": ("another-boundary", END, IN_MEMORY_BYTES + 100, 413),
+}
+
+
+@pytest.mark.parametrize(
+    ("boundary", "ending", "size", "code"), NOT_FOLLOWING.values(), ids=NOT_FOLLOWING.keys()
+)
+def test_a_body_that_does_not_follow_its_boundary_is_refused_saying_so(
+    fresh: Served, boundary: str, ending: bytes, size: int, code: int
+) -> None:
+    # Werkzeug's parser read such a body as no fields at all: "The multipart field
+    # 'file' is missing", to a client that had sent one; or, past 500 KB, "The
+    # request was over 2 MB" of a body of 0.5 MB.
+    before = stored_rows(fresh.database_url)
+    body = part(FILE_PART, text_file(size)) + ending
+    head = request_head(
+        framing=length(body), content_type=f"multipart/form-data; boundary={boundary}"
+    )
+
+    message = assert_json_error(exchange(fresh.server, head + body), code)
+
+    assert f"--{boundary}" in message and "Nothing was stored" in message, message
+    assert stored_rows(fresh.database_url) == before
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_file_sent_as_a_text_field_past_500_kb_is_not_called_over_the_limit(
+    fresh: Served, framing: str
+) -> None:
+    # curl -F "file=<report.txt" sends the file's text as a field, without a filename.
+    body = part('Content-Disposition: form-data; name="file"', text_file(600_000)) + END
+    if framing == "chunked":
+        request = request_head(framing=CHUNKED) + chunked(body)
+    else:
+        request = request_head(framing=length(body)) + body
+
+    message = assert_json_error(exchange(fresh.server, request), 413)
+
+    assert "text field" in message and "curl -F file=@path" in message, message
+    assert "The request was over" not in message, message
+
+
+def test_a_multipart_content_type_without_its_boundary_is_a_400_that_says_so(
+    fresh: Served,
+) -> None:
+    # What requests sends when the caller sets the Content-Type of files= himself.
+    body = part(FILE_PART) + END
+    head = request_head(framing=length(body), content_type="multipart/form-data")
+
+    message = assert_json_error(exchange(fresh.server, head + body), 400)
+
+    assert "no boundary" in message and "Nothing was stored" in message, message
 
 
 def test_control_characters_of_an_encoded_filename_never_reach_a_header(fresh: Served) -> None:
