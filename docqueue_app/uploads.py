@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO
 
-from flask import current_app
+from flask import current_app, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
@@ -51,6 +51,11 @@ def check_upload(
     ``callback_url`` was checked by the form's schema already.
     """
     if storage is None:
+        if "file" in request.form:  # curl -F "file=<path" rather than "file=@path"
+            raise BadRequest(
+                "The multipart field 'file' came as text, without a filename: send the "
+                "file as a file part (curl -F file=@path)."
+            )
         raise BadRequest("The multipart field 'file' is missing.")
     return check_file(storage.filename, storage.stream, priority, callback_url)
 

@@ -400,7 +400,6 @@ END = b"--hostile-boundary--\r\n"
 FILE_PART = 'Content-Disposition: form-data; name="file"; filename="a.txt"'
 MALFORMED = {
     "two file parts": part(FILE_PART) + part(FILE_PART.replace("a.txt", "b.txt"), b"b") + END,
-    "file part without a filename": part('Content-Disposition: form-data; name="file"') + END,
     "CRLF inside the filename": part(FILE_PART.replace("a.txt", "a.txt\r\nX-Injected: 1")) + END,
     "no parts at all": END,
 }
@@ -445,6 +444,19 @@ def test_a_body_that_does_not_follow_its_boundary_is_refused_saying_so(
     message = assert_json_error(exchange(fresh.server, head + body), code)
 
     assert f"--{boundary}" in message and "Nothing was stored" in message, message
+    assert stored_rows(fresh.database_url) == before
+
+
+def test_a_file_sent_as_a_text_field_is_a_400_that_says_how_to_send_it(fresh: Served) -> None:
+    # curl -F "file=<report.txt" (not file=@report.txt) sends the text without a
+    # filename: the answer was "The multipart field 'file' is missing".
+    before = stored_rows(fresh.database_url)
+    body = part('Content-Disposition: form-data; name="file"', text_file(100)) + END
+
+    answer = exchange(fresh.server, request_head(framing=length(body)) + body)
+
+    message = assert_json_error(answer, 400)
+    assert "without a filename" in message and "curl -F file=@path" in message, message
     assert stored_rows(fresh.database_url) == before
 
 
