@@ -450,13 +450,20 @@ def walk_indexes(connection: Connection) -> None:
 def _raised_as_sqlalchemy_would(
     connection: Connection, statement: str, parameters: Any
 ) -> Iterator[None]:
-    """The driver's errors as SQLAlchemy's; a lost connection is invalidated."""
+    """The driver's errors as SQLAlchemy's; a lost connection is invalidated, and with
+    it every pooled connection opened before it, as SQLAlchemy does.
+
+    The others were most likely cut too (a restart, a failover): invalidating this
+    one alone handed the next pass another dead connection, one failed pass (and one
+    backoff pause) per pooled connection after the database came back.
+    """
     try:
         yield
     except connection.dialect.loaded_dbapi.Error as error:
         dbapi_connection = connection.connection.dbapi_connection
         lost = connection.dialect.is_disconnect(error, dbapi_connection, None)
         if lost:
+            connection.engine.pool._invalidate(connection.connection, error, _checkin=False)
             connection.invalidate(error)
         raise DBAPIError.instance(
             statement,

@@ -114,6 +114,7 @@ def _work_loop(
     backoff = Backoff(first=poll_interval)
 
     def run_pass(look_first: bool) -> int:
+        seen = wakes.generation
         with app.app_context():
             try:
                 result = process_document_queue(batch_size, stop=stop, look_first=look_first)
@@ -122,7 +123,11 @@ def _work_loop(
                 run_maintenance()
             except Exception as exc:  # a database outage or hiccup must not end the worker
                 report_failure(exc, "worker pass failed")
-                stop.wait(backoff.next_pause())
+                # A wake ends the pause (and a stop, which wakes every loop): it came
+                # through the database (a notification, a commit), so the database is
+                # back. Waiting the pause out regardless left work uploaded after an
+                # outage waiting a whole POLL_INTERVAL, however long that was set.
+                wakes.sleep(seen, backoff.next_pause())
                 return 0
         OUTAGES.succeeded()
         backoff.reset()

@@ -261,7 +261,11 @@ class QueueScheduler:
         """Work may be due: start a run now, unless every thread is running one already.
 
         Busy runs look again before they end (``work_until_idle``), so skipping is safe.
+        A wake also ends a pause after a failed pass: it came through the database (a
+        notification, a commit), so the database is back. Waiting the pause out left
+        work uploaded after an outage waiting a whole POLL_INTERVAL, however long.
         """
+        self._resume_at = float("-inf")
         scheduler = self._scheduler
         if scheduler is None or self.stopping or len(self._runs) >= self.concurrency:
             return

@@ -1,0 +1,123 @@
+"""What a running process holds, read from /proc: descriptors, threads, child processes,
+and its PostgreSQL sessions (matched by the client port of its TCP sockets).
+
+The leak tests (``test_leaks.py``) take a ``Census`` of the same processes after a
+first round of work or faults and after the last one: anything that grows with the
+rounds grows without bound in a server that runs for months.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+_SOCKET = re.compile(r"socket:\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    state: str  # /proc/PID/stat's: R, S, D, Z (a zombie)...
+
+
+def process_table() -> dict[int, list[Process]]:
+    """Parent pid -> its children, for every process of the machine."""
+    children: dict[int, list[Process]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(Process(int(stat.parent.name), fields[0]))
+    return children
+
+
+def descendants(pid: int) -> list[Process]:
+    """Every process below ``pid``: its children, theirs, and so on."""
+    table = process_table()
+    found: list[Process] = []
+    below = [pid]
+    while below:
+        for child in table.get(below.pop(), []):
+            found.append(child)
+            below.append(child.pid)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def open_descriptors(pid: int) -> list[str]:
+    """What each of the process's file descriptors points at."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile
+    return targets
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def tcp_client_ports(pid: int) -> set[int]:
+    """The local ports of the process's TCP sockets (IPv4 and IPv6)."""
+    inodes = {int(m.group(1)) for t in open_descriptors(pid) if (m := _SOCKET.fullmatch(t))}
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[9]) in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def postgres_sessions(admin_url: str, database: str) -> list[tuple[int, str, str]]:
+    """(client port, application name, state) of every session on ``database``."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT client_port, application_name, state FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    return [(port, name or "-", state or "-") for port, name, state in rows]
+
+
+@dataclass(frozen=True)
+class Census:
+    """What one process holds at one moment."""
+
+    descriptors: int
+    threads: int
+    children: int  # every process below it (sandboxes, fork server, resource tracker)
+    zombies: int
+    sessions: Counter[tuple[str, str]]  # (application name, state) -> PostgreSQL sessions
+
+    @classmethod
+    def of(cls, pid: int, sessions: list[tuple[int, str, str]] | None = None) -> Census:
+        below = descendants(pid)
+        ports = tcp_client_ports(pid) if sessions else set()
+        return cls(
+            descriptors=len(open_descriptors(pid)),
+            threads=thread_count(pid),
+            children=len(below),
+            zombies=sum(child.state == "Z" for child in below),
+            sessions=Counter(
+                (name, state) for port, name, state in sessions or [] if port in ports
+            ),
+        )
+
+    def session_count(self) -> int:
+        return sum(self.sessions.values())
