@@ -59,12 +59,12 @@ _WERKZEUG_PARTS = MultiPartParser()
 class MultipartFormDataParser(FormDataParser):
     """Werkzeug's form parser, with small multipart bodies parsed by ``multipart``.
 
-    A multipart body that does not follow its boundary is a 400 saying so. Werkzeug's
-    parser reads it as a form without fields (silently), so the upload answered "The
-    multipart field 'file' is missing" to a client that had sent one: a body cut
-    before its closing boundary, one written with another boundary, or a
+    A multipart body that cannot be split into its parts is a 400 saying why.
+    Werkzeug's parser reads it as a form without fields (silently), so the upload
+    answered "The multipart field 'file' is missing" to a client that had sent one: a
+    body cut before its closing boundary, one written with another boundary, a
     Content-Type set by hand without its boundary (``requests`` given ``files=`` and
-    a Content-Type of the caller's).
+    a Content-Type of the caller's), a filename in Latin-1.
     """
 
     def _parse_multipart(
@@ -76,8 +76,8 @@ class MultipartFormDataParser(FormDataParser):
     ) -> tuple[IO[bytes], Any, Any]:
         try:
             return self._parse_multipart_body(stream, mimetype, content_length, options)
-        except ValueError:  # Werkzeug's parser: the body does not follow its boundary
-            raise BadRequest(_not_following(options.get("boundary", ""))) from None
+        except ValueError as error:  # Werkzeug's parser: the body cannot be split
+            raise BadRequest(_unsplittable(error, options.get("boundary", ""))) from None
         except RequestEntityTooLarge as error:
             if error.description != RequestEntityTooLarge.description or (
                 content_length is None and getattr(stream, "is_exhausted", False)
@@ -156,18 +156,23 @@ class MultipartFormDataParser(FormDataParser):
         return part.raw.decode(_WERKZEUG_PARTS.get_part_charset(headers), "replace")
 
 
-def _not_following(boundary: str) -> str:
+def _unsplittable(error: ValueError, boundary: str) -> str:
+    """What was wrong with a multipart body Werkzeug's parser refused, for its client."""
     if not boundary:
-        return (
-            "The Content-Type multipart/form-data names no boundary, so the body cannot "
-            "be split into its parts: let the client write this header itself (it adds "
-            "'; boundary=...'). Nothing was stored."
+        why = (
+            "its Content-Type names no boundary: let the client write this header itself "
+            "(it adds '; boundary=...')"
         )
-    return (
-        f"The multipart body does not follow its boundary: no part starts with "
-        f"--{boundary}, or the body ends before the closing --{boundary}--. "
-        "Nothing was stored."
-    )
+    elif isinstance(error, UnicodeDecodeError):
+        why = "a part's headers are not UTF-8: send a filename in UTF-8"
+    elif "cannot parse beyond" in str(error):  # Werkzeug: the body ended in this state
+        why = (
+            f"no part starts with its boundary --{boundary}, or it ends before the "
+            f"closing --{boundary}--"
+        )
+    else:
+        why = str(error)  # Werkzeug: "Missing Content-Disposition header"
+    return f"The multipart body cannot be split into its parts: {why}. Nothing was stored."
 
 
 class ReadableBody:

@@ -10,7 +10,7 @@ The server is gunicorn with gunicorn.conf.py (gthread, 4 threads) and ONE
 worker, so a thread a hostile client kept would starve every later request
 rather than only those the kernel happened to hand to the same worker.
 Hand-written requests (``socket``) and ``http.client`` say exactly what goes
-on the wire; ``curl`` is the one real client (the way SPEC §4 uploads).
+on the wire; ``curl`` is the one real client.
 """
 
 from __future__ import annotations
@@ -476,16 +476,38 @@ def test_a_file_sent_as_a_text_field_past_500_kb_is_not_called_over_the_limit(
     assert "The request was over" not in message, message
 
 
-def test_a_multipart_content_type_without_its_boundary_is_a_400_that_says_so(
-    fresh: Served,
-) -> None:
+MULTIPART = "multipart/form-data; boundary=hostile-boundary"
+LATIN_1_FILENAME = FILE_PART.replace("a.txt", "café.txt").encode("latin-1")
+UNREADABLE_PARTS = {
     # What requests sends when the caller sets the Content-Type of files= himself.
-    body = part(FILE_PART) + END
-    head = request_head(framing=length(body), content_type="multipart/form-data")
+    "Content-Type without its boundary": ("multipart/form-data", part(FILE_PART), "no boundary"),
+    "part without Content-Disposition": (
+        MULTIPART,
+        part("Content-Type: text/plain"),
+        "Content-Disposition",
+    ),
+    "filename not in UTF-8": (
+        MULTIPART,
+        b"--hostile-boundary\r\n" + LATIN_1_FILENAME + b"\r\n\r\nsome text\r\n",
+        "UTF-8",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "parts", "named"), UNREADABLE_PARTS.values(), ids=UNREADABLE_PARTS.keys()
+)
+def test_a_multipart_body_that_cannot_be_split_is_a_400_that_says_why(
+    fresh: Served, content_type: str, parts: bytes, named: str
+) -> None:
+    before = stored_rows(fresh.database_url)
+    body = parts + END
+    head = request_head(framing=length(body), content_type=content_type)
 
     message = assert_json_error(exchange(fresh.server, head + body), 400)
 
-    assert "no boundary" in message and "Nothing was stored" in message, message
+    assert named in message and "Nothing was stored" in message, message
+    assert stored_rows(fresh.database_url) == before
 
 
 def test_control_characters_of_an_encoded_filename_never_reach_a_header(fresh: Served) -> None:
