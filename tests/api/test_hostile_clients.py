@@ -232,6 +232,20 @@ def test_a_client_gone_mid_upload_stores_nothing_and_keeps_no_thread(
     assert stored_rows(fresh.database_url) == before
 
 
+@pytest.mark.parametrize("size", [IN_MEMORY_BYTES // 2, IN_MEMORY_BYTES + 200_000])
+def test_a_body_shorter_than_its_content_length_is_a_json_400(fresh: Served, size: int) -> None:
+    # The client stops sending (shuts its side) half-way, and waits for the answer.
+    before = stored_rows(fresh.database_url)
+    body = multipart(text_file(size))
+    with connect(fresh.server) as sock:
+        sock.sendall(request_head(framing=length(body)) + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        message = assert_json_error(read_answer(sock), 400)
+
+    assert "closing --hostile-boundary--" in message, message
+    assert stored_rows(fresh.database_url) == before
+
+
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_a_client_gone_mid_chunk_stores_nothing(fresh: Served, how: str) -> None:
     before = stored_rows(fresh.database_url)
