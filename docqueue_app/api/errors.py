@@ -68,8 +68,12 @@ def _message(error: HTTPException, errors: Any) -> str:
         return describe_validation_errors(errors)
     if refused_unread(error):
         request_mb, file_mb = request_and_file_limits_mb()
+        # A chunked body has no Content-Length to refuse it by: it is read up to the limit.
+        read = (
+            "not read" if request.content_length is not None else "refused once that much was read"
+        )
         return (
-            f"The request was over {request_mb:.3g} MB, so it was not read: the file may "
+            f"The request was over {request_mb:.3g} MB, so it was {read}: the file may "
             f"have up to {file_mb:g} MB. Nothing was stored."
         )
     return error.description or error.name
