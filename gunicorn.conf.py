@@ -26,7 +26,9 @@ graceful_timeout = 30
 accesslog = "-"
 
 # prometheus-client adds up every worker's counters through files in this folder.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+# One made here is removed when the master exits (on_exit).
+_metrics_dir_made_here = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _metrics_dir_made_here:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="docqueue-metrics-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
@@ -167,6 +169,21 @@ def worker_exit(server, worker):
             worker.pid,
         )
     scheduler.shutdown()
+
+
+def on_exit(server):
+    remove_metrics_folder(server)
+
+
+def remove_metrics_folder(server):
+    """Remove the metrics folder made at start, files and all.
+
+    Left behind, every start of the server kept one in TMPDIR, with two files of
+    64 KiB allocated in full for each worker it ever started. A master that handed
+    over to a new one (SIGUSR2) leaves it: the new master counts in it.
+    """
+    if _metrics_dir_made_here and not server.reexec_pid:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -47,6 +47,7 @@ from multiprocessing.context import ForkServerContext
 from typing import Any
 
 from .errors import PermanentProcessingError, TransientProcessingError
+from .fork_server_folder import own_fork_server_folder
 from .options import ProcessingOptions, processing_options
 
 # Imported once in the fork server, so a sandbox starts with them loaded.
@@ -787,6 +788,8 @@ def exit_code_for_memory_cap(exit_code: int | None) -> bool:
 def _forkserver_context() -> ForkServerContext:
     global _context
     with _CHILDREN_LOCK:
+        # The fork server's socket folder: removed by the next worker if this one is killed.
+        own_fork_server_folder()
         if _context is None:
             context = multiprocessing.get_context("forkserver")
             # Takes effect when the first sandbox starts the fork server.

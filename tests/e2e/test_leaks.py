@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,9 +25,17 @@ import psycopg
 import pytest
 
 from tests.conftest import PG_ADMIN_URL
-from tests.e2e.process_resources import Census, postgres_sessions
+from tests.e2e.process_resources import (
+    Census,
+    alive,
+    descendants,
+    postgres_sessions,
+    tcp_client_ports,
+)
+from tests.e2e.processors import HOLD_ENV
 from tests.e2e.server import (
     Server,
+    migrated_env,
     run_cli,
     start_worker,
     stop_worker,
@@ -278,6 +287,97 @@ def left_in(tmpdir: Path) -> list[str]:
     )
 
 
+def stats(env: dict[str, str]) -> dict:
+    return json.loads(run_cli(env, "queue", "stats").stdout)
+
+
 def drained(env: dict[str, str]) -> bool:
-    stats = json.loads(run_cli(env, "queue", "stats").stdout)
-    return stats["pending"] == stats["in_progress"] == 0
+    counts = stats(env)
+    return counts["pending"] == counts["in_progress"] == 0
+
+
+# -- processes that die ------------------------------------------------------------
+
+
+def test_a_killed_worker_leaves_no_process_no_session_and_no_temporary_file(
+    server_env: dict[str, str], tmp_path: Path, private_tmpdir: Path
+) -> None:
+    """SIGKILL a worker with documents in hand: its sandboxes, fork server and
+    resource tracker end, its PostgreSQL sessions end (none left in a transaction),
+    and once the worker that replaces it has run a document and stopped, nothing of
+    either is left in TMPDIR (the killed one could not remove its fork server's
+    socket folder itself)."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = {
+        **server_env,
+        "TMPDIR": str(private_tmpdir),
+        HOLD_ENV: str(hold),
+        "DOCQUEUE_PROCESSOR": "tests.e2e.processors:held_until_released",
+        "DOCQUEUE_BATCH_SIZE": "1",  # a document for each of the two threads
+    }
+    url = env["DATABASE_URL"]
+    postgresql = url.startswith("postgresql")
+    import_documents(env, tmp_path / "first", 2)
+    killed = start_worker(env, tmp_path / "killed.log", "--concurrency", "2")
+    try:
+        wait_for(lambda: len(list(hold.glob("started-*"))) == 2, "both documents in hand")
+        below = descendants(killed.pid)
+        ports = tcp_client_ports(killed.pid) if postgresql else set()
+    finally:
+        killed.kill()
+        killed.wait()
+    assert len(below) >= 3, below  # a sandbox per document, the fork server
+    wait_for(lambda: not any(alive(child.pid) for child in below), "its children to end")
+    if postgresql:
+        database = database_name(url)
+        wait_for(
+            lambda: not {port for port, _, _ in postgres_sessions(PG_ADMIN_URL, database)} & ports,
+            "its sessions to end",
+        )
+
+    (hold / "release").touch()
+    import_documents(env, tmp_path / "second", 1)
+    successor = start_worker(env, tmp_path / "successor.log")
+    try:
+        wait_for(lambda: stats(env)["completed"] == 1, "the successor to process a document")
+        if postgresql:
+            states = [state for _, _, state in postgres_sessions(PG_ADMIN_URL, database)]
+            assert not [state for state in states if "transaction" in state], states
+    finally:
+        assert stop_worker(successor) == 0
+    assert left_in(private_tmpdir) == []
+
+
+def import_documents(env: dict[str, str], folder: Path, count: int) -> None:
+    folder.mkdir()
+    for n in range(count):
+        (folder / f"{folder.name}-{n}.txt").write_text(f"document {n} of {folder.name}")
+    imported = run_cli(env, "import", str(folder))
+    assert imported.returncode == 0, imported.stderr
+
+
+def test_a_server_whose_scheduling_worker_was_killed_leaves_no_temporary_file(
+    tmp_path: Path, private_tmpdir: Path
+) -> None:
+    """gunicorn on SQLite: the worker that runs the scheduler is SIGKILLed, another
+    takes over and processes a document; once the server stopped, its TMPDIR holds
+    nothing: not the metrics folder gunicorn.conf.py made there, not the killed
+    worker's fork server socket folder."""
+    database = f"sqlite:///{tmp_path / 'docqueue.db'}"
+    env = {**migrated_env(database), "TMPDIR": str(private_tmpdir)}
+    log = tmp_path / "server.log"
+    server = Server(env, workers=2, log_path=log).start()
+    try:
+        first = upload(server, "first.txt")
+        wait_for(lambda: completed(server, first), "the first document")
+        [scheduling] = attempt_pids(database)
+        below = descendants(scheduling)
+        os.kill(scheduling, signal.SIGKILL)
+        wait_for(lambda: len(server.worker_pids() - {scheduling}) == 2, "a new gunicorn worker")
+        second = upload(server, "second.txt")
+        wait_for(lambda: completed(server, second), "the second document")
+        wait_for(lambda: not any(alive(child.pid) for child in below), "its children to end")
+    finally:
+        server.stop()
+    assert left_in(private_tmpdir) == []
