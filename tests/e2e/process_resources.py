@@ -72,16 +72,22 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def tcp_client_ports(pid: int) -> set[int]:
-    """The local ports of the process's TCP sockets (IPv4 and IPv6)."""
+def tcp_connections(pid: int) -> list[tuple[int, int]]:
+    """(local port, remote port) of each of the process's TCP sockets (IPv4 and IPv6)."""
     inodes = {int(m.group(1)) for t in open_descriptors(pid) if (m := _SOCKET.fullmatch(t))}
-    ports = set()
+    connections = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if int(fields[9]) in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+                local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+                connections.append((local, remote))
+    return connections
+
+
+def tcp_client_ports(pid: int) -> set[int]:
+    """The local ports of the process's TCP sockets."""
+    return {local for local, _ in tcp_connections(pid)}
 
 
 def postgres_sessions(admin_url: str, database: str) -> list[tuple[int, str, str]]:
@@ -104,11 +110,17 @@ class Census:
     children: int  # every process below it (sandboxes, fork server, resource tracker)
     zombies: int
     sessions: Counter[tuple[str, str]]  # (application name, state) -> PostgreSQL sessions
+    # Its TCP connections to PostgreSQL, the pool's sockets the server dropped included.
+    database_sockets: int
 
     @classmethod
-    def of(cls, pid: int, sessions: list[tuple[int, str, str]] | None = None) -> Census:
+    def of(
+        cls, pid: int, sessions: list[tuple[int, str, str]] | None = None, database_port: int = 0
+    ) -> Census:
+        """``sessions`` (``postgres_sessions``) are the database's, on ``database_port``."""
         below = descendants(pid)
-        ports = tcp_client_ports(pid) if sessions else set()
+        connections = tcp_connections(pid) if sessions is not None else []
+        ports = {local for local, _ in connections}
         return cls(
             descriptors=len(open_descriptors(pid)),
             threads=thread_count(pid),
@@ -117,7 +129,5 @@ class Census:
             sessions=Counter(
                 (name, state) for port, name, state in sessions or [] if port in ports
             ),
+            database_sockets=sum(remote == database_port for _, remote in connections),
         )
-
-    def session_count(self) -> int:
-        return sum(self.sessions.values())
