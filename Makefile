@@ -65,6 +65,7 @@ stress: install
 	DOCQUEUE_STRESS_MINUTES=$(STRESS_MINUTES) $(BIN)/python -m pytest tests/queue/test_state_machine.py -s -q -p no:cacheprovider -k test_queue_state_machine
 	DOCQUEUE_STRESS_MINUTES=$(WEBHOOK_STRESS_MINUTES) $(BIN)/python -m pytest tests/webhooks/test_delivery_state_machine.py -s -q -p no:cacheprovider
 	DOCQUEUE_STORM_DOCUMENTS=$(STORM_DOCUMENTS) $(BIN)/python -m pytest tests/e2e/test_crash_storm.py -s -q -p no:cacheprovider
+	DOCQUEUE_LEAK_DOCUMENTS=2000 $(BIN)/python -m pytest tests/e2e/test_leaks.py -s -q -p no:cacheprovider -k rounds
 
 # Every target of issue 14 in one run, on PostgreSQL (127.0.0.1:5432) and SQLite, in
 # about ten minutes: one table of ratios against the raw database loops and the peers,

@@ -259,10 +259,10 @@ def test_rounds_of_documents_and_webhooks_leave_the_worker_as_after_the_first(
                 (folder / f"{round_}-{n}.txt").write_text(f"round {round_} document {n}\n{filler}")
             imported = run_cli(env, "import", str(folder))
             assert imported.returncode == 0, imported.stderr
-            wait_for(lambda: drained(env), f"round {round_} to be processed", 120)
+            wait_for(lambda: drained(env), f"round {round_} to be processed", 300)
             # Each document's delivery sent once at least (some again, after a 500).
             sent = (round_ + 1) * documents
-            wait_for(lambda sent=sent: receiver.received >= sent, f"round {round_}'s webhooks")
+            wait_for(lambda sent=sent: receiver.received >= sent, f"round {round_}'s webhooks", 300)
             sessions = None if wal.name else postgres_sessions(PG_ADMIN_URL, database_name(url))
             censuses.append(Census.of(worker.pid, sessions, PG_PORT))
             wal_sizes.append(wal.stat().st_size if wal.name and wal.exists() else 0)
