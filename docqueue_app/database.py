@@ -175,12 +175,14 @@ class Backoff:
     """Capped exponential pauses between tries during an outage; reset on success.
 
     The cap is short: a try costs one connection attempt, and a longer wait only
-    delays the recovery after a restart that took seconds.
+    delays the recovery after a restart that took seconds. A first pause longer than
+    the cap (a long POLL_INTERVAL) is cut to it: it raised the cap instead, so a
+    worker polling every 10 minutes tried again 10 minutes after a failed pass.
     """
 
     def __init__(self, first: float = 0.5, cap: float = 5.0) -> None:
-        self.first = first
-        self.cap = max(cap, first)
+        self.first = min(first, cap)
+        self.cap = cap
         self.failures = 0
 
     def next_pause(self) -> float:

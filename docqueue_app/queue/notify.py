@@ -99,6 +99,15 @@ class WakeSignal:
         if self._on_wake is not None:
             self._on_wake()
 
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Until a wake after generation ``seen``, or ``timeout``; True when woken.
+
+        A pause (after a failed pass), not an idle sleep: it never takes the
+        polling turn, nor waits for it.
+        """
+        with self._condition:
+            return self._condition.wait_for(lambda: self._generation != seen, timeout)
+
     def sleep(self, seen: int, poll_interval: float) -> bool:
         """Until a wake after generation ``seen``, or until this loop is due to poll.
 

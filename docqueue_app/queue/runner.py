@@ -33,6 +33,9 @@ from .worker import process_document_queue
 
 log = logging.getLogger(__name__)
 
+# What a pass that failed returns to ``work_until_idle``, once it has paused.
+FAILED_PASS = -1
+
 
 def run_worker(
     concurrency: int,
@@ -84,7 +87,10 @@ def work_until_idle(
     """Run passes while they find work; returns the wake generation the idle pass began with.
 
     ``run_pass(look_first)`` processes one batch and returns how many documents
-    it processed. A pass that expects work claims without polling first, which
+    it processed, or FAILED_PASS when it failed (the database away) and has
+    paused: another pass follows, which polls first, since what was due when it
+    failed is due still (the look after the LISTEN connection came back, say).
+    A pass that expects work claims without polling first, which
     saves a round trip: the first after a wake (``woken``), and one after a
     full batch, unless ``look_every`` seconds have passed since the loop last
     polled. The polls rescue expired leases, so a dead worker's items wait no
@@ -100,6 +106,9 @@ def work_until_idle(
         if look_first:
             looked_at = time.monotonic()
         processed = run_pass(look_first)
+        if processed == FAILED_PASS and not stop.is_set():
+            look_first = True
+            continue
         full = processed >= batch_size
         if full:
             wakes.wake()
@@ -127,8 +136,8 @@ def _work_loop(
                 # through the database (a notification, a commit), so the database is
                 # back. Waiting the pause out regardless left work uploaded after an
                 # outage waiting a whole POLL_INTERVAL, however long that was set.
-                wakes.sleep(seen, backoff.next_pause())
-                return 0
+                wakes.wait(seen, backoff.next_pause())
+                return FAILED_PASS
         OUTAGES.succeeded()
         backoff.reset()
         return result["processed"]
