@@ -25,7 +25,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -367,14 +367,26 @@ def _import_once(
     paths: Sequence[Path],
     recursive: bool,
     stop: threading.Event | None = None,
-) -> None:
+    settling: SettlingFiles | None = None,
+) -> set[Path]:
+    """Import the files of ``paths``; those still changing go to ``settling`` if given
+    (a watch imports them once they settle: read now, they would be read half-written),
+    and are returned."""
     listing = list_files(paths, recursive)
     _say_skipped(importer.report, listing)
     for folder, reason in listing.unreadable_folders:
         importer.refuse(folder, reason)
-    importer.report.begin(len(listing.files))
-    importer.import_all(listing.files, stop)
+    files = listing.files
+    changing = set()
+    if settling is not None:
+        changing = {path for path in files if settling.still_changing(path)}
+        for path in changing:
+            settling.changed(path)
+        files = [path for path in files if path not in changing]
+    importer.report.begin(len(files))
+    importer.import_all(files, stop)
     importer.report.end()
+    return changing
 
 
 def _say_skipped(report: PlainReport, listing: Listing) -> None:
@@ -416,8 +428,16 @@ class SettlingFiles:
     def changed(self, path: Path) -> None:
         self._files[path] = (None, time.monotonic())
 
-    def forget(self, path: Path) -> None:
-        self._files.pop(path, None)
+    def holds_any(self, paths: Iterable[Path]) -> bool:
+        return any(path in self._files for path in paths)
+
+    def still_changing(self, path: Path) -> bool:
+        """True when the file at ``path`` was modified less than ``settle_seconds`` ago."""
+        try:
+            modified = os.stat(path).st_mtime_ns
+        except OSError:
+            return False  # reading it says why
+        return time.time_ns() - modified < self.settle_seconds * 1e9
 
     def settled(self) -> list[tuple[Path, Signature]]:
         """The files that have not changed for ``settle_seconds``, taken off the list."""
@@ -445,6 +465,15 @@ def _signature(path: Path) -> Signature | None:
     return status.st_size, status.st_mtime_ns
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of the file or folder at ``path``, None when nothing is there."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 class Watch:
     """What the watcher reports, narrowed to the files an import of ``roots`` takes."""
 
@@ -452,15 +481,41 @@ class Watch:
         self.roots = [root.absolute() for root in roots]
         self.recursive = recursive
         self.settling = SettlingFiles()
+        # Each root's identity when the watcher started: inotify watches an inode, so a
+        # root removed (or renamed) and made again is not watched until watched again.
+        self.identities: dict[Path, tuple[int, int] | None] = {}
+
+    def start(self) -> list[Path]:
+        """The roots there now, to give a new watcher; their identities are noted."""
+        self.identities = {root: _identity(root) for root in self.roots}
+        return [root for root, identity in self.identities.items() if identity is not None]
+
+    def roots_back(self, report: PlainReport) -> list[Path]:
+        """The roots there again, or anew, since the watcher started (said once gone)."""
+        back = []
+        for root, identity in self.identities.items():
+            current = _identity(root)
+            if current == identity:
+                continue
+            if current is None:
+                report.say(f"{root} is gone (removed or renamed): watching for it to come back")
+                self.identities[root] = None
+            else:
+                back.append(root)
+        return back
+
+    def catch_up(self, root: Path) -> None:
+        """Look at every file of a root watched again: what it held was never reported."""
+        for path in list_files([root], self.recursive).files:
+            self.settling.changed(path)
 
     def note(self, changes: Iterable[tuple[Any, str]]) -> None:
-        from watchfiles import Change
-
-        for change, raw_path in changes:
+        # The watcher reports a set: a name deleted and written again in one batch
+        # comes as "deleted" and "added" in no particular order. Every event is taken
+        # as a change; settled() drops the files that are gone.
+        for _change, raw_path in changes:
             path = Path(raw_path)
-            if change == Change.deleted:
-                self.settling.forget(path)
-            elif not self.takes(path):
+            if not self.takes(path):
                 continue
             elif path.is_dir():
                 # A folder moved in whole brings files no event named.
@@ -483,32 +538,110 @@ class Watch:
         return False
 
 
-def _import_and_watch(importer: Importer, paths: Sequence[Path], recursive: bool) -> None:
+# What a watcher yields: batches of (change, path).
+Changes = Generator[set[tuple[Any, str]], None, None]
+
+
+class CannotWatch(click.ClickException):
+    """The watcher could not start (the system's limit on inotify watches, most often)."""
+
+
+def _start_watcher(watch: Watch, stop: threading.Event) -> tuple[Changes, set[tuple[Any, str]]]:
+    """A watcher of the roots there now, running, and its first batch of changes."""
     from watchfiles import watch as watch_changes
 
+    roots = watch.start()
+    changes = watch_changes(
+        *roots,
+        watch_filter=None,  # the import's own rule (Watch.takes) decides
+        recursive=watch.recursive,
+        stop_event=stop,
+        yield_on_timeout=True,
+        rust_timeout=_WATCH_TICK_MS,
+    )
+    try:
+        return changes, next(changes, set())
+    except OSError as exc:  # raised as the watcher starts
+        raise CannotWatch(_why_not_watched(roots, exc)) from None
+
+
+def _why_not_watched(roots: Sequence[Path], exc: OSError) -> str:
+    where = ", ".join(map(str, roots))
+    if "watch limit" not in str(exc):
+        return f"cannot watch {where}: {exc}"
+    try:
+        limit = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+    except OSError:
+        limit = "unknown"
+    return (
+        f"cannot watch {where}: the limit on inotify watches (one a folder, for all "
+        f"processes of this user) is reached: fs.inotify.max_user_watches is {limit}; "
+        "raise it (sysctl fs.inotify.max_user_watches=1048576) or watch fewer folders"
+    )
+
+
+def _import_and_watch(importer: Importer, paths: Sequence[Path], recursive: bool) -> None:
     # One line per change batch at INFO would drown the lines that matter.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     watch = Watch(paths, recursive)
     with stop_on_signals() as stop:
-        changes = watch_changes(
-            *paths,
-            watch_filter=None,  # the import's own rule (Watch.takes) decides
-            recursive=recursive,
-            stop_event=stop,
-            yield_on_timeout=True,
-            rust_timeout=_WATCH_TICK_MS,
-        )
-        # The watcher runs from its first step on: a file written during the
-        # first pass is seen, and imported once it settles (if it changed).
-        watch.note(next(changes, ()))
-        _import_once(importer, paths, recursive, stop)
+        # The watcher runs from its first step on: a file written during the first
+        # pass is seen, and imported once it settles (if it changed).
+        changes, first = _start_watcher(watch, stop)
+        watch.note(first)
+        changing = _import_once(importer, paths, recursive, stop, watch.settling)
+        # The files found still changing are the first pass's too: it ends once they
+        # have settled and been imported (or are gone).
+        while watch.settling.holds_any(changing) and not stop.is_set():
+            _import_settled(importer, watch, next(changes, set()))
         if stop.is_set():
             return
         importer.report.say(f"watching {', '.join(map(str, paths))} (SIGINT or SIGTERM ends)")
         importer.name_each = True
-        for batch in changes:
-            watch.note(batch)
-            for path, signature in watch.settling.settled():
-                if importer.signatures.get(path.absolute()) != signature:
-                    importer.add(path)
-            importer.flush()
+        while changes is not None:
+            changes = _follow(importer, watch, changes, stop)
+
+
+def _follow(
+    importer: Importer,
+    watch: Watch,
+    changes: Changes,
+    stop: threading.Event,
+) -> Changes | None:
+    """Import files as they settle; None once stopped, or a new watcher for roots back."""
+    for batch in changes:
+        _import_settled(importer, watch, batch)
+        back = watch.roots_back(importer.report)
+        if back:
+            return _watch_again(importer, watch, changes, back, stop)
+    return None
+
+
+def _import_settled(importer: Importer, watch: Watch, batch: set[tuple[Any, str]]) -> None:
+    """Note a batch of changes, then import the files that have settled with new bytes."""
+    watch.note(batch)
+    for path, signature in watch.settling.settled():
+        if importer.signatures.get(path.absolute()) != signature:
+            importer.add(path)
+    importer.flush()
+
+
+def _watch_again(
+    importer: Importer,
+    watch: Watch,
+    changes: Changes,
+    back: list[Path],
+    stop: threading.Event,
+) -> Changes:
+    """A new watcher, on the roots back too; the files they hold already are looked at."""
+    try:
+        new_changes, first = _start_watcher(watch, stop)
+    except CannotWatch as reason:
+        importer.report.say(reason.message)
+        return changes  # the other roots stay watched; these ones are said not to be
+    changes.close()
+    watch.note(first)
+    for root in back:
+        watch.catch_up(root)
+        importer.report.say(f"watching {root} again")
+    return new_changes

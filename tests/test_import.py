@@ -300,11 +300,14 @@ def test_an_interrupted_import_stops_between_batches_and_prints_what_it_stored(
 
 
 class Watcher:
-    """`docqueue import PATH --watch` in a process of its own; its stderr read as it comes."""
+    """`docqueue import ARGS... --watch` in a process of its own; its stderr read as it comes.
 
-    def __init__(self, database_url: str, folder: Path) -> None:
+    ``prefix`` is a command that runs it (with its arguments).
+    """
+
+    def __init__(self, database_url: str, *args: str | Path, prefix: tuple[str, ...] = ()) -> None:
         self.process = subprocess.Popen(
-            [str(BIN / "docqueue"), "import", str(folder), "--watch"],
+            [*prefix, str(BIN / "docqueue"), "import", *map(str, args), "--watch"],
             env=docqueue_env(database_url),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,0 +1,169 @@
+"""`docqueue import --watch` as folders really fill (SPEC §7), the command in a process.
+
+Each test ends its run of the watcher by writing a last file and waiting for its
+import: files are imported in the order they settle, so once the last one is
+stored every file written before it has been decided on, and what is missing
+then was missed (no timed wait decides it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from tests.e2e.server import wait_for
+from tests.test_import import Watcher, documents_named, watching
+
+
+def said(watcher: Watcher, start: str) -> bool:
+    return any(line.startswith(start) for line in watcher.stderr_lines)
+
+
+def summaries(stdout: str) -> list[dict[str, int]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def watches_inotify(process: subprocess.Popen) -> bool:
+    """True once ``process`` holds an inotify descriptor: its watcher has started."""
+    descriptors = Path(f"/proc/{process.pid}/fd")
+    for descriptor in descriptors.iterdir():
+        try:
+            if "inotify" in os.readlink(descriptor):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """The watched folder, empty."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    return inbox
+
+
+def write_last(app: Flask, folder: Path) -> None:
+    """A last file, once imported, tells that every file written before it was decided on."""
+    (folder / "zz-last.txt").write_text(f"the last file written into {folder}\n")
+    wait_for(lambda: documents_named(app, "zz-last.txt"), "the last file's import", timeout=30)
+
+
+def test_files_deleted_and_written_again_at_once_are_each_imported(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # A scanner or sync tool that replaces its files by removing and writing them
+    # (rm then cp, or a folder emptied and filled again): the watcher reports each
+    # name as deleted and added in one batch, in no particular order.
+    names = [f"page-{number:02}.txt" for number in range(12)]
+    for name in names:
+        (folder / name).write_text(f"first version of {name}\n")
+        os.utime(folder / name, (time.time() - 3600,) * 2)  # there for an hour
+
+    with watching(database_url, folder) as watcher:
+        for name in names:
+            (folder / name).unlink()
+            (folder / name).write_text(f"second version of {name}\n")
+        write_last(app, folder)
+        exit_code, stdout = watcher.stop()
+
+    for name in names:
+        assert documents_named(app, name) == [
+            f"first version of {name}\n".encode(),
+            f"second version of {name}\n".encode(),
+        ], name
+    assert summaries(stdout) == [{"imported": 25, "duplicates": 0, "rejected": 0}]
+    assert exit_code == 0
+
+
+def test_a_file_being_written_when_the_watch_starts_is_imported_once_whole(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # The watch restarted (by its supervisor) while a scanner writes into the folder:
+    # its first pass meets the file half-written.
+    chunk = b"a scanned line\n" * 40
+    watcher = Watcher(database_url, folder)
+    try:
+        with open(folder / "scan.txt", "wb") as scan:
+            scan.write(chunk)
+            scan.flush()
+            wait_for(lambda: watches_inotify(watcher.process), "the watcher to start")
+            for _ in range(4):  # the first pass lists the folder meanwhile
+                time.sleep(0.3)
+                scan.write(chunk)
+                scan.flush()
+        wait_for(lambda: said(watcher, "watching "), "the watch to start")
+        write_last(app, folder)
+        exit_code, stdout = watcher.stop()
+    finally:
+        watcher.kill()
+
+    assert documents_named(app, "scan.txt") == [chunk * 5]
+    assert summaries(stdout) == [{"imported": 2, "duplicates": 0, "rejected": 0}]
+    assert exit_code == 0
+
+
+def test_a_watched_folder_removed_or_renamed_is_watched_again_once_back(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # A sync tool that deletes the folder and makes it again, or someone who renames
+    # it away and makes a new one of the same name: inotify watched the old folder.
+
+    with watching(database_url, folder) as watcher:
+        shutil.rmtree(folder)
+        wait_for(lambda: said(watcher, f"{folder} is gone"), "the watcher to see it")
+        folder.mkdir()
+        (folder / "after-rmdir.txt").write_text("written into the folder made again\n")
+        write_last(app, folder)
+
+        folder.rename(folder.with_name("renamed"))
+        folder.mkdir()
+        (folder / "after-rename.txt").write_text("written into the new folder\n")
+        wait_for(lambda: documents_named(app, "after-rename.txt"), "the import", timeout=30)
+        exit_code, stdout = watcher.stop()
+
+    assert documents_named(app, "after-rmdir.txt") == [b"written into the folder made again\n"]
+    assert summaries(stdout) == [{"imported": 3, "duplicates": 0, "rejected": 0}]
+    assert exit_code == 0
+
+
+def limited_watches(limit: int) -> tuple[str, ...]:
+    """A command prefix running a process with at most ``limit`` inotify watches.
+
+    The limit is that of a user namespace of its own, so the machine's is untouched.
+    """
+    prefix = ("unshare", "--user", "--map-root-user", "sh", "-c")
+    script = f'echo {limit} > /proc/sys/user/max_inotify_watches && exec "$0" "$@"'
+    probe = subprocess.run([*prefix, script, "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace to limit inotify watches in: {probe.stderr!r}")
+    return (*prefix, script)
+
+
+def test_a_tree_past_the_inotify_watch_limit_is_a_one_line_error(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    database = tmp_path / "docqueue.db"
+    shutil.copyfile(sqlite_template, database)
+    folder = tmp_path / "archive"
+    for number in range(30):
+        (folder / f"box-{number:02}").mkdir(parents=True)
+
+    watcher = Watcher(f"sqlite:///{database}", folder, "--recursive", prefix=limited_watches(10))
+    watcher.process.wait(timeout=60)
+    exit_code, stdout = watcher.stop()
+
+    stderr = "".join(watcher.stderr_lines)
+    assert exit_code == 1
+    assert stdout == ""  # stopped before its first pass: nothing was read
+    assert "Traceback" not in stderr
+    [line] = stderr.splitlines()
+    assert line.startswith(f"Error: cannot watch {folder}: the limit on inotify watches")
+    assert "fs.inotify.max_user_watches" in line
