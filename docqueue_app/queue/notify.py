@@ -62,6 +62,8 @@ LISTENER_APPLICATION_NAME = "docqueue-listener"
 CLOSE_CHECK_SECONDS = 1.0
 # A socket path must fit in sun_path (108 bytes with its NUL).
 _SOCKET_PATH_MAX = 100
+# Where a socket goes when neither beside the database nor TMPDIR leaves it room.
+_SHORT_TEMP_FOLDER = "/tmp"
 _SOCKET_SUFFIX = ".sock"
 
 Wake = Callable[[], None]
@@ -237,8 +239,9 @@ def host_path(url: URL, suffix: str, max_length: int | None = None) -> str:
     """A path on this host that names the database of ``url``.
 
     Next to a SQLite file when it fits in ``max_length``; otherwise in the
-    temp folder, keyed by a hash of the file's path or of the URL (password left
-    out), so every process of the host derives the same path.
+    temp folder (in /tmp when TMPDIR is too deep for it), keyed by a hash of the
+    file's path or of the URL (password left out), so every process of the host
+    derives the same path.
     """
     database = sqlite_file(url)
     if database is not None:
@@ -248,8 +251,11 @@ def host_path(url: URL, suffix: str, max_length: int | None = None) -> str:
         key = database
     else:
         key = url.set(password=None).render_as_string()
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"docqueue-{digest}{suffix}")
+    name = f"docqueue-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+    path = os.path.join(tempfile.gettempdir(), name)
+    if max_length is not None and len(path) > max_length:
+        return os.path.join(_SHORT_TEMP_FOLDER, name)
+    return path
 
 
 @functools.lru_cache(maxsize=16)

@@ -8,6 +8,7 @@ through their wake sockets).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from flask import Flask
+from sqlalchemy import make_url
 
 from docqueue_app.queue import DocumentQueueService
-from docqueue_app.queue.notify import LISTENER_APPLICATION_NAME
+from docqueue_app.queue.notify import LISTENER_APPLICATION_NAME, host_path
 from docqueue_app.queue.scheduler import get_scheduler
 from tests.e2e.server import start_worker, stop_worker
 from tests.helpers import upload, wait_until
@@ -122,3 +124,42 @@ def test_an_idle_worker_picks_up_queued_work_when_the_queue_is_resumed(make_app,
         DocumentQueueService().set_paused(False)
 
     wait_until(lambda: completed(app) == 1, timeout=PROMPTLY)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # wake sockets only
+def test_a_worker_starts_with_a_deep_database_path_and_a_long_temp_folder(
+    database_url, make_app, tmp_path
+):
+    # A socket's path holds at most 107 bytes: the wake folder goes to the temp folder
+    # when it does not fit beside the database, and it did not fit there either (the
+    # worker died at start: "AF_UNIX path too long").
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    database = deep / "docqueue.db"
+    shutil.copyfile(database_url.removeprefix("sqlite:///"), database)
+    long_temp = tmp_path / ("t" * 70)
+    long_temp.mkdir()
+    app = make_app(DATABASE_URL=f"sqlite:///{database}")
+    log_path = tmp_path / "worker.log"
+    env = {
+        "DATABASE_URL": f"sqlite:///{database}",
+        "DOCQUEUE_SECRET_KEY": "pickup",
+        "DOCQUEUE_POLL_INTERVAL": str(POLL_INTERVAL),
+        "DOCQUEUE_PROCESS_ISOLATION": "none",
+        "TMPDIR": str(long_temp),
+    }
+    process = start_worker(env, log_path)
+    try:
+        wait_until(
+            lambda: (
+                process.poll() is not None or b"listening for new work" in log_path.read_bytes()
+            ),
+            timeout=60,
+        )
+        assert process.poll() is None, log_path.read_text()
+        assert_uploads_picked_up_promptly(app, count=1)
+    finally:
+        assert stop_worker(process) == 0, log_path.read_text()
+        # The worker's wake folder, which went to /tmp: named alike in any temp folder.
+        wake_folder = host_path(make_url(f"sqlite:///{database}"), ".wake")
+        shutil.rmtree(Path("/tmp", Path(wake_folder).name), ignore_errors=True)
