@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -80,6 +81,8 @@ class ImportResult:
     stopped_by: str | None = None
     # SIGINT or SIGTERM ended an import that does not watch, before its end.
     interrupted: bool = False
+    # Why the watch stopped before SIGINT or SIGTERM (a folder it could not watch).
+    watch_lost: str | None = None
 
 
 # -- finding the files ------------------------------------------------------------
@@ -357,6 +360,8 @@ def import_paths(
         if not is_outage(exc):
             raise
         return ImportResult(importer.counts, stopped_by=describe_outage(exc))
+    except WatchLost as lost:
+        return ImportResult(importer.counts, watch_lost=str(lost))
     finally:
         report.end()
     return ImportResult(importer.counts)
@@ -474,6 +479,38 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def _folders(folder: Path) -> Iterator[Path]:
+    """``folder`` and the folders of its tree that an import takes."""
+    for parent, folders, _ in os.walk(folder):
+        folders[:] = [name for name in folders if not is_ignored_name(name)]
+        yield Path(parent)
+
+
+# A watch in /proc/PID/fdinfo of an inotify descriptor: its inode and (kernel) device.
+_WATCH_LINE = re.compile(r"^inotify wd:\S+ ino:([0-9a-f]+) sdev:([0-9a-f]+)", re.MULTILINE)
+
+
+def _watched_inodes() -> set[tuple[int, int]]:
+    """(device, inode) of what this process's inotify descriptors watch (Linux's /proc)."""
+    watched = set()
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return watched
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/self/fd/{descriptor}") != "anon_inode:inotify":
+                continue
+            info = Path(f"/proc/self/fdinfo/{descriptor}").read_text()
+        except OSError:  # closed meanwhile
+            continue
+        for inode, device in _WATCH_LINE.findall(info):
+            kernel_device = int(device, 16)  # the kernel's encoding: major << 20 | minor
+            device_number = os.makedev(kernel_device >> 20, kernel_device & 0xFFFFF)
+            watched.add((device_number, int(inode, 16)))
+    return watched
+
+
 class Watch:
     """What the watcher reports, narrowed to the files an import of ``roots`` takes."""
 
@@ -484,6 +521,8 @@ class Watch:
         # Each root's identity when the watcher started: inotify watches an inode, so a
         # root removed (or renamed) and made again is not watched until watched again.
         self.identities: dict[Path, tuple[int, int] | None] = {}
+        # Folders that appeared in the tree (--recursive), for unwatched() to check.
+        self.new_folders: list[Path] = []
 
     def start(self) -> list[Path]:
         """The roots there now, to give a new watcher; their identities are noted."""
@@ -522,8 +561,27 @@ class Watch:
                 if self.recursive:
                     for file in list_files([path], recursive=True).files:
                         self.settling.changed(file)
+                    self.new_folders.extend(_folders(path))
             else:
                 self.settling.changed(path)
+
+    def unwatched(self) -> list[Path]:
+        """The folders that appeared before the last batch and that inotify does not watch.
+
+        The watcher adds a watch to each new folder of the tree; past the system's
+        limit the kernel refuses it, and watchfiles says nothing of it: the files
+        written there later would be missed without a word.
+        """
+        folders, self.new_folders = self.new_folders, []
+        watched = _watched_inodes() if folders else None
+        if not watched:  # nothing to check, or /proc cannot tell (a polling watcher)
+            return []
+        identities = {folder: _identity(folder) for folder in folders}
+        return [
+            folder
+            for folder, identity in identities.items()
+            if identity is not None and identity not in watched
+        ]
 
     def takes(self, path: Path) -> bool:
         """True when importing the roots would import ``path``."""
@@ -544,6 +602,10 @@ Changes = Generator[set[tuple[Any, str]], None, None]
 
 class CannotWatch(click.ClickException):
     """The watcher could not start (the system's limit on inotify watches, most often)."""
+
+
+class WatchLost(Exception):
+    """A folder that appeared in the tree could not be watched; the message says why."""
 
 
 def _start_watcher(watch: Watch, stop: threading.Event) -> tuple[Changes, set[tuple[Any, str]]]:
@@ -569,6 +631,10 @@ def _why_not_watched(roots: Sequence[Path], exc: OSError) -> str:
     where = ", ".join(map(str, roots))
     if "watch limit" not in str(exc):
         return f"cannot watch {where}: {exc}"
+    return _past_the_limit(where)
+
+
+def _past_the_limit(where: str) -> str:
     try:
         limit = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
     except OSError:
@@ -610,6 +676,12 @@ def _follow(
 ) -> Changes | None:
     """Import files as they settle; None once stopped, or a new watcher for roots back."""
     for batch in changes:
+        # Checked a batch after the one that named them: the watcher has had its turn.
+        for folder in watch.unwatched():
+            if not os.access(folder, os.R_OK | os.X_OK):
+                importer.refuse(folder, "unreadable: Permission denied")
+            else:
+                raise WatchLost(_past_the_limit(str(folder)))
         _import_settled(importer, watch, batch)
         back = watch.roots_back(importer.report)
         if back:

@@ -171,3 +171,26 @@ def test_a_tree_past_the_inotify_watch_limit_is_a_one_line_error(
     [line] = stderr.splitlines()
     assert line.startswith(f"Error: cannot watch {folder}: the limit on inotify watches")
     assert "fs.inotify.max_user_watches" in line
+
+
+def test_folders_made_past_the_inotify_watch_limit_stop_the_watch_with_a_line(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # A tree that outgrows the limit while watched: inotify refuses the new folders'
+    # watches, and the files written into them later were missed, with no word said.
+    watcher = Watcher(database_url, folder, "--recursive", prefix=limited_watches(4))
+    try:
+        wait_for(lambda: said(watcher, "watching "), "the watch to start")
+        for number in range(6):
+            (folder / f"box-{number}").mkdir()
+        watcher.process.wait(timeout=30)
+        exit_code, stdout = watcher.stop()
+    finally:
+        watcher.kill()
+
+    stderr = "".join(watcher.stderr_lines)
+    assert exit_code == 1
+    assert summaries(stdout) == [{"imported": 0, "duplicates": 0, "rejected": 0}]
+    assert "Traceback" not in stderr
+    assert f"Import stopped: cannot watch {folder}/box-" in stderr
+    assert "the limit on inotify watches" in stderr
