@@ -13,11 +13,12 @@ import gc
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import redirect_stdout
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,43 @@ def process_command(limit: int | None) -> None:
     from .webhooks.lane import send_due_deliveries
 
     # stdout holds the counts alone: what a processor prints goes to stderr.
-    with redirect_stdout(sys.stderr):
+    with stdout_to_stderr():
         counts = process_document_queue(limit)
         send_due_deliveries()  # a host driven by cron runs no lane (like /api/cron/process-queue)
     echo_json(counts)
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what is written on stdout to stderr meanwhile, Python's ``print`` and file
+    descriptor 1 both: a processor run in this process (PROCESS_ISOLATION=none) may
+    write there through a C library or a program it runs, which inherits the
+    descriptor. (A sandbox points its own descriptor 1 at stderr.)"""
+    with redirect_stdout(sys.stderr):
+        saved = _point_stdout_at_stderr()
+        try:
+            yield
+        finally:
+            if saved is not None:
+                _flush_stdout()  # what was written to sys.__stdout__ meanwhile: to stderr
+                os.dup2(saved, 1)
+                os.close(saved)
+
+
+def _point_stdout_at_stderr() -> int | None:
+    """Point descriptor 1 at descriptor 2; returns a copy of the old 1 (None if it was closed)."""
+    _flush_stdout()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        return None  # stdout closed (`>&-`): nothing to keep clean
+    os.dup2(2, 1)
+    return saved
+
+
+def _flush_stdout() -> None:
+    if sys.__stdout__ is not None:
+        sys.__stdout__.flush()
 
 
 @queue_cli.command("worker")

@@ -349,7 +349,15 @@ def test_queue_process_sends_what_the_processor_prints_to_stderr(make_app):
     assert "chatty: reading a.txt" in result.stderr
 
 
-def test_a_sandboxed_processor_prints_to_stderr_too(tmp_path, sqlite_template):
+def tool_running_extract(content: bytes, filename: str, content_type: str) -> dict:
+    """The built-in extractor after a command-line tool whose output is not captured
+    (it writes on the stdout it inherits), as a custom processor may run one."""
+    subprocess.run(["echo", f"tool: reading {filename}"], check=True)
+    return extract(content, filename, content_type)
+
+
+def queue_process_run(tmp_path, sqlite_template, processor: str, isolation: str):
+    """``docqueue queue process`` as a user runs it, over one document."""
     database = tmp_path / "docqueue.db"
     shutil.copyfile(sqlite_template, database)
     app = create_app({**BASE_CONFIG, "DATABASE_URL": f"sqlite:///{database}"})
@@ -357,11 +365,27 @@ def test_a_sandboxed_processor_prints_to_stderr_too(tmp_path, sqlite_template):
     close_connections(app)
     env = {
         "DATABASE_URL": f"sqlite:///{database}",
-        "DOCQUEUE_PROCESSOR": CHATTY_PROCESSOR,
-        "DOCQUEUE_PROCESS_ISOLATION": "subprocess",
+        "DOCQUEUE_PROCESSOR": processor,
+        "DOCQUEUE_PROCESS_ISOLATION": isolation,
         "PYTHONPATH": str(CHECKOUT),
     }
     result = run_script("docqueue", "queue", "process", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [COUNTS_OF_ONE]
+    return result
+
+
+def test_a_sandboxed_processor_prints_to_stderr_too(tmp_path, sqlite_template):
+    result = queue_process_run(tmp_path, sqlite_template, CHATTY_PROCESSOR, "subprocess")
     assert "chatty: reading a.txt" in result.stderr
+
+
+@pytest.mark.parametrize("isolation", ["none", "subprocess"])
+def test_what_a_tool_run_by_the_processor_prints_goes_to_stderr(
+    tmp_path, sqlite_template, isolation
+):
+    """Not only Python's print: a program (or a C library) writes on file descriptor 1."""
+    result = queue_process_run(
+        tmp_path, sqlite_template, "tests.test_cli:tool_running_extract", isolation
+    )
+    assert "tool: reading a.txt" in result.stderr
