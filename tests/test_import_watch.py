@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from docqueue_app.models import Document
 from tests.e2e.server import wait_for
-from tests.test_import import Watcher, documents_named, watching
+from tests.test_import import Watcher, count, documents_named, watching
 
 
 def said(watcher: Watcher, start: str) -> bool:
@@ -194,3 +195,29 @@ def test_folders_made_past_the_inotify_watch_limit_stop_the_watch_with_a_line(
     assert "Traceback" not in stderr
     assert f"Import stopped: cannot watch {folder}/box-" in stderr
     assert "the limit on inotify watches" in stderr
+
+
+def test_a_watch_killed_in_its_first_pass_and_started_again_imports_each_file_once(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # SIGKILL (the OOM killer, a host's reboot) leaves no summary; run again, the
+    # watch stores what the first run did not and names the rest as duplicates.
+    for number in range(1000):
+        (folder / f"{number:04}.txt").write_text(f"file {number}\n")
+        os.utime(folder / f"{number:04}.txt", (time.time() - 3600,) * 2)
+    killed = Watcher(database_url, folder)
+    try:
+        wait_for(lambda: count(app, Document) > 0, "the first batch")
+    finally:
+        killed.kill()
+    stored_before = count(app, Document)
+
+    with watching(database_url, folder) as watcher:
+        write_last(app, folder)
+        exit_code, stdout = watcher.stop()
+
+    assert summaries(stdout) == [
+        {"imported": 1001 - stored_before, "duplicates": stored_before, "rejected": 0}
+    ]
+    assert count(app, Document) == 1001
+    assert exit_code == 0
