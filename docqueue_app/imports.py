@@ -13,7 +13,11 @@ non-blocking, so one swapped for a FIFO in between cannot hang the import.
 
 ``--watch`` then follows the paths with an inotify watcher (watchfiles) and
 imports a new or changed file once its size and mtime have held still for
-``SETTLE_SECONDS``, so a file still being written is imported once, whole.
+``SETTLE_SECONDS``, so a file still being written is imported once, whole (the
+first pass waits so for the files it finds still changing). inotify watches
+inodes: a watched path removed or replaced is watched again once it is back, and
+a folder the kernel refused a watch (past fs.inotify.max_user_watches) ends the
+watch with a message rather than be missed without a word.
 """
 
 from __future__ import annotations
@@ -554,8 +558,8 @@ class Watch:
         # as a change; settled() drops the files that are gone.
         for _change, raw_path in changes:
             path = Path(raw_path)
-            if not self.takes(path):
-                continue
+            if not self.takes(path) or (path.is_symlink() and path.is_dir()):
+                continue  # links to folders are not followed, as by list_files
             elif path.is_dir():
                 # A folder moved in whole brings files no event named.
                 if self.recursive:

@@ -339,8 +339,8 @@ class Watcher:
 
 
 @contextmanager
-def watching(database_url: str, folder: Path) -> Iterator[Watcher]:
-    watcher = Watcher(database_url, folder)
+def watching(database_url: str, *args: str | Path) -> Iterator[Watcher]:
+    watcher = Watcher(database_url, *args)
     try:
         watcher.wait_watching()
         yield watcher

@@ -221,3 +221,23 @@ def test_a_watch_killed_in_its_first_pass_and_started_again_imports_each_file_on
     ]
     assert count(app, Document) == 1001
     assert exit_code == 0
+
+
+def test_a_link_to_a_folder_made_while_watching_is_not_followed(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # As in a folder import (links to folders are not followed, even with --recursive),
+    # a link made while watching neither brings the files it points to into the import
+    # nor passes for a folder the watcher could not watch.
+    outside = folder.with_name("outside")
+    outside.mkdir()
+    (outside / "private.txt").write_text("outside the watched tree\n")
+
+    with watching(database_url, folder, "--recursive") as watcher:
+        (folder / "link-to-outside").symlink_to(outside)
+        write_last(app, folder)
+        exit_code, stdout = watcher.stop()
+
+    assert documents_named(app, "private.txt") == []
+    assert summaries(stdout) == [{"imported": 1, "duplicates": 0, "rejected": 0}]
+    assert exit_code == 0
