@@ -16,21 +16,22 @@ imports a new or changed file once its size and mtime have held still for
 ``SETTLE_SECONDS``, so a file still being written is imported once, whole (the
 first pass waits so for the files it finds still changing). inotify watches
 inodes: a watched path removed or replaced is watched again once it is back, and
-a folder the kernel refused a watch (past fs.inotify.max_user_watches) ends the
-watch with a message rather than be missed without a word.
+new folders past the kernel's limit on watches (fs.inotify.max_user_watches) end
+the watch with a message rather than be missed without a word.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
-import re
 import signal
 import stat
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -490,29 +491,34 @@ def _folders(folder: Path) -> Iterator[Path]:
         yield Path(parent)
 
 
-# A watch in /proc/PID/fdinfo of an inotify descriptor: its inode and (kernel) device.
-_WATCH_LINE = re.compile(r"^inotify wd:\S+ ino:([0-9a-f]+) sdev:([0-9a-f]+)", re.MULTILINE)
+_IN_DELETE_SELF = 0x400  # any event will do: the watch is removed at once
 
 
-def _watched_inodes() -> set[tuple[int, int]]:
-    """(device, inode) of what this process's inotify descriptors watch (Linux's /proc)."""
-    watched = set()
+@contextmanager
+def _watch_probe() -> Iterator[Callable[[Path], int]]:
+    """A function that tells whether inotify would watch a folder now: 0, or the errno.
+
+    It adds a watch of its own and removes it: watchfiles does not say when the
+    kernel refused one of its watches.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+    descriptor = libc.inotify_init1(os.O_CLOEXEC)
+
+    def probe(folder: Path) -> int:
+        if descriptor < 0:  # no inotify instance left to ask with: cannot tell
+            return 0
+        watch = libc.inotify_add_watch(descriptor, os.fsencode(folder), _IN_DELETE_SELF)
+        if watch < 0:
+            return ctypes.get_errno()
+        libc.inotify_rm_watch(descriptor, watch)
+        return 0
+
     try:
-        descriptors = os.listdir("/proc/self/fd")
-    except OSError:
-        return watched
-    for descriptor in descriptors:
-        try:
-            if os.readlink(f"/proc/self/fd/{descriptor}") != "anon_inode:inotify":
-                continue
-            info = Path(f"/proc/self/fdinfo/{descriptor}").read_text()
-        except OSError:  # closed meanwhile
-            continue
-        for inode, device in _WATCH_LINE.findall(info):
-            kernel_device = int(device, 16)  # the kernel's encoding: major << 20 | minor
-            device_number = os.makedev(kernel_device >> 20, kernel_device & 0xFFFFF)
-            watched.add((device_number, int(inode, 16)))
-    return watched
+        yield probe
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
 
 
 class Watch:
@@ -569,23 +575,20 @@ class Watch:
             else:
                 self.settling.changed(path)
 
-    def unwatched(self) -> list[Path]:
-        """The folders that appeared before the last batch and that inotify does not watch.
+    def unwatchable(self) -> list[tuple[Path, int]]:
+        """The new folders (noted since the last call) inotify refuses to watch, with why.
 
         The watcher adds a watch to each new folder of the tree; past the system's
-        limit the kernel refuses it, and watchfiles says nothing of it: the files
-        written there later would be missed without a word.
+        limit the kernel refuses it (ENOSPC), and watchfiles says nothing of it: the
+        files written there later would be missed without a word.
         """
         folders, self.new_folders = self.new_folders, []
-        watched = _watched_inodes() if folders else None
-        if not watched:  # nothing to check, or /proc cannot tell (a polling watcher)
+        if not folders:
             return []
-        identities = {folder: _identity(folder) for folder in folders}
-        return [
-            folder
-            for folder, identity in identities.items()
-            if identity is not None and identity not in watched
-        ]
+        with _watch_probe() as probe:
+            errors = {folder: probe(folder) for folder in folders}
+        gone = (0, errno.ENOENT, errno.ENOTDIR)  # watched, or no longer there
+        return [(folder, error) for folder, error in errors.items() if error not in gone]
 
     def takes(self, path: Path) -> bool:
         """True when importing the roots would import ``path``."""
@@ -680,12 +683,11 @@ def _follow(
 ) -> Changes | None:
     """Import files as they settle; None once stopped, or a new watcher for roots back."""
     for batch in changes:
-        # Checked a batch after the one that named them: the watcher has had its turn.
-        for folder in watch.unwatched():
-            if not os.access(folder, os.R_OK | os.X_OK):
-                importer.refuse(folder, "unreadable: Permission denied")
-            else:
-                raise WatchLost(_past_the_limit(str(folder)))
+        for folder, error in watch.unwatchable():
+            if error == errno.ENOSPC:
+                # Which new folder inotify refused is not known: the limit stands now.
+                raise WatchLost(_past_the_limit(f"every new folder (at {folder})"))
+            importer.refuse(folder, f"cannot be watched: {os.strerror(error)}")
         _import_settled(importer, watch, batch)
         back = watch.roots_back(importer.report)
         if back:

@@ -193,7 +193,7 @@ def test_folders_made_past_the_inotify_watch_limit_stop_the_watch_with_a_line(
     assert exit_code == 1
     assert summaries(stdout) == [{"imported": 0, "duplicates": 0, "rejected": 0}]
     assert "Traceback" not in stderr
-    assert f"Import stopped: cannot watch {folder}/box-" in stderr
+    assert f"Import stopped: cannot watch every new folder (at {folder}/box-" in stderr
     assert "the limit on inotify watches" in stderr
 
 
