@@ -531,7 +531,7 @@ class Watch:
         # Each root's identity when the watcher started: inotify watches an inode, so a
         # root removed (or renamed) and made again is not watched until watched again.
         self.identities: dict[Path, tuple[int, int] | None] = {}
-        # Folders that appeared in the tree (--recursive), for unwatched() to check.
+        # Folders that appeared in the tree (--recursive), for unwatchable() to check.
         self.new_folders: list[Path] = []
 
     def start(self) -> list[Path]:
@@ -647,7 +647,7 @@ def _past_the_limit(where: str) -> str:
     except OSError:
         limit = "unknown"
     return (
-        f"cannot watch {where}: the limit on inotify watches (one a folder, for all "
+        f"cannot watch {where}: the limit on inotify watches (one per folder, for all "
         f"processes of this user) is reached: fs.inotify.max_user_watches is {limit}; "
         "raise it (sysctl fs.inotify.max_user_watches=1048576) or watch fewer folders"
     )
