@@ -187,6 +187,14 @@ def remove_metrics_folder(server):
 
 
 def child_exit(server, worker):
+    """Fold the dead worker's metric files into the folder's archive files.
+
+    prometheus-client keeps every process's files for ever: each reload, crash or
+    max_requests left two more, and every scrape read them all.
+    """
     from prometheus_client import multiprocess
 
+    from docqueue_app.metrics_files import merge_dead_processes
+
     multiprocess.mark_process_dead(worker.pid)
+    merge_dead_processes(_metrics_dir, server.log)

@@ -21,7 +21,6 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
-    multiprocess,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -30,6 +29,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from .database import database_clock
+from .metrics_files import LockedMultiProcessCollector
 from .models import QueueAttempt, QueueItem, WebhookDelivery, db
 from .states import DeliveryStatus, ItemStatus
 
@@ -199,7 +199,8 @@ def _process_registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    # Locked: gunicorn's master merges dead workers' files meanwhile (metrics_files.py).
+    LockedMultiProcessCollector(registry)
     return registry
 
 
