@@ -26,10 +26,14 @@ graceful_timeout = 30
 accesslog = "-"
 
 # prometheus-client adds up every worker's counters through files in this folder.
-# One made here is removed when the master exits (on_exit).
-_metrics_dir_made_here = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if _metrics_dir_made_here:
+# One made here is removed when the master exits (on_exit). A reload (SIGHUP) reads
+# this file again, with the variable set: the pid noted beside it says the folder is
+# still this master's own (without it the master left the folder in TMPDIR).
+_MADE_BY = "DOCQUEUE_METRICS_FOLDER_MADE_BY"
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="docqueue-metrics-")
+    os.environ[_MADE_BY] = str(os.getpid())
+_metrics_dir_made_here = os.environ.get(_MADE_BY) == str(os.getpid())
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 

@@ -84,6 +84,9 @@ def short_tmpdir() -> Iterator[Path]:
 def test_reloads_keep_every_upload_counted_in_a_bounded_folder(
     database_url, tmp_path, short_tmpdir
 ):
+    """Also: the metrics folder gunicorn.conf.py made in TMPDIR is removed when the
+    master exits, after reloads too (a reload read the settings again, and they then
+    took the folder for one given by the operator, and left it)."""
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     env = {
         "DATABASE_URL": database_url,
@@ -125,6 +128,7 @@ def test_reloads_keep_every_upload_counted_in_a_bounded_folder(
     # the 2 x RELOADS workers that exited stays behind.
     assert len(files) <= 2 * WORKERS + 2, files
     assert b"Metrics:" not in (tmp_path / "server.log").read_bytes()  # no merge failed
+    assert not folder.exists(), "the master left its metrics folder in TMPDIR"
 
 
 # Real processes counting through prometheus-client, and real concurrent scrapes:
