@@ -449,20 +449,22 @@ class SettlingFiles:
             return False  # reading it says why
         return time.time_ns() - modified < self.settle_seconds * 1e9
 
-    def settled(self) -> list[tuple[Path, Signature]]:
-        """The files that have not changed for ``settle_seconds``, taken off the list."""
+    def settled(self) -> tuple[list[tuple[Path, Signature]], list[Path]]:
+        """The files that have not changed for ``settle_seconds``, and those gone (or
+        no longer files), taken off the list."""
         now = time.monotonic()
-        ready = []
+        ready, gone = [], []
         for path, (seen, since) in list(self._files.items()):
             current = _signature(path)
-            if current is None:  # gone, or no longer a file
+            if current is None:
                 del self._files[path]
+                gone.append(path)
             elif current != seen:
                 self._files[path] = (current, now)
             elif now - since >= self.settle_seconds:
                 del self._files[path]
                 ready.append((path, current))
-        return sorted(ready)
+        return sorted(ready), gone
 
 
 def _signature(path: Path) -> Signature | None:
@@ -698,7 +700,13 @@ def _follow(
 def _import_settled(importer: Importer, watch: Watch, batch: set[tuple[Any, str]]) -> None:
     """Note a batch of changes, then import the files that have settled with new bytes."""
     watch.note(batch)
-    for path, signature in watch.settling.settled():
+    ready, gone = watch.settling.settled()
+    for path in gone:
+        # Kept, the signatures of files deleted after their import (an inbox emptied as
+        # it is read) grew a long watch's memory without end. Back with the same bytes,
+        # a file is a duplicate, not queued again.
+        importer.signatures.pop(path.absolute(), None)
+    for path, signature in ready:
         if importer.signatures.get(path.absolute()) != signature:
             importer.add(path)
     importer.flush()
