@@ -200,3 +200,17 @@ def hold_write_lock(sqlite_path: Path) -> Iterator[Callable[[], None]]:
         yield release
     finally:
         release()
+
+
+def drop_connections_to(database_url: str, admin_url: str) -> int:
+    """The server drops every connection to the database of ``database_url`` (the
+    LISTEN ones too), as a restart or a failover would; how many there were."""
+    database = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        return len(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                [database],
+            ).fetchall()
+        )

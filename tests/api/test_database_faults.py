@@ -30,7 +30,13 @@ from docqueue_app.database import PING_AFTER_IDLE_SECONDS, RETRY_AFTER_SECONDS
 from docqueue_app.models import db
 from tests.api import assert_json_error, run_queue
 from tests.conftest import BASE_CONFIG, PG_ADMIN_URL, TABLES, app_factory
-from tests.helpers import SHORT_BUSY_TIMEOUT, close_connections, hold_write_lock, upload
+from tests.helpers import (
+    SHORT_BUSY_TIMEOUT,
+    close_connections,
+    drop_connections_to,
+    hold_write_lock,
+    upload,
+)
 
 UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/nope"
 
@@ -393,19 +399,6 @@ def test_a_connection_dropped_after_the_answer_does_not_turn_it_into_an_error(
     close_connections(app)
 
 
-def drop_connections_to(database_url: str) -> int:
-    """The server drops every connection to the database of ``database_url``; how many."""
-    database = database_url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        return len(
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                [database],
-            ).fetchall()
-        )
-
-
 def test_pooled_connections_the_server_dropped_while_idle_are_replaced_before_use(
     postgresql_clean: str,
 ) -> None:
@@ -414,7 +407,7 @@ def test_pooled_connections_the_server_dropped_while_idle_are_replaced_before_us
     app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
     client = app.test_client()
     assert upload(client, b"before", "before.txt").status_code == 202
-    assert drop_connections_to(postgresql_clean)
+    assert drop_connections_to(postgresql_clean, PG_ADMIN_URL)
     time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)  # idle long enough to be pinged
 
     assert upload(client, b"after", "after.txt").status_code == 202
@@ -431,7 +424,7 @@ def test_an_upload_on_a_connection_the_server_just_dropped_gets_503_and_the_next
     app = create_app({**BASE_CONFIG, "DATABASE_URL": postgresql_clean})
     client = app.test_client()
     assert upload(client, b"before", "before.txt").status_code == 202
-    drop_connections_to(postgresql_clean)
+    drop_connections_to(postgresql_clean, PG_ADMIN_URL)
 
     assert_unavailable(upload(client, b"during", "during.txt"), "unreachable")
     assert upload(client, b"after", "after.txt").status_code == 202

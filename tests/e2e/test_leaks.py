@@ -43,6 +43,7 @@ from tests.e2e.server import (
     wait_for,
 )
 from tests.e2e.test_one_scheduler_per_host import attempt_pids
+from tests.helpers import drop_connections_to
 
 LISTENER = "docqueue-listener"
 # A pooled connection's worth of PostgreSQL sessions beyond the pool: SQLAlchemy's
@@ -90,16 +91,6 @@ CUTS = 3
 NOTIFIED_POLL_INTERVAL = "600"
 
 
-def cut_every_session(database: str) -> None:
-    """pg_terminate_backend on every session of ``database``: the LISTEN ones too."""
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        )
-
-
 @pytest.mark.parametrize("scheduling", ["standalone worker", "gunicorn scheduler"])
 def test_sessions_cut_again_and_again_leave_the_processes_as_after_the_first_cut(
     postgresql_clean: str, tmp_path: Path, private_tmpdir: Path, scheduling: str
@@ -126,7 +117,7 @@ def test_sessions_cut_again_and_again_leave_the_processes_as_after_the_first_cut
         pids = [worker.pid] if worker else sorted(server.worker_pids())
         censuses = []
         for cut in range(CUTS):
-            cut_every_session(database)
+            drop_connections_to(postgresql_clean, PG_ADMIN_URL)
             if cut == CUTS - 1:
                 # Before the LISTEN is back, its notification lost: the look after
                 # the reconnect finds it (or, if that pass failed, the next pass).
