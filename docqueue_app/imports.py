@@ -560,22 +560,28 @@ class Watch:
         for path in list_files([root], self.recursive).files:
             self.settling.changed(path)
 
-    def note(self, changes: Iterable[tuple[Any, str]]) -> None:
+    def note(self, changes: Iterable[tuple[Any, str]]) -> list[Path]:
+        """Take a batch of changes; the new subfolders passed over (no --recursive)."""
+        from watchfiles import Change
+
         # The watcher reports a set: a name deleted and written again in one batch
         # comes as "deleted" and "added" in no particular order. Every event is taken
         # as a change; settled() drops the files that are gone.
-        for _change, raw_path in changes:
+        skipped = []
+        for change, raw_path in changes:
             path = Path(raw_path)
             if not self.takes(path) or (path.is_symlink() and path.is_dir()):
                 continue  # links to folders are not followed, as by list_files
-            elif path.is_dir():
-                # A folder moved in whole brings files no event named.
-                if self.recursive:
-                    for file in list_files([path], recursive=True).files:
-                        self.settling.changed(file)
-                    self.new_folders.extend(_folders(path))
-            else:
+            elif not path.is_dir():
                 self.settling.changed(path)
+            elif self.recursive:
+                # A folder moved in whole brings files no event named.
+                for file in list_files([path], recursive=True).files:
+                    self.settling.changed(file)
+                self.new_folders.extend(_folders(path))
+            elif change == Change.added:
+                skipped.append(path)
+        return skipped
 
     def unwatchable(self) -> list[tuple[Path, int]]:
         """The new folders (noted since the last call) inotify refuses to watch, with why.
@@ -699,7 +705,10 @@ def _follow(
 
 def _import_settled(importer: Importer, watch: Watch, batch: set[tuple[Any, str]]) -> None:
     """Note a batch of changes, then import the files that have settled with new bytes."""
-    watch.note(batch)
+    for folder in watch.note(batch):
+        # As a folder import says it skipped subfolders: the files a scanner writes
+        # into a new one (a folder per month, say) would be missed without a word.
+        importer.report.say(f"skipped new subfolder {folder}: add --recursive to import its files")
     ready, gone = watch.settling.settled()
     for path in gone:
         # Kept, the signatures of files deleted after their import (an inbox emptied as

@@ -270,3 +270,23 @@ def test_a_watch_forgets_the_files_that_are_gone(app: Flask, tmp_path: Path) -> 
 
     assert importer.counts.imported == 3
     assert importer.signatures == {}
+
+
+def test_a_folder_made_while_watching_without_recursive_is_named_as_skipped(
+    app: Flask, database_url: str, folder: Path
+) -> None:
+    # A folder import says how many subfolders it skipped; a watch passed over a new
+    # one without a word, and the files a scanner then wrote into it were never imported.
+    with watching(database_url, folder) as watcher:
+        (folder / "2026-12").mkdir()
+        (folder / "2026-12" / "scan.txt").write_text("written into the new subfolder\n")
+        write_last(app, folder)
+        exit_code, stdout = watcher.stop()
+
+    skipped = [line for line in watcher.stderr_lines if "2026-12" in line]
+    assert skipped == [
+        f"skipped new subfolder {folder / '2026-12'}: add --recursive to import its files\n"
+    ]
+    assert documents_named(app, "scan.txt") == []
+    assert summaries(stdout) == [{"imported": 1, "duplicates": 0, "rejected": 0}]
+    assert exit_code == 0
