@@ -91,8 +91,13 @@ METRIC_FILE_KINDS = ("counter", "histogram")
 
 
 def post_fork(server, worker):
+    from docqueue_app.serving import answer_gunicorn_errors_in_json
+
     route_app_logs(server)
     reserve_metrics_files(server)
+    # The worker writes gunicorn's own error answers (a request it refuses before the
+    # app sees it, its 500): in the JSON error shape, not as gunicorn's HTML page.
+    answer_gunicorn_errors_in_json()
 
 
 def route_app_logs(server):

@@ -317,13 +317,13 @@ BAD_LENGTHS = {
 def test_an_unreadable_content_length_is_refused_and_stores_nothing(
     fresh: Served, framing: str
 ) -> None:
-    # gunicorn refuses these itself, with its own 400 page, before docqueue sees them
-    # (README, "Running it for real").
+    # gunicorn refuses these itself, before docqueue sees them, in the JSON error shape
+    # (README, "Running it for real"; tests/e2e/test_malformed_requests.py).
     before = stored_rows(fresh.database_url)
 
     answer = exchange(fresh.server, request_head(framing=framing) + multipart(text_file(100)))
 
-    assert answer.status == 400, answer
+    assert_json_error(answer, 400)
     assert stored_rows(fresh.database_url) == before
 
 

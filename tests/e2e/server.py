@@ -47,10 +47,18 @@ def free_port() -> int:
 
 
 class Server:
-    """gunicorn serving wsgi:app with the given environment; killable like a real crash."""
+    """gunicorn serving ``app`` (wsgi:app) with gunicorn.conf.py and the given environment;
+    killable like a real crash."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 2,
+        log_path: Path | None = None,
+        app: str = "wsgi:app",
+    ):
         self.port = free_port()
+        self.app = app
         self.env = {**os.environ, **env}
         self.workers = workers
         self.log_path = log_path
@@ -71,7 +79,7 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "--workers",
                 str(self.workers),
-                "wsgi:app",
+                self.app,
             ],
             cwd=ROOT,
             env=self.env,
