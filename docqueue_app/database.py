@@ -9,6 +9,10 @@ opposed to an error about the data itself. During one:
 - the scheduler and the workers back off and try again on their own, and the
   process logs one line when the outage begins and one when it ends, not a
   traceback per tick.
+
+Any other error of a task that is tried again (a permission taken back, an
+operator's trigger) is logged in full the first time, then with one short line
+while it repeats, and one line when the task works again (``RepeatedErrorLog``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,8 +90,7 @@ def is_not_migrated(error: BaseException) -> bool:
 
 def describe_outage(error: BaseException) -> str:
     """A short reason for the log: the kind of outage and the driver's first line."""
-    message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    return f"the database is {outage_kind(error)}: {message}"
+    return f"the database is {outage_kind(error)}: {first_line(error)}"
 
 
 def outage_kind(error: BaseException) -> str:
@@ -162,13 +167,114 @@ class OutageLog:
 
 OUTAGES = OutageLog()
 
+# While one error repeats, a short line says so at most this often. The first
+# repeat is told at once: that the error is no one-off is the news.
+STILL_FAILING_LOG_EVERY_SECONDS = 60.0
 
-def report_failure(error: Exception, what: str, *args: Any) -> None:
-    """Log a failed database task: once per outage when the database is away, else in full."""
+
+@dataclass
+class _Failing:
+    """The error a task keeps failing with, and what was told of it."""
+
+    identity: tuple[str, ...]  # error_identity()
+    task: str  # as last formatted
+    failures: int
+    since: datetime
+    told_at: float | None = None  # when the last short line was logged (the clock's)
+
+
+def error_identity(error: BaseException) -> tuple[str, ...]:
+    """What makes two errors the same: their types and the driver's first line."""
+    driver_error = getattr(error, "orig", None)
+    return (type(error).__qualname__, type(driver_error).__qualname__, first_line(error))
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of the driver's message (SQLAlchemy's adds the statement after it)."""
+    message = str(getattr(error, "orig", None) or error).strip()
+    return message.splitlines()[0] if message else type(error).__qualname__
+
+
+class RepeatedErrorLog:
+    """Errors that are no outage, per task of a process: in full once, then in short.
+
+    A task is what ``report_failure`` names (its format, before the arguments). Its
+    first failure is logged with the traceback; the same error again (the same types
+    and first line) gives one short line at once, then at most one every
+    STILL_FAILING_LOG_EVERY_SECONDS, with how many times it failed; another error is
+    logged in full. Its next success logs one line. A loop retrying every few seconds
+    otherwise logged 720 tracebacks an hour until someone fixed the grants.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failing: dict[str, _Failing] = {}
+
+    def failed(self, error: BaseException, task: str, *args: Any) -> None:
+        name = task % args if args else task
+        told = self._count(task, name, error_identity(error))
+        if told is None:
+            return
+        if told.failures == 1:
+            log.error("%s failed", name, exc_info=error)
+            return
+        log.error(
+            "%s still failing (%d times since %s UTC): %s",
+            name,
+            told.failures,
+            told.since.strftime("%Y-%m-%d %H:%M:%S"),
+            first_line(error),
+        )
+
+    def _count(self, task: str, name: str, identity: tuple[str, ...]) -> _Failing | None:
+        """Count a failure; a copy of the task's record when it is to be logged now."""
+        with self._lock:
+            failing = self._failing.get(task)
+            if failing is None or failing.identity != identity:
+                failing = self._failing[task] = _Failing(identity, name, 1, datetime.now(UTC))
+                return replace(failing)
+            failing.task, failing.failures = name, failing.failures + 1
+            now = self._clock()
+            if (
+                failing.told_at is not None
+                and now - failing.told_at < STILL_FAILING_LOG_EVERY_SECONDS
+            ):
+                return None
+            failing.told_at = now
+            return replace(failing)
+
+    def succeeded(self, task: str) -> None:
+        if task not in self._failing:  # the common case: no lock taken
+            return
+        with self._lock:
+            failing = self._failing.pop(task, None)
+        if failing is not None:
+            plural = "" if failing.failures == 1 else "s"
+            log.info("%s works again after %d failure%s", failing.task, failing.failures, plural)
+
+
+REPEATED_ERRORS = RepeatedErrorLog()
+
+
+def report_failure(error: Exception, task: str, *args: Any) -> None:
+    """Log a failed try of ``task`` (``"lease heartbeat"``, ``"writing %d outcomes"``).
+
+    Once per outage when the database is away; any other error in full the first
+    time and in short while it repeats (``RepeatedErrorLog``).
+    """
     if is_outage(error):
         OUTAGES.failed(error)
     else:
-        log.error(what, *args, exc_info=error)
+        REPEATED_ERRORS.failed(error, task, *args)
+
+
+def report_success(task: str) -> None:
+    """``task`` (as given to ``report_failure``) went through: say so if it was failing.
+
+    The outage's end is told apart (``OUTAGES.succeeded()``), where a write proves it.
+    """
+    REPEATED_ERRORS.succeeded(task)
 
 
 class Backoff:

@@ -51,13 +51,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..config import POSTGRESQL_CONNECT_ARGS
-from ..database import Backoff, report_failure
+from ..database import Backoff, report_failure, report_success
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "docqueue_queue"
 # Shown in pg_stat_activity, so an operator (or a test) can tell the listeners apart.
 LISTENER_APPLICATION_NAME = "docqueue-listener"
+# The listener's task as the log names it when it fails (report_failure).
+LISTENING = "listening for new work"
 # How often the PostgreSQL listener looks up from its wait to see whether it was closed.
 CLOSE_CHECK_SECONDS = 1.0
 # A socket path must fit in sun_path (108 bytes with its NUL).
@@ -369,7 +371,7 @@ class PostgresListener:
             try:
                 self._listen(backoff, reconnecting=tries > 0)
             except Exception as exc:  # an outage (or a bug): try again after a pause
-                report_failure(_as_sqlalchemy_error(exc), "listening for new work failed")
+                report_failure(_as_sqlalchemy_error(exc), LISTENING)
             tries += 1
             self.closed.wait(backoff.next_pause())
 
@@ -383,6 +385,7 @@ class PostgresListener:
             # No OUTAGES.succeeded(): LISTEN needs no table, so it also works on a
             # database not migrated yet; the loops that claim say when it is usable.
             backoff.reset()
+            report_success(LISTENING)
             log.info("listening for new work on channel %s", CHANNEL)
             if reconnecting:
                 self.wake()  # what was notified while nobody listened is lost: look

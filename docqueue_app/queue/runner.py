@@ -24,7 +24,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from ..database import OUTAGES, Backoff, report_failure
+from ..database import OUTAGES, Backoff, report_failure, report_success
 from ..models import db
 from ..webhooks.lane import DeliveryLane
 from .maintenance import run_maintenance
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # What a pass that failed returns to ``work_until_idle``, once it has paused.
 FAILED_PASS = -1
+# A pass as the log names it when it fails (the scheduler's too).
+QUEUE_PASS = "queue pass"
 
 
 def run_worker(
@@ -131,7 +133,7 @@ def _work_loop(
                 # sweep (the poll before a claim rescues expired leases itself).
                 run_maintenance()
             except Exception as exc:  # a database outage or hiccup must not end the worker
-                report_failure(exc, "worker pass failed")
+                report_failure(exc, QUEUE_PASS)
                 # A wake ends the pause (and a stop, which wakes every loop): it came
                 # through the database (a notification, a commit), so the database is
                 # back. Waiting the pause out regardless left work uploaded after an
@@ -139,6 +141,7 @@ def _work_loop(
                 wakes.wait(seen, backoff.next_pause())
                 return FAILED_PASS
         OUTAGES.succeeded()
+        report_success(QUEUE_PASS)
         backoff.reset()
         return result["processed"]
 

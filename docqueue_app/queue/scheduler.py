@@ -49,11 +49,11 @@ from typing import TYPE_CHECKING
 from flask import Flask
 from sqlalchemy.engine import URL, make_url
 
-from ..database import OUTAGES, Backoff, report_failure
+from ..database import OUTAGES, Backoff, report_failure, report_success
 from ..webhooks.lane import DeliveryLane
 from .maintenance import run_maintenance
 from .notify import WakeSignal, WorkListener, host_path, listen_for_work, sqlite_file
-from .runner import work_until_idle
+from .runner import QUEUE_PASS, work_until_idle
 from .worker import process_document_queue
 
 if TYPE_CHECKING:
@@ -296,10 +296,11 @@ class QueueScheduler:
                 )
                 run_maintenance()  # after the batch, as the worker's (runner.py) says why
             except Exception as exc:
-                report_failure(exc, "queue tick failed")
+                report_failure(exc, QUEUE_PASS)
                 self._resume_at = time.monotonic() + self._backoff.next_pause()
                 return 0
         OUTAGES.succeeded()
+        report_success(QUEUE_PASS)
         self._backoff.reset()
         return result["processed"]
 

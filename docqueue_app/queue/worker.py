@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
-from ..database import OUTAGES, Backoff, is_disk_full, report_failure
+from ..database import OUTAGES, Backoff, is_disk_full, report_failure, report_success
 from ..metrics import PROCESSING_SECONDS, record_outcome
 from ..models import db, run_on_driver
 from ..printable import printable
@@ -53,6 +53,14 @@ LEASE_MARGIN_SECONDS = 5.0
 STOPPING_WRITE_SECONDS = 10.0
 # How often an idle bookkeeping thread looks whether the thread it serves has ended.
 OWNER_CHECK_SECONDS = 5.0
+
+# The bookkeeping tasks as the log names them when they fail (report_failure): each
+# a task of its own, so one that keeps failing is told in full once.
+WRITING_OUTCOMES = "writing %d outcomes"
+WRITING_ONE_OUTCOME = "writing the outcome of queue item %s"
+HANDING_BACK = "handing back %d unstarted items"
+CHECKING_ITEM = "checking queue item %s"
+HEARTBEAT = "lease heartbeat"
 
 _worker_ids: dict[int, str] = {}
 
@@ -469,11 +477,12 @@ class OutcomeWriter:
         try:
             service.record_outcomes(self.unwritten)
         except Exception as exc:
-            report_failure(exc, "writing %d outcomes failed; will retry", len(self.unwritten))
+            report_failure(exc, WRITING_OUTCOMES, len(self.unwritten))
             if len(self.unwritten) > 1 and is_disk_full(exc):
                 self._write_one_by_one(service)
             return not self.unwritten
         OUTAGES.succeeded()
+        report_success(WRITING_OUTCOMES)
         self._written(self.unwritten)
         self.unwritten = []
         return True
@@ -492,9 +501,10 @@ class OutcomeWriter:
             try:
                 service.record_outcomes([outcome])
             except Exception as exc:
-                report_failure(exc, "writing the outcome of queue item %s failed", outcome.item_id)
+                report_failure(exc, WRITING_ONE_OUTCOME, outcome.item_id)
                 unwritten.append(outcome)
             else:
+                report_success(WRITING_ONE_OUTCOME)
                 self._written([outcome])
         self.unwritten = unwritten
         if not unwritten:
@@ -513,10 +523,11 @@ class OutcomeWriter:
         try:
             service.release_items(unstarted)
         except Exception as exc:
-            report_failure(exc, "handing back %d unstarted items failed", len(unstarted))
+            report_failure(exc, HANDING_BACK, len(unstarted))
             with self.lock:
                 self.unstarted = unstarted + self.unstarted
             return False
+        report_success(HANDING_BACK)
         for item in unstarted:
             self.claims.pop(item.id, None)
         return True
@@ -530,8 +541,9 @@ class OutcomeWriter:
         try:
             lost = service.lost_claims({item_id: self.claims[item_id]})
         except Exception as exc:  # looked at again next time
-            report_failure(exc, "checking queue item %s failed", item_id)
+            report_failure(exc, CHECKING_ITEM, item_id)
             return
+        report_success(CHECKING_ITEM)
         if lost:
             cancel.set()
             self.claims.pop(item_id, None)
@@ -541,6 +553,7 @@ class OutcomeWriter:
         try:
             service.extend_leases(self.claims)
         except Exception as exc:  # a missed beat is retried; the lease has slack
-            report_failure(exc, "lease heartbeat failed")
+            report_failure(exc, HEARTBEAT)
             return
+        report_success(HEARTBEAT)
         self.leases_until = beat_at + self.lease_seconds

@@ -27,7 +27,7 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
-from ..database import OUTAGES, Backoff, report_failure
+from ..database import OUTAGES, Backoff, report_failure, report_success
 from ..models import db
 from ..queue.worker import current_worker_id
 from .deliveries import ClaimedDelivery, DeliveryService, lease_seconds
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 SENDERS = 4
 # Deliveries one cron call sends (concurrently, each within its time cap).
 CRON_DELIVERIES = 8
+# The lane's tasks as the log names them when they fail (report_failure).
+LANE = "webhook lane"
+CLAIMING = "claiming webhook deliveries"
+RECORDING = "recording webhook %s"
 
 
 def sender_id() -> str:
@@ -109,13 +113,14 @@ def _record(app: Flask, claimed: ClaimedDelivery, result: AttemptResult) -> None
             try:
                 service.record_attempt(claimed, result)
             except Exception as exc:
-                report_failure(exc, "recording webhook %s failed", claimed.delivery_id)
+                report_failure(exc, RECORDING, claimed.delivery_id)
                 pause = backoff.next_pause()
                 if time.monotonic() + pause > give_up_at:
                     return
                 time.sleep(pause)
                 continue
             OUTAGES.succeeded()
+            report_success(RECORDING)
             return
 
 
@@ -131,8 +136,9 @@ def send_due_deliveries(limit: int = CRON_DELIVERIES) -> int:
         with Session(db.engine) as session:
             claimed = DeliveryService(session).claim_due(limit, sender_id())
     except Exception as exc:
-        report_failure(exc, "claiming webhook deliveries failed")
+        report_failure(exc, CLAIMING)
         return 0
+    report_success(CLAIMING)
     if claimed:
         with ThreadPoolExecutor(len(claimed), thread_name_prefix="docqueue-webhook") as pool:
             list(pool.map(lambda delivery: deliver(app, delivery), claimed))
@@ -179,9 +185,10 @@ class DeliveryLane:
                 try:
                     pause = self._claim_and_send(service)
                 except Exception as exc:  # a database outage must not end the lane
-                    report_failure(exc, "webhook lane failed")
+                    report_failure(exc, LANE)
                     pause = backoff.next_pause()
                 else:
+                    report_success(LANE)
                     backoff.reset()
                 if pause > 0:
                     self._wake.wait(pause)
