@@ -444,8 +444,25 @@ def open_pooled_connections(app: Flask, count: int) -> None:
             connection.close()
 
 
+def _not_a_pipeline_aborted(record: logging.LogRecord) -> bool:
+    """False for psycopg's "error ignored terminating <Pipeline>: pipeline aborted".
+
+    psycopg logs it when a statement in a pipeline (``run_walking_indexes_on_driver``)
+    failed and the commands queued after it were dropped: the failure itself is
+    raised, and reported once (``report_failure``), so this warning only repeated it,
+    at every try of a loop.
+    """
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (
+        str(record.msg).startswith("error ignored terminating")
+        and len(args) == 2
+        and type(args[1]).__name__ == "PipelineAborted"  # no import: SQLite starts without it
+    )
+
+
 def init_app(app: Flask) -> None:
     """Call after ``db.init_app``: teardowns run in reverse order, so this one goes first."""
+    logging.getLogger("psycopg").addFilter(_not_a_pipeline_aborted)  # once: no duplicates
     app.teardown_appcontext(close_session_quietly)
     app.register_error_handler(DBAPIError, answer_outage)
     app.register_error_handler(PoolTimeoutError, answer_outage)

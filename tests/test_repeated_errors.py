@@ -22,11 +22,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from docqueue_app.database import (
     OUTAGES,
+    REPEATED_ERRORS,
     STILL_FAILING_LOG_EVERY_SECONDS,
     RepeatedErrorLog,
     report_failure,
 )
 from docqueue_app.queue import DocumentQueueService
+from docqueue_app.queue.runner import QUEUE_PASS
+from docqueue_app.queue.scheduler import QueueScheduler
 from tests.conftest import PG_ADMIN_URL, PG_TEST_DATABASE, app_factory
 from tests.e2e.server import migrated_env, start_worker, stop_worker, wait_for
 
@@ -158,6 +161,37 @@ def test_a_worker_logs_an_error_that_repeats_in_full_once(
     ), still_failing
     (works_again,) = re.findall(r"^INFO queue pass works again after (\d+) failures$", log, re.M)
     assert int(works_again) >= 2
+    # Nothing else per try either (psycopg's "error ignored terminating <Pipeline>" was one).
+    warnings = [line for line in log.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert warnings == ["ERROR queue pass failed", *still_failing], warnings
+
+
+def test_the_scheduler_counts_each_failed_pass_and_says_when_it_works_again(
+    claims: BreakableClaims, caplog: pytest.LogCaptureFixture
+) -> None:
+    REPEATED_ERRORS.succeeded(QUEUE_PASS)  # an earlier test's failures are not this one's
+    claims.break_claims()
+    with app_factory(claims.database_url) as make_app:
+        submit(make_app(), 0)
+    with app_factory(claims.worker_env["DATABASE_URL"]) as make_app:
+        app = make_app(POLL_INTERVAL=0.2)
+        scheduler = QueueScheduler(app)  # ticked by the test, not by APScheduler
+        caplog.set_level(logging.INFO)
+        for _ in range(5):
+            scheduler.tick()  # one failed pass, then a pause...
+            scheduler.wakes.wake()  # ...which a notification ends
+        failures = logged(caplog)
+        claims.repair()
+        scheduler.tick()
+        assert completed(app) == 1
+
+    assert [(level, traceback) for level, _, traceback in failures] == [
+        ("ERROR", True),
+        ("ERROR", False),
+    ]
+    assert failures[0][1] == "queue pass failed"
+    assert failures[1][1].startswith("queue pass still failing (2 times since ")
+    assert ("INFO", "queue pass works again after 5 failures", False) in logged(caplog)
 
 
 def submit(app: Flask, number: int) -> None:
