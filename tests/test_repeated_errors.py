@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from docqueue_app.database import (
@@ -83,9 +85,10 @@ def _postgresql_with_a_role_of_its_own() -> Iterator[BreakableClaims]:
     """A database made for the test, and a role that owns nothing there but is granted
     what docqueue needs; taking back its UPDATE on queue_items is a 42501 on each claim."""
     database, role = f"{PG_TEST_DATABASE}_grants", f"docqueue_worker_{os.getpid()}"
-    admin_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
-    worker_url = admin_url.replace("//postgres@", f"//{role}@", 1)
-    assert worker_url != admin_url, "DOCQUEUE_TEST_POSTGRES_URL must name the user postgres"
+    password = secrets.token_hex(8)  # for a server that asks one (this one trusts)
+    admin = make_url(PG_ADMIN_URL).set(database=database)
+    admin_url = admin.render_as_string(hide_password=False)
+    worker_url = admin.set(username=role, password=password).render_as_string(hide_password=False)
 
     def run(sql: str, url: str = PG_ADMIN_URL) -> None:
         with psycopg.connect(url, autocommit=True) as connection:
@@ -94,7 +97,7 @@ def _postgresql_with_a_role_of_its_own() -> Iterator[BreakableClaims]:
     run(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     run(f'CREATE DATABASE "{database}"')
     run(f'DROP ROLE IF EXISTS "{role}"')
-    run(f'CREATE ROLE "{role}" LOGIN')
+    run(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
     try:
         migrated_env(admin_url)
         run(
