@@ -12,11 +12,19 @@ method one transaction, as the queue's service does for queue items:
 - an admin sends a failed delivery again, under the same delivery id.
 
 A sender that dies mid-attempt leaves its lease to run out; the delivery is
-then due again for any sender: at least once.
+then due again for any sender: at least once. Even its last attempt is sent
+once more (the killed one may never have reached the receiver), but no more:
+when that extra attempt's sender is lost too, the next claim gives the
+delivery up (``failed``) instead of sending it, so a delivery whose every
+sender dies (OOM-killed, SIGKILLed, hung past its lease) is never sent for ever.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import operator
+import string
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +32,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, Select, Update, delete, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Update,
+    cast,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from ..database import database_clock
@@ -36,6 +56,8 @@ from ..transactions import TransactionalService
 from .events import wake_senders
 from .sender import AttemptResult
 
+log = logging.getLogger(__name__)
+
 # A claim's lease outlasts the attempt's own time cap by this much (or by the
 # cap itself, when shorter): the time to write its result. Past it, the
 # delivery is another sender's to send; once one claimed it, the late result
@@ -43,6 +65,14 @@ from .sender import AttemptResult
 LEASE_MARGIN_SECONDS = 5.0
 # Rows deleted per transaction by the pruner.
 PRUNE_BATCH = 500
+# The last_error of a delivery given up because the sender of its extra attempt
+# (one past the last, sent since the last one's sender was lost) was lost too.
+LOST_SENDER = (
+    "its sender was lost during attempt {attempt} of {max_attempts} (killed or hung);"
+    " not sent again: deliver it again from /admin/deliveries"
+)
+# The log line of an attempt that failed (or was lost): id, url, attempt, of, error, what next.
+ATTEMPT_LINE = "webhook %s to %s, attempt %d of %d: %s; %s"
 
 
 @dataclass(frozen=True)
@@ -106,7 +136,11 @@ class DeliveryService(TransactionalService):
         holder = f"{sender}#{uuid.uuid4().hex[:16]}"
         with self._write() as session:
             now = self._now()
+            given_up = session.execute(_give_up_lost(now, limit)).all()
             rows = session.execute(_claim(now, limit, holder, now + self.lease)).all()
+        # Said once committed, as the queue's rescuer says its lost items.
+        for row in given_up:
+            _log_given_up(row)
         return sorted((_claimed(row, holder) for row in rows), key=lambda claimed: claimed.id)
 
     def record_attempt(self, claimed: ClaimedDelivery, result: AttemptResult) -> bool:
@@ -225,12 +259,86 @@ def _due(now: datetime, limit: int) -> Select:
     )
 
 
+def _past_its_extra_attempt() -> ColumnElement[bool]:
+    """Claimed once past its last attempt already: its lease ran out, so that sender was lost."""
+    return WebhookDelivery.attempts > WebhookDelivery.max_attempts
+
+
+def _give_up_lost(now: datetime, limit: int) -> Update:
+    """Of the first ``limit`` due deliveries (those a claim would take), those whose extra
+    attempt's sender was lost too end failed, saying so.
+
+    Only the claim's first rows, walked on the due index as the claim walks them:
+    a condition inside the locking subquery would walk every due delivery of a
+    backlog at each claim to find none. One behind others is given up once those
+    ahead are claimed; the claim never takes it meanwhile.
+    """
+    return (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(_due(now, limit).scalar_subquery()))
+        .where(_past_its_extra_attempt())
+        .values(
+            status=DeliveryStatus.FAILED,
+            locked_by=None,
+            locked_until=None,
+            last_status_code=None,
+            last_error=_lost_sender_error(),
+        )
+        .returning(
+            WebhookDelivery.delivery_id,
+            WebhookDelivery.url,
+            WebhookDelivery.attempts,
+            WebhookDelivery.max_attempts,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def lost_sender_message(attempt: int, max_attempts: int) -> str:
+    """The last_error of a delivery given up after the sender of ``attempt`` was lost."""
+    return LOST_SENDER.format(attempt=attempt, max_attempts=max_attempts)
+
+
+def _lost_sender_error() -> ColumnElement[str]:
+    """``lost_sender_message`` of each row, written by the database (one statement for all)."""
+    columns = {
+        "attempt": WebhookDelivery.attempts,
+        "max_attempts": WebhookDelivery.max_attempts,
+    }
+    parts: list[ColumnElement[str]] = []
+    for text, field, _, _ in string.Formatter().parse(LOST_SENDER):
+        parts.append(literal(text, String))
+        if field is not None:
+            parts.append(cast(columns[field], String))
+    return functools.reduce(operator.add, parts)
+
+
+def _log_given_up(row: Any) -> None:
+    log.warning(
+        ATTEMPT_LINE,
+        row.delivery_id,
+        row.url,
+        row.attempts,
+        row.max_attempts,
+        "its sender was lost (killed or hung)",
+        "it failed for good",
+    )
+
+
 def _claim(now: datetime, limit: int, holder: str, lease_until: datetime) -> Update:
-    """The one claim statement: due deliveries leased to ``holder``, an attempt counted."""
+    """The one claim statement: due deliveries leased to ``holder``, an attempt counted.
+
+    Never one past its extra attempt (``_give_up_lost`` fails those first, in the
+    same transaction; this keeps the bound whatever another sender does meanwhile).
+    """
     return (
         update(WebhookDelivery)
         # No condition of its own (as the queue's claim): the locking subquery decides.
-        .where(WebhookDelivery.id.in_(_due(now, limit).scalar_subquery()))
+        .where(
+            WebhookDelivery.id.in_(
+                _due(now, limit).where(~_past_its_extra_attempt()).scalar_subquery()
+            )
+        )
         .values(
             locked_by=holder,
             locked_until=lease_until,

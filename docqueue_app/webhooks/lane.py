@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from ..database import OUTAGES, Backoff, report_failure, report_success
 from ..models import db
 from ..queue.worker import current_worker_id
-from .deliveries import ClaimedDelivery, DeliveryService, lease_seconds
+from .deliveries import ATTEMPT_LINE, ClaimedDelivery, DeliveryService, lease_seconds
 from .events import listen_for_deliveries, stop_listening
 from .sender import USER_AGENT, AttemptResult, post
 from .signing import SIGNATURE_HEADER, signature
@@ -89,13 +89,13 @@ def _log_attempt(claimed: ClaimedDelivery, result: AttemptResult) -> None:
     last = result.permanent or claimed.attempt >= claimed.max_attempts
     log.log(
         logging.WARNING if last else logging.INFO,
-        "webhook %s to %s, attempt %d of %d: %s%s",
+        ATTEMPT_LINE,
         claimed.delivery_id,
         claimed.url,
         claimed.attempt,
         claimed.max_attempts,
         result.error,
-        "; it failed for good" if last else "; it will be retried",
+        "it failed for good" if last else "it will be retried",
     )
 
 

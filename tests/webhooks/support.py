@@ -41,6 +41,24 @@ def settings(**overrides: Any) -> dict[str, Any]:
     return {**WEBHOOKS, **overrides}
 
 
+def worker_env(
+    database_url: str, webhook_url: str, max_attempts: int, timeout_seconds: float
+) -> dict[str, str]:
+    """The environment of a ``queue worker`` that delivers to ``webhook_url``."""
+    return {
+        "DATABASE_URL": database_url,
+        "DOCQUEUE_SECRET_KEY": "webhook-worker",
+        "DOCQUEUE_POLL_INTERVAL": "0.2",
+        "DOCQUEUE_PROCESS_ISOLATION": "none",
+        "DOCQUEUE_PROCESSOR": "tests.webhooks.processors:echo_or_fail",
+        "DOCQUEUE_WEBHOOK_URL": webhook_url,
+        "DOCQUEUE_WEBHOOK_SECRET": SECRET,
+        "DOCQUEUE_WEBHOOK_ALLOW_PRIVATE": "true",
+        "DOCQUEUE_WEBHOOK_MAX_ATTEMPTS": str(max_attempts),
+        "DOCQUEUE_WEBHOOK_TIMEOUT_SECONDS": str(timeout_seconds),
+    }
+
+
 def upload_text(client: FlaskClient, text: str, callback_url: str | None = None) -> dict:
     """Upload ``text`` as a .txt file (with a callback_url when given); the document JSON."""
     form: dict[str, Any] = {"file": (io.BytesIO(text.encode()), "note.txt")}

@@ -6,7 +6,8 @@ set or not) and end through the queue (completed, failed for good by a worker or
 the rescuer, cancelled by an admin), lanes claim due deliveries under a lease and
 record their attempts (delivered, failed and retried with or without Retry-After,
 refused, out of attempts), late results of stale claims arrive, lanes die (their
-leases run out), time passes, admins send failed deliveries again and read them,
+leases run out; a delivery whose extra attempt, one past its last, was lost too is
+given up by the next claim), time passes, admins send failed deliveries again and read them,
 and the pruner runs. A small model (``DeliveryModel`` below) predicts every step;
 after each one every delivery row is compared with it.
 
@@ -51,7 +52,12 @@ from docqueue_app.queue.pruner import prune_if_due
 from docqueue_app.queue.retry import JITTER_FRACTION
 from docqueue_app.queue.service import Outcome
 from docqueue_app.queue.submissions import NewDocument
-from docqueue_app.webhooks.deliveries import ClaimedDelivery, DeliveryService, lease_seconds
+from docqueue_app.webhooks.deliveries import (
+    ClaimedDelivery,
+    DeliveryService,
+    lease_seconds,
+    lost_sender_message,
+)
 from docqueue_app.webhooks.sender import AttemptResult
 from tests.helpers import backend_name, execute_sql
 from tests.queue.test_state_machine import (
@@ -144,9 +150,16 @@ class Delivery:
     last_status_code: int | None = None
     last_error: str | None = None
 
-    def claimable(self, now: datetime) -> bool:
+    def due(self, now: datetime) -> bool:
         unleased = self.lease_until is None or self.lease_until <= now
         return self.status == PENDING and self.due_at <= now and unleased
+
+    def past_its_extra_attempt(self) -> bool:
+        """Sent once past its last attempt (that one's sender lost), and that sender lost too."""
+        return self.attempts > MAX_ATTEMPTS
+
+    def claimable(self, now: datetime) -> bool:
+        return self.due(now) and not self.past_its_extra_attempt()
 
     def leased(self, now: datetime) -> bool:
         return self.lease_until is not None and self.lease_until > now
@@ -192,6 +205,19 @@ class DeliveryModel:
     def claimable(self, now: datetime) -> list[Delivery]:
         due = [d for d in self.deliveries.values() if d.claimable(now)]
         return sorted(due, key=lambda d: (d.due_at, d.id))
+
+    def give_up_lost(self, now: datetime, limit: int) -> list[Delivery]:
+        """What a claim of ``limit`` does first: of the first ``limit`` due deliveries,
+        those past their extra attempt end failed, without being sent."""
+        due = sorted(
+            (d for d in self.deliveries.values() if d.due(now)), key=lambda d: (d.due_at, d.id)
+        )
+        given_up = [d for d in due[:limit] if d.past_its_extra_attempt()]
+        for delivery in given_up:
+            delivery.status, delivery.holder, delivery.lease_until = FAILED, None, None
+            delivery.last_status_code = None
+            delivery.last_error = lost_sender_message(delivery.attempts, MAX_ATTEMPTS)
+        return given_up
 
     def holds(self, held: Held) -> Delivery | None:
         """The delivery ``held`` still holds: pending, and no claim made since."""
@@ -585,6 +611,8 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.acting("seconds_until_due")
         now = utcnow()
         self.check_seconds_until_due(now)
+        if self.model.give_up_lost(now, limit):
+            self.situations.add("given up: its senders lost")
         expected = self.model.claimable(now)[:limit]
         self.acting("claim_due")
         started = utcnow()
@@ -890,6 +918,15 @@ SCENARIOS: dict[str, list[Step]] = {
         do("lane_claims", SENDERS[2], 1),
         stale_result("delivered", MAX_ATTEMPTS - 1),
         stale_result("error", MAX_ATTEMPTS),
+    ],
+    "a lane that died on the extra attempt too: given up unsent, then sent again": [
+        *CANCELLED_WITH_CALLBACK,
+        *[do("lane_claims", SENDERS[0], 1), do("lane_dies", 0)] * (MAX_ATTEMPTS + 1),
+        do("lane_claims", SENDERS[1], 2),  # gives it up, claims nothing
+        stale_result("delivered", MAX_ATTEMPTS),  # the lost sender's result, too late
+        lambda m: m.deliver_again_now(FAILED),
+        do("lane_claims", SENDERS[2], 1),
+        stale_result("delivered", MAX_ATTEMPTS + 1),
     ],
 }
 

@@ -15,7 +15,7 @@ import pytest
 from docqueue_app.states import DeliveryStatus
 from tests.e2e.server import start_worker, stop_worker
 from tests.helpers import wait_until
-from tests.webhooks.support import SECRET, deliveries, upload_text
+from tests.webhooks.support import deliveries, upload_text, worker_env
 
 TIMEOUT_SECONDS = 2.5  # the lease: twice this
 
@@ -26,18 +26,7 @@ TIMEOUT_SECONDS = 2.5  # the lease: twice this
 def test_a_worker_killed_mid_delivery_delivers_it_after_its_restart(
     make_app, database_url, receiver, tmp_path, max_attempts
 ):
-    env = {
-        "DOCQUEUE_WEBHOOK_MAX_ATTEMPTS": str(max_attempts),
-        "DATABASE_URL": database_url,
-        "DOCQUEUE_SECRET_KEY": "webhook-crash",
-        "DOCQUEUE_POLL_INTERVAL": "0.2",
-        "DOCQUEUE_PROCESS_ISOLATION": "none",
-        "DOCQUEUE_PROCESSOR": "tests.webhooks.processors:echo_or_fail",
-        "DOCQUEUE_WEBHOOK_URL": receiver.url(),
-        "DOCQUEUE_WEBHOOK_SECRET": SECRET,
-        "DOCQUEUE_WEBHOOK_ALLOW_PRIVATE": "true",
-        "DOCQUEUE_WEBHOOK_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-    }
+    env = worker_env(database_url, receiver.url(), max_attempts, TIMEOUT_SECONDS)
     log = tmp_path / "worker.log"
     app = make_app()
     receiver.hanging.set()
