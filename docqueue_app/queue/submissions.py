@@ -23,7 +23,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
-from ..models import Document, QueueItem, run_on_driver, stored_timestamp, utcnow
+from ..models import (
+    Document,
+    QueueItem,
+    _raised_as_sqlalchemy_would,
+    run_on_driver,
+    stored_timestamp,
+    utcnow,
+)
 from ..states import DEFAULT_PRIORITY, DocumentStatus, ItemStatus, Operation
 
 # A new document and its first item, as stored.
@@ -124,6 +131,13 @@ _POSTGRESQL_STORE_ONE = _POSTGRESQL_STORE.format(
             1 AS position"""
 )
 
+# libpq keeps its output buffer as large as the largest message it sent, for the
+# life of the connection: a pooled connection that sent a 50 MB upload held 50 MB of
+# its worker's memory until it was closed, and each pooled connection could. One that
+# sent more than this is closed after its transaction instead; the next request
+# opens a new one (a few milliseconds, beside the transfer of megabytes).
+_LARGEST_KEPT_MESSAGE_BYTES = 8 * 1024 * 1024
+
 # One row at a time on SQLite: each statement is a call into the library, not a
 # round trip, and run straight on the sqlite3 connection (run_on_driver): SQLAlchemy's
 # compiling and execution path cost more than the inserts themselves.
@@ -132,7 +146,14 @@ _SQLITE_DOCUMENT = (
     " (filename, content_type, size, sha256, status, callback_url, created_at, updated_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING RETURNING id"
 )
-_SQLITE_CONTENT = "INSERT INTO document_contents (document_id, data) VALUES (?, ?)"
+# The bytes are written after the row, through SQLite's blob interface (_write_blob):
+# bound to the insert, SQLite copied them once to bind and once more to build the
+# row, two copies of a 50 MB upload at the worker's peak beside ours.
+_SQLITE_CONTENT = (
+    "INSERT INTO document_contents (document_id, data) VALUES (?, zeroblob(?)) RETURNING rowid"
+)
+# Bytes written to a blob at a time: SQLite's page cache takes them, not a copy of the whole.
+_BLOB_CHUNK_BYTES = 1024 * 1024
 _SQLITE_ITEM = (
     "INSERT INTO queue_items"
     " (document_id, operation, status, priority, attempts, max_attempts, run_at, created_at)"
@@ -158,9 +179,11 @@ def store_new_documents(
 def _store_on_postgresql(
     connection: Connection, files: Mapping[str, NewDocument], max_attempts: int
 ) -> dict[str, StoredDocument]:
+    if sum(len(file.content) for file in files.values()) > _LARGEST_KEPT_MESSAGE_BYTES:
+        connection.detach()  # closed at the end of the transaction, not pooled
     values = [_incoming_row(digest, file) for digest, file in files.items()]
     if len(values) == 1:
-        statement, incoming = _POSTGRESQL_STORE_ONE, values[0]
+        statement, incoming = _POSTGRESQL_STORE_ONE, _sent_unchanged(connection, values[0])
     else:
         statement = _POSTGRESQL_STORE_MANY
         incoming = {name: [row[name] for row in values] for name in values[0]}
@@ -179,6 +202,16 @@ def _store_on_postgresql(
         sha256: StoredDocument(document_id, item_id, created_at.astimezone(UTC))
         for sha256, document_id, item_id, created_at in rows
     }
+
+
+def _sent_unchanged(connection: Connection, row: dict[str, object]) -> dict[str, object]:
+    """One upload's row with its bytes handed to libpq uncopied (a 50 MB upload held
+    three copies at its peak, two now: ours and the message libpq sends)."""
+    # Imported here: it imports psycopg, which a server on SQLite never needs.
+    from .unchanged_bytes import UnchangedBytes, send_bytes_unchanged
+
+    send_bytes_unchanged(connection.connection.dbapi_connection)
+    return {**row, "data": UnchangedBytes(row["data"])}
 
 
 def _incoming_row(digest: str, file: NewDocument) -> dict[str, object]:
@@ -219,7 +252,10 @@ def _store_on_sqlite(
         if not inserted:
             continue  # stored before
         [(document_id,)] = inserted
-        run_on_driver(connection, _SQLITE_CONTENT, (document_id, file.content))
+        [(content_row,)] = run_on_driver(
+            connection, _SQLITE_CONTENT, (document_id, size)
+        ).fetchall()
+        _write_blob(connection, "document_contents", "data", content_row, file.content)
         [(item_id,)] = run_on_driver(
             connection,
             _SQLITE_ITEM,
@@ -227,3 +263,16 @@ def _store_on_sqlite(
         ).fetchall()
         stored[digest] = StoredDocument(document_id, item_id, now)
     return stored
+
+
+def _write_blob(connection: Connection, table: str, column: str, row: int, content: bytes) -> None:
+    """Write ``content`` into the blob of that size (a ``zeroblob``) at ``row`` (SQLite),
+    a chunk at a time, in the caller's transaction. Errors (a full disk) are raised as
+    SQLAlchemy would have raised them, as run_on_driver's are."""
+    view = memoryview(content)
+    with (
+        _raised_as_sqlalchemy_would(connection, f"blob write {table}.{column}", ()),
+        connection.connection.dbapi_connection.blobopen(table, column, row) as blob,
+    ):
+        for start in range(0, len(view), _BLOB_CHUNK_BYTES):
+            blob.write(view[start : start + _BLOB_CHUNK_BYTES])
