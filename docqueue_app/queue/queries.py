@@ -693,6 +693,17 @@ def document_results_sqlite(results: Sequence[dict[str, Any]], now: str) -> tupl
     }
 
 
+# A large text is written bound as it is, after the batch's statement: read out of
+# the batch's JSON, SQLite's json_each and ->> made copies of it upon copies (the
+# worker's memory rose by 235 MiB for a text of 20 million characters, 41 bound).
+_SQLITE_DOCUMENT_TEXT = "UPDATE documents SET text = :text WHERE id = :document_id"
+
+
+def document_text_sqlite(document_id: int, text: str) -> tuple[str, dict]:
+    """SQLite: one document's extracted text, for the driver."""
+    return _SQLITE_DOCUMENT_TEXT, {"document_id": document_id, "text": text}
+
+
 def settle(item_id: int, decision: Decision, error: str | None, now: datetime) -> Update:
     """Write a retry decision on an item leaving in_progress (failed, or pending again)."""
     values: dict[str, Any] = {

@@ -76,6 +76,7 @@ from ..states import (
 from ..transactions import TransactionalService, one_statement_options
 from ..webhooks.events import DocumentEvent, record_events
 from . import queries
+from .counts import count_words
 from .notify import announce_due_work, notify_in_transaction
 from .retry import Cause, Decision, RetryPolicy, decide, lost_worker_message
 from .submissions import NewDocument, StoredDocument, Submission, store_new_documents
@@ -779,7 +780,10 @@ class DocumentQueueService(TransactionalService):
             if o.result is not None
         ]
         if results:
+            large_texts = _set_aside_large_texts(results)
             run_on_driver(connection, *queries.document_results_sqlite(results, now))
+            for document_id, text in large_texts:
+                run_on_driver(connection, *queries.document_text_sqlite(document_id, text))
         synced = {values["document_id"] for values in results}
         return len(recorded), [doc for doc in document_of.values() if doc not in synced]
 
@@ -1284,9 +1288,24 @@ def _document_result_values(result: dict[str, Any]) -> dict[str, Any]:
         "title": storable(title) if isinstance(title, str) else title,
         "page_count": result.get("page_count"),
         "metadata": _storable_json(result.get("metadata") or {}),
-        "word_count": len(text.split()),
+        "word_count": count_words(text),
         "char_count": len(text),
     }
+
+
+# Texts longer than this travel apart from the SQLite batch's JSON
+# (queries.document_text_sqlite): through it, a text took about 12 times its size.
+_LARGE_TEXT_CHARS = 1_000_000
+
+
+def _set_aside_large_texts(results: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Take the large texts out of ``results`` (left empty there): (document id, text)."""
+    large = []
+    for values in results:
+        if len(values["text"]) > _LARGE_TEXT_CHARS:
+            large.append((values["document_id"], values["text"]))
+            values["text"] = ""
+    return large
 
 
 def _log_rescue(row: Any) -> None:
