@@ -399,7 +399,7 @@ def run_on_driver(
     """
     dbapi_connection = connection.connection.dbapi_connection
     options = _BINARY_ROWS if connection.dialect.name == "postgresql" else {}
-    with _raised_as_sqlalchemy_would(connection, statement, parameters):
+    with raised_as_sqlalchemy_would(connection, statement, parameters):
         return dbapi_connection.execute(statement, parameters, **options)
 
 
@@ -427,7 +427,7 @@ def run_walking_indexes_on_driver(
     """
     dbapi_connection = connection.connection.dbapi_connection
     with (
-        _raised_as_sqlalchemy_would(connection, statement, parameters),
+        raised_as_sqlalchemy_would(connection, statement, parameters),
         dbapi_connection.pipeline(),
     ):
         dbapi_connection.execute("BEGIN")
@@ -447,7 +447,7 @@ def walk_indexes(connection: Connection) -> None:
 
 
 @contextlib.contextmanager
-def _raised_as_sqlalchemy_would(
+def raised_as_sqlalchemy_would(
     connection: Connection, statement: str, parameters: Any
 ) -> Iterator[None]:
     """The driver's errors as SQLAlchemy's; a lost connection is invalidated, and with

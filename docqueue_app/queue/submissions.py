@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 from ..models import (
     Document,
     QueueItem,
-    _raised_as_sqlalchemy_would,
+    raised_as_sqlalchemy_would,
     run_on_driver,
     stored_timestamp,
     utcnow,
@@ -271,7 +271,7 @@ def _write_blob(connection: Connection, table: str, column: str, row: int, conte
     SQLAlchemy would have raised them, as run_on_driver's are."""
     view = memoryview(content)
     with (
-        _raised_as_sqlalchemy_would(connection, f"blob write {table}.{column}", ()),
+        raised_as_sqlalchemy_would(connection, f"blob write {table}.{column}", ()),
         connection.connection.dbapi_connection.blobopen(table, column, row) as blob,
     ):
         for start in range(0, len(view), _BLOB_CHUNK_BYTES):
