@@ -736,25 +736,80 @@ def supersede(item_id: int, newer_id: int, now: datetime, counts_attempt: bool) 
     return _by_id(item_id, **values)
 
 
-def cancel(item_id: int, now: datetime) -> Update:
-    return _by_id(
-        item_id,
-        status=ItemStatus.CANCELLED,
-        locked_by=None,
-        lease_expires_at=None,
-        finished_at=now,
-    )
+def _cancelled(now: datetime) -> dict[str, Any]:
+    return {
+        "status": ItemStatus.CANCELLED,
+        "locked_by": None,
+        "lease_expires_at": None,
+        "finished_at": now,
+    }
 
 
 def retry(item_id: int, now: datetime) -> Update:
     """A finished item pending again, due now, with all its attempts ahead of it."""
-    return _by_id(
-        item_id,
-        status=ItemStatus.PENDING,
-        attempts=0,
-        run_at=now,
-        started_at=None,
-        finished_at=None,
+    return _by_id(item_id, **_retried(now))
+
+
+def _retried(now: datetime) -> dict[str, Any]:
+    return {
+        "status": ItemStatus.PENDING,
+        "attempts": 0,
+        "run_at": now,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def failed_latest_ids() -> Select:
+    """Ids of the failed items that are their document's latest: what "Retry all failed" retries."""
+    return (
+        select(QueueItem.id)
+        .where(QueueItem.status == ItemStatus.FAILED, is_latest_of_its_document())
+        .order_by(QueueItem.id)
+    )
+
+
+def items_in(item_ids: Sequence[int], statuses: Iterable[ItemStatus]) -> Select:
+    """These items, those still in one of ``statuses``, in id order: their id, document,
+    status and attempts."""
+    return (
+        select(QueueItem.id, QueueItem.document_id, QueueItem.status, QueueItem.attempts)
+        .where(QueueItem.id.in_(item_ids), QueueItem.status.in_(list(statuses)))
+        .order_by(QueueItem.id)
+    )
+
+
+def lock_items(
+    item_ids: Sequence[int], statuses: Iterable[ItemStatus], skip_locked: bool = False
+) -> Select:
+    """``items_in``, locked in id order (as a purge takes them); with ``skip_locked``,
+    without those another transaction holds."""
+    return items_in(item_ids, statuses).with_for_update(skip_locked=skip_locked)
+
+
+def retry_latest(item_ids: Sequence[int], statuses: Iterable[ItemStatus], now: datetime) -> Update:
+    """``retry`` of these items, those still in ``statuses`` and their document's latest;
+    returns the documents of those it made pending."""
+    return (
+        update(QueueItem)
+        .where(
+            QueueItem.id.in_(item_ids),
+            QueueItem.status.in_(list(statuses)),
+            is_latest_of_its_document(),
+        )
+        .values(_retried(now))
+        .returning(QueueItem.document_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def cancel_all(item_ids: Sequence[int], now: datetime) -> Update:
+    """``cancel`` of these items (locked and checked by the caller)."""
+    return (
+        update(QueueItem)
+        .where(QueueItem.id.in_(item_ids))
+        .values(_cancelled(now))
+        .execution_options(synchronize_session=False)
     )
 
 
