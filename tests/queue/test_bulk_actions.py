@@ -337,3 +337,49 @@ def test_an_item_another_transaction_holds_does_not_hold_up_the_rest_of_the_batc
         assert [status for _, status in observer.execute(statuses).fetchall()] == ["cancelled"] * 3
         documents = "SELECT count(*) FROM documents WHERE status = 'cancelled'"
         assert observer.execute(documents).fetchone()[0] == 3
+
+
+def test_a_retry_batch_that_a_reprocess_wins_a_document_of_retries_the_others(
+    postgresql_app: Flask, postgresql_clean: str
+) -> None:
+    """PostgreSQL: while "Retry all failed" writes its batch, a reprocess queues a
+    pending item for one of its documents (uncommitted yet, so the batch chose that
+    document's failed item): the index of pending items refuses the batch once the
+    reprocess commits. The others are retried all the same; that one is superseded."""
+    database = Database("postgresql", postgresql_clean)
+    fill_failed(database, 3)
+    retried: list[int] = []
+
+    def retry_all() -> None:
+        with postgresql_app.app_context():
+            retried.append(DocumentQueueService().retry_failed_items())
+
+    with closing(database.connect()) as reprocess, closing(database.connect()) as observer:
+        reprocess.execute("BEGIN")
+        reprocess.execute(
+            "INSERT INTO queue_items (document_id, operation, status, priority, attempts,"
+            " max_attempts, run_at, created_at) VALUES (2, 'reprocess', 'pending', 5, 0, 5,"
+            " now(), now())"
+        )
+        reprocess.execute("UPDATE documents SET status = 'pending', error = NULL WHERE id = 2")
+        retrier = threading.Thread(target=retry_all)
+        retrier.start()
+        wait_until(
+            lambda: observer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ).fetchone()[0]
+        )
+        reprocess.execute("COMMIT")
+        retrier.join(timeout=60)
+        assert not retrier.is_alive()
+        assert retried == [2]
+        items = "SELECT document_id, operation, status FROM queue_items ORDER BY id"
+        assert observer.execute(items).fetchall() == [
+            (1, "process", "pending"),
+            (2, "process", "failed"),
+            (3, "process", "pending"),
+            (2, "reprocess", "pending"),
+        ]
+        documents = "SELECT status FROM documents ORDER BY id"
+        assert [status for (status,) in observer.execute(documents).fetchall()] == ["pending"] * 3
