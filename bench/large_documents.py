@@ -9,8 +9,9 @@ It submits one document of ``--mb`` MiB of plain text (or CSV), starts a real
 ``docqueue queue worker`` on the database (a fresh SQLite file by default; a
 PostgreSQL URL is emptied first), samples the worker's and its sandbox's memory
 from /proc while the document is processed, and prints one line of JSON: the
-worker's resident high-water mark (VmHWM), its resident size once the document is
-done (VmRSS, after a few idle polls), its size before the document, and the
+worker's resident high-water mark (VmHWM) during the document, its resident size
+once it is done (VmRSS, after a few idle polls), its size before it (idle after a
+small first document, so imports, connections and sandbox are in place), and the
 largest sandbox's high-water mark and idle size afterwards, all in MiB.
 """
 
@@ -50,6 +51,7 @@ class Memory:
     """What one run measured, in MiB."""
 
     database: str
+    document_id: int
     isolation: str
     kind: str
     document_mib: float
@@ -110,11 +112,18 @@ def prepared_app(database_url: str):
     return app
 
 
-def submitted(app, kind: str, size: int) -> int:
+def submitted(app, kind: str, size: int, content: bytes | None = None) -> int:
+    """A document of ``kind`` queued: ``size`` bytes of it, or ``content`` if given."""
     with app.app_context():
-        name, content, content_type = large_document(kind, size)
-        document, _ = DocumentQueueService().submit_document(name, content, content_type, 5)
+        name, large, content_type = large_document(kind, size)
+        service = DocumentQueueService()
+        document, _ = service.submit_document(name, content or large, content_type, 5)
         return document.id
+
+
+def reset_high_water_mark(pid: int) -> None:
+    """Start VmHWM afresh from the current size (Linux's clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def status_of(app, document_id: int) -> str:
@@ -174,10 +183,15 @@ def measure(
         tempfile.TemporaryDirectory() as folder,
         running_worker(database_url, isolation, Path(folder) / "worker.log") as worker,
     ):
-        time.sleep(SETTLE_SECONDS)  # started, idle: its size before any document
-        before = status_kib(worker.pid, "VmRSS")
-        document_id = submitted(app, kind, size)
         finished = ("completed", "failed")
+        # A small document first: the worker's imports, connections and sandbox are
+        # then in place, and its size once idle is the baseline.
+        warm_up = submitted(app, kind, 0, b"warming up\n")
+        sample_until(lambda: status_of(app, warm_up) in finished, worker, timeout)
+        time.sleep(SETTLE_SECONDS)
+        before = status_kib(worker.pid, "VmRSS")
+        reset_high_water_mark(worker.pid)
+        document_id = submitted(app, kind, size)
         sandbox_peak = sample_until(
             lambda: status_of(app, document_id) in finished, worker, timeout
         )
@@ -192,6 +206,7 @@ def measure(
         db.engine.dispose()
     return Memory(
         database=database_url.split(":", 1)[0],
+        document_id=document_id,
         isolation=isolation,
         kind=kind,
         document_mib=round(size / MIB, 1),

@@ -201,22 +201,34 @@ def _sandbox_main(connection: Connection, stderr_fd: int, caps: Caps) -> None:
     connection.send(_READY)  # the parent holds this process's pidfd now, and may trust it
     _exit_when_the_parent_hangs_up(connection)
     processors: dict[str, Callable[[bytes, str, str], dict]] = {}
-    while True:
-        try:
-            job = connection.recv()
-        except EOFError:
-            return  # the parent is done with this sandbox
-        except MemoryError:
-            # The document alone breaks the cap; the rest of it is still in the pipe.
-            _send_outcome(connection, ("error", MEMORY_CAP, "MemoryError"))
-            return
-        _cap_cpu_time_of_next_job(caps.timeout_seconds)
-        outcome = _run_job(job, processors)
-        _flush_standard_streams()  # what the document wrote is read before its outcome
-        try:
-            _send_outcome(connection, outcome)
-        except OSError:
-            return  # the parent is gone (killed): nobody waits for this outcome
+    while _serve_next_job(connection, processors, caps):
+        pass
+
+
+def _serve_next_job(
+    connection: Connection, processors: dict[str, Callable[[bytes, str, str], dict]], caps: Caps
+) -> bool:
+    """Receive, run and answer one job; False when the sandbox is to end.
+
+    The job and its outcome go with this call: a sandbox waiting for its next
+    document held the last one's bytes and text (57 MiB after a 50 MiB document).
+    """
+    try:
+        job = connection.recv()
+    except EOFError:
+        return False  # the parent is done with this sandbox
+    except MemoryError:
+        # The document alone breaks the cap; the rest of it is still in the pipe.
+        _send_outcome(connection, ("error", MEMORY_CAP, "MemoryError"))
+        return False
+    _cap_cpu_time_of_next_job(caps.timeout_seconds)
+    outcome = _run_job(job, processors)
+    _flush_standard_streams()  # what the document wrote is read before its outcome
+    try:
+        _send_outcome(connection, outcome)
+    except OSError:
+        return False  # the parent is gone (killed): nobody waits for this outcome
+    return True
 
 
 def _exit_when_the_parent_hangs_up(connection: Connection) -> None:

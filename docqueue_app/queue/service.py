@@ -61,6 +61,7 @@ from ..models import (
     utcnow,
     walk_indexes,
 )
+from ..processing.heap import is_large_document
 from ..schemas import describe_validation_errors, load_processor_result
 from ..states import (
     DEFAULT_PRIORITY,
@@ -791,6 +792,11 @@ class DocumentQueueService(TransactionalService):
             run_on_driver(connection, *queries.document_results_sqlite(results, now))
             for document_id, text in large_texts:
                 run_on_driver(connection, *queries.document_text_sqlite(document_id, text))
+            if large_texts:
+                # The connection kept memory as large as the text it wrote (about 20
+                # MiB for 20 million characters) until it closed: closed after this
+                # transaction, not pooled.
+                connection.detach()
         synced = {values["document_id"] for values in results}
         return len(recorded), [doc for doc in document_of.values() if doc not in synced]
 
@@ -805,6 +811,10 @@ class DocumentQueueService(TransactionalService):
                 for o in outcomes
             ]
         )
+        if is_large_document(len(parameters["outcomes"])):
+            # libpq keeps its output buffer as large as the largest message it sent,
+            # for the connection's life: closed after this transaction, not pooled.
+            connection.detach()
         rows = run_on_driver(connection, statement, parameters).fetchall()
         return [CompletedItem(*row) for row in rows]
 

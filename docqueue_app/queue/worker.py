@@ -33,7 +33,11 @@ from ..processing import (
     TransientProcessingError,
     run_processor,
 )
-from ..processing.heap import give_back_freed_memory, is_large_document
+from ..processing.heap import (
+    give_back_freed_memory,
+    is_large_document,
+    keep_large_blocks_returnable,
+)
 from ..transactions import one_statement_options
 from .service import Claim, ClaimedItem, DocumentQueueService, Outcome, default_worker_id
 
@@ -95,6 +99,7 @@ def process_document_queue(
     was just woken by new work.
     """
     beat = heartbeat or _no_heartbeat
+    keep_large_blocks_returnable()
     config = current_app.config
     limit = config["BATCH_SIZE"] if limit is None else limit
     counts = {"processed": 0, "completed": 0, "failed": 0, "retried": 0}
@@ -111,20 +116,8 @@ def process_document_queue(
             largest = _process_claimed_items(session, items, writer, beat, counts)
     if is_large_document(largest):
         # Every document and result of the pass is written and dropped by now.
-        _close_idle_connections()
         give_back_freed_memory()
     return counts
-
-
-def _close_idle_connections() -> None:
-    """Close the pool's idle PostgreSQL connections; they reopen when needed.
-
-    libpq keeps a connection's buffers as large as the largest message it ever
-    carried (a document's bytes in, its text out) until it closes: after a 50 MiB
-    document, 70 MiB more in a worker for good. Reopening one costs a few ms.
-    """
-    if db.engine.dialect.name == "postgresql":
-        db.engine.dispose()
 
 
 def _process_claimed_items(
@@ -311,6 +304,10 @@ def _read_documents(
         "up_to_size": _ANY_SIZE if up_to_size is None else up_to_size,
     }
     rows = run_on_driver(connection, _READ_DOCUMENTS_ON[dialect], parameters).fetchall()
+    if dialect == "postgresql" and is_large_document(sum(len(row[2] or b"") for row in rows)):
+        # libpq keeps its input buffer as large as the largest message it received,
+        # for the connection's life: closed after this transaction, not pooled.
+        connection.detach()
     session.commit()
     return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
