@@ -40,6 +40,29 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# The WCAG contrast of each element's text against its own background, or against the
+# nearest ancestor's that has one (axe-core's color-contrast rule, short of images).
+CONTRASTS_JS = """elements => {
+    const rgb = text => text.match(/[\\d.]+/g).map(Number);
+    const luminance = ([r, g, b]) => {
+        const linear = c => (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+        return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+    };
+    const background = element => {
+        for (let node = element; node; node = node.parentElement) {
+            const colour = rgb(getComputedStyle(node).backgroundColor);
+            if (colour.length < 4 || colour[3] > 0) return colour;
+        }
+        return [255, 255, 255];
+    };
+    return elements.map(element => {
+        const a = luminance(rgb(getComputedStyle(element).color));
+        const b = luminance(background(element));
+        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        return [element.textContent.trim(), Math.round(ratio * 100) / 100];
+    });
+}"""
+
 # Playwright's own waits (clicks, navigations); expect() calls give their own timeouts.
 ACTION_TIMEOUT_MS = 15_000
 
@@ -91,7 +114,14 @@ def server(
     assert migrated.returncode == 0, migrated.stderr
     # The workers' metric files go here rather than into a new folder under /tmp.
     env["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
-    server = Server(env, log_path=folder / "server.log").start()
+    with running(Server(env, log_path=folder / "server.log")) as server:
+        yield server
+
+
+@contextmanager
+def running(server: Server) -> Iterator[Server]:
+    """``server`` started, and stopped when the block ends."""
+    server.start()
     try:
         yield server
     finally:

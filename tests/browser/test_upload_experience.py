@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.browser import SLOW_MARKER
-from tests.browser.conftest import PageEvents
+from tests.browser.conftest import CONTRASTS_JS, PageEvents
 from tests.browser.test_pages import GIF_BYTES, HOSTILE_NAME, PROCESSED_MS
 from tests.e2e.server import Server
 
@@ -230,28 +230,6 @@ def test_api_docs_renders_the_operations_from_this_host_only(
     assert page_events.errors == []
 
 
-# The WCAG contrast of each element's text against its own background, or against the
-# nearest ancestor's that has one (axe-core's color-contrast rule, short of images).
-_CONTRASTS_JS = """elements => {
-    const rgb = text => text.match(/[\\d.]+/g).map(Number);
-    const luminance = ([r, g, b]) => {
-        const linear = c => (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
-        return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
-    };
-    const background = element => {
-        for (let node = element; node; node = node.parentElement) {
-            const colour = rgb(getComputedStyle(node).backgroundColor);
-            if (colour.length < 4 || colour[3] > 0) return colour;
-        }
-        return [255, 255, 255];
-    };
-    return elements.map(element => {
-        const a = luminance(rgb(getComputedStyle(element).color));
-        const b = luminance(background(element));
-        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-        return [element.textContent.trim(), Math.round(ratio * 100) / 100];
-    });
-}"""
 # Swagger UI's own colours: white on light green, blue and red method badges, and so on.
 _SWAGGER_TEXT = ".opblock-summary-method, .info .title pre.version, .info .url, .btn.authorize span"
 
@@ -260,7 +238,7 @@ def test_api_docs_can_be_read_at_the_contrast_wcag_asks_for(page: Page) -> None:
     page.goto("/api/docs")
     expect(page.locator(".opblock").first).to_be_visible(timeout=10_000)
 
-    contrasts = page.locator(_SWAGGER_TEXT).evaluate_all(_CONTRASTS_JS)
+    contrasts = page.locator(_SWAGGER_TEXT).evaluate_all(CONTRASTS_JS)
 
     assert {text for text, _ in contrasts} >= {"GET", "POST", "DELETE", "Authorize"}
     assert [(text, ratio) for text, ratio in contrasts if ratio < 4.5] == []

@@ -9,7 +9,10 @@
     domNode: root,
     presets: [window.SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
-    deepLinking: true,
+    // No deep links: Swagger UI puts each one inside its operation's button, a link
+    // in a button that screen readers may not announce and that takes a Tab stop of
+    // its own (axe-core: nested-interactive).
+    deepLinking: false,
     // No badge fetched from validator.swagger.io: nothing leaves this host.
     validatorUrl: null,
   });
