@@ -60,6 +60,7 @@ class Seeded:
     pending: dict[str, int]  # document ids
     failed_document: dict[str, int]  # document ids
     failed_item: dict[str, int]  # queue item ids, with attempts before the last
+    processing_item: dict[str, int]  # queue item ids, claimed by a worker
     filename: dict[str, str]
     queue: Queue  # builds more items in the server's database
 
@@ -115,7 +116,8 @@ def broken_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def seeded(server: Server, database_url: str) -> Seeded:
     """Each variant's documents: one completed (metadata and text), one pending, one
-    failed after two transient failures; and a failed webhook delivery of each."""
+    being processed, one failed after two transient failures; and a failed webhook
+    delivery of each."""
     app = create_app(
         {
             "DATABASE_URL": database_url,
@@ -134,6 +136,10 @@ def seeded(server: Server, database_url: str) -> Seeded:
         PLAIN: queue.item(names[PLAIN], "failed", error="PDF is encrypted", retries=2),
         HOSTILE: queue.item(names[HOSTILE], "failed", error=HOSTILE_ERROR, retries=2),
     }
+    workers = {PLAIN: "web-1:4242", HOSTILE: "<b>worker</b>-" + "0123456789abcdef" * 12}
+    processing_item = {
+        variant: _claimed_item(queue, names[variant], workers[variant]) for variant in VARIANTS
+    }
     for variant in VARIANTS:
         record_delivery(
             app,
@@ -146,6 +152,7 @@ def seeded(server: Server, database_url: str) -> Seeded:
         pending={variant: queue.document_id(pending[variant]) for variant in VARIANTS},
         failed_document={variant: queue.document_id(failed_item[variant]) for variant in VARIANTS},
         failed_item=failed_item,
+        processing_item=processing_item,
         filename=names,
         queue=queue,
     )
@@ -161,6 +168,14 @@ def _processed_document(app, filename: str) -> int:
         item = db.session.scalar(db.select(QueueItem).where(QueueItem.document_id == document.id))
         assert item.status == "completed", item.last_error
         return document.id
+
+
+def _claimed_item(queue: Queue, filename: str, worker: str) -> int:
+    """An item that ``worker`` claimed and is processing: its lease runs for minutes."""
+    item_id = queue.item(filename)
+    with queue.app.app_context():
+        assert DocumentQueueService().mark_in_progress(db.session.get(QueueItem, item_id), worker)
+    return item_id
 
 
 @pytest.fixture
@@ -242,6 +257,11 @@ def document_pending(page: Page, seeded: Seeded, variant: str) -> None:
     expect(page.get_by_role("status")).to_contain_text("pending")
 
 
+def document_processing(page: Page, seeded: Seeded, variant: str) -> None:
+    page.goto(f"/documents/{seeded.queue.document_id(seeded.processing_item[variant])}")
+    expect(page.get_by_role("status")).to_contain_text("processing")
+
+
 def document_completed(page: Page, seeded: Seeded, variant: str) -> None:
     page.goto(f"/documents/{seeded.completed[variant]}")
     expect(page.locator("pre.preview")).to_contain_text("Revenue grew")
@@ -274,6 +294,12 @@ def queue_item(page: Page, seeded: Seeded, variant: str) -> None:
     expect(page.locator("table.history tbody tr")).to_have_count(3)
 
 
+def queue_item_processing(page: Page, seeded: Seeded, variant: str) -> None:
+    page.goto(f"/admin/items/{seeded.processing_item[variant]}")
+    cancel = page.get_by_role("button", name=f"Cancel item {seeded.processing_item[variant]}")
+    expect(cancel).to_be_visible()
+
+
 def deliveries(page: Page, seeded: Seeded, variant: str) -> None:
     page.goto("/admin/deliveries")
     expect(page.locator("tr[data-delivery]")).to_have_count(len(VARIANTS))
@@ -296,11 +322,13 @@ DOCUMENT_PAGES: list[Visit] = [
     upload_with_progress,
     upload_refused,
     document_pending,
+    document_processing,
     document_completed,
     document_failed,
     document_delete,
     stale_form,
     queue_item,
+    queue_item_processing,
 ]
 # The pages that show every variant at once, or none.
 OTHER_PAGES: dict[str, Visit] = {
@@ -464,6 +492,7 @@ def test_the_console_actions_with_the_keyboard_alone(page: Page, seeded: Seeded)
     tab_to(page, page.get_by_role("button", name="Pause processing"))
     page.keyboard.press("Enter")
     expect(flash(page)).to_contain_text("Processing paused")
+    assert_accessible(page)  # the paused dashboard, its flash message and Resume button
     tab_to(page, page.get_by_role("button", name="Resume processing"))
     page.keyboard.press("Enter")
     expect(flash(page)).to_have_text("Processing resumed.")
