@@ -461,3 +461,25 @@ def test_api_docs_is_html_whose_scripts_are_all_local(client: FlaskClient) -> No
     for source in sources:
         assert client.get(source).status_code == 200, source
     assert client.get("/api/docs/assets/index.html").status_code == 404
+
+
+def current_nav_links(page: str) -> list[tuple[str, str]]:
+    """The header's links marked current: (aria-current value, label)."""
+    nav = page.split("<nav", 1)[1].split("</nav>", 1)[0]
+    return re.findall(r'<a [^>]*aria-current="([a-z]+)"[^>]*>([^<]+)</a>', nav)
+
+
+def test_the_header_says_which_of_its_pages_is_shown(client: FlaskClient) -> None:
+    # A screen reader announces "current page" on the link marked so (and the style
+    # shows it); without it a user of one could not tell where in the site they are.
+    document = upload(client).get_json()
+    pages = {
+        "/": [("page", "Upload")],
+        "/documents": [("page", "Documents")],
+        f"/documents/{document['id']}": [("true", "Documents")],
+        f"/documents/{document['id']}/delete": [("true", "Documents")],
+        "/api/docs": [("page", "API")],
+    }
+    for path, expected in pages.items():
+        page = client.get(path).get_data(as_text=True)
+        assert current_nav_links(page) == expected, path
