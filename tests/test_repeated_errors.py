@@ -12,13 +12,15 @@ import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -29,7 +31,8 @@ from docqueue_app.database import (
     RepeatedErrorLog,
     report_failure,
 )
-from docqueue_app.queue import DocumentQueueService
+from docqueue_app.models import QueueItem, db
+from docqueue_app.queue import DocumentQueueService, maintenance, process_document_queue
 from docqueue_app.queue.runner import QUEUE_PASS
 from docqueue_app.queue.scheduler import QueueScheduler
 from tests.conftest import PG_ADMIN_URL, PG_TEST_DATABASE, app_factory
@@ -295,3 +298,69 @@ def test_an_outage_keeps_its_own_one_line(caplog) -> None:
     assert (level, traceback) == ("WARNING", False)
     assert message.startswith("database outage: the database is unreachable")
     OUTAGES.succeeded()
+
+
+# An operator's trigger that keeps every queue item (an audit): the pruner's deletes fail.
+KEEP_ITEMS = {
+    "sqlite": (
+        "CREATE TRIGGER keep_items BEFORE DELETE ON queue_items "
+        "BEGIN SELECT RAISE(ABORT, 'queue items are kept for an audit'); END",
+    ),
+    "postgresql": (
+        "CREATE FUNCTION keep_items() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'queue items are kept for an audit'; END $$",
+        "CREATE TRIGGER keep_items BEFORE DELETE ON queue_items "
+        "FOR EACH ROW EXECUTE FUNCTION keep_items()",
+    ),
+}
+# Dropped after the test: PostgreSQL's test database outlives it.
+DROP_KEEP_ITEMS = {
+    "sqlite": ("DROP TRIGGER keep_items",),
+    "postgresql": ("DROP TRIGGER keep_items ON queue_items", "DROP FUNCTION keep_items()"),
+}
+
+
+@contextmanager
+def operator_keeping_queue_items(app: Flask) -> Iterator[None]:
+    with app.app_context():
+        kind = db.engine.dialect.name
+        run_each(KEEP_ITEMS[kind])
+        try:
+            yield
+        finally:
+            run_each(DROP_KEEP_ITEMS[kind])
+
+
+def run_each(statements: tuple[str, ...]) -> None:
+    with db.engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+
+
+def test_a_failing_maintenance_round_is_told_as_such_not_as_a_failed_pass(
+    make_app, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pass processed and recorded its documents; only the pruner after it failed.
+    # Told as "queue pass failed", the operator looked for a claim or a processor at fault.
+    app = make_app(POLL_INTERVAL=0.2, PROCESS_ISOLATION="none")
+    with app.app_context():
+        submit(app, 0)
+        process_document_queue()
+        past_retention = datetime.now(UTC) - timedelta(days=app.config["RETENTION_DAYS"] + 1)
+        db.session.execute(update(QueueItem).values(finished_at=past_retention))
+        db.session.commit()
+    submit(app, 1)
+    monkeypatch.setitem(maintenance._last_round, "at", float("-inf"))  # a round is due
+    caplog.set_level(logging.INFO)
+
+    with operator_keeping_queue_items(app):
+        QueueScheduler(app).tick()
+
+    assert completed(app) == 2
+    assert "queue items are kept for an audit" in caplog.text  # the traceback's
+    records = logged(caplog)
+    assert [message for _, message, _ in records if "failed" in message] == [
+        "queue maintenance failed"
+    ]
+    [(level, _, traceback)] = [r for r in records if r[1] == "queue maintenance failed"]
+    assert (level, traceback) == ("ERROR", True)
