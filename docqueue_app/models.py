@@ -380,6 +380,20 @@ def _timestamp_writer(dialect: Dialect) -> Callable[[datetime | None], Any]:
 _BINARY_ROWS = {"binary": True}  # psycopg's execute()
 
 
+# libpq keeps its input and output buffers as large as the largest message a connection
+# carried, for the connection's life: a pooled connection that sent a 50 MB upload or
+# read a 50 MB document held that much of its process's memory until it was closed.
+LARGEST_POOLED_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def unpooled_after_large_message(connection: Connection, message_bytes: int) -> None:
+    """Close ``connection`` when its transaction ends, instead of pooling it, if it
+    carries a message of ``message_bytes`` past LARGEST_POOLED_MESSAGE_BYTES (the next
+    transaction opens a new one: milliseconds, beside moving megabytes)."""
+    if message_bytes >= LARGEST_POOLED_MESSAGE_BYTES:
+        connection.detach()
+
+
 def run_on_driver(
     connection: Connection, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()
 ) -> Any:

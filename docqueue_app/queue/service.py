@@ -58,10 +58,10 @@ from ..models import (
     run_on_driver,
     run_walking_indexes_on_driver,
     stored_timestamp,
+    unpooled_after_large_message,
     utcnow,
     walk_indexes,
 )
-from ..processing.heap import is_large_document
 from ..schemas import describe_validation_errors, load_processor_result
 from ..states import (
     DEFAULT_PRIORITY,
@@ -811,10 +811,7 @@ class DocumentQueueService(TransactionalService):
                 for o in outcomes
             ]
         )
-        if is_large_document(len(parameters["outcomes"])):
-            # libpq keeps its output buffer as large as the largest message it sent,
-            # for the connection's life: closed after this transaction, not pooled.
-            connection.detach()
+        unpooled_after_large_message(connection, len(parameters["outcomes"]))
         rows = run_on_driver(connection, statement, parameters).fetchall()
         return [CompletedItem(*row) for row in rows]
 

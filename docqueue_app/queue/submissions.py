@@ -29,6 +29,7 @@ from ..models import (
     raised_as_sqlalchemy_would,
     run_on_driver,
     stored_timestamp,
+    unpooled_after_large_message,
     utcnow,
 )
 from ..states import DEFAULT_PRIORITY, DocumentStatus, ItemStatus, Operation
@@ -131,13 +132,6 @@ _POSTGRESQL_STORE_ONE = _POSTGRESQL_STORE.format(
             1 AS position"""
 )
 
-# libpq keeps its output buffer as large as the largest message it sent, for the
-# life of the connection: a pooled connection that sent a 50 MB upload held 50 MB of
-# its worker's memory until it was closed, and each pooled connection could. One that
-# sent more than this is closed after its transaction instead; the next request
-# opens a new one (a few milliseconds, beside the transfer of megabytes).
-_LARGEST_KEPT_MESSAGE_BYTES = 8 * 1024 * 1024
-
 # One row at a time on SQLite: each statement is a call into the library, not a
 # round trip, and run straight on the sqlite3 connection (run_on_driver): SQLAlchemy's
 # compiling and execution path cost more than the inserts themselves.
@@ -179,8 +173,7 @@ def store_new_documents(
 def _store_on_postgresql(
     connection: Connection, files: Mapping[str, NewDocument], max_attempts: int
 ) -> dict[str, StoredDocument]:
-    if sum(len(file.content) for file in files.values()) > _LARGEST_KEPT_MESSAGE_BYTES:
-        connection.detach()  # closed at the end of the transaction, not pooled
+    unpooled_after_large_message(connection, sum(len(f.content) for f in files.values()))
     values = [_incoming_row(digest, file) for digest, file in files.items()]
     if len(values) == 1:
         statement, incoming = _POSTGRESQL_STORE_ONE, _sent_unchanged(connection, values[0])

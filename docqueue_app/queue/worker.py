@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ..database import OUTAGES, Backoff, is_disk_full, report_failure, report_success
 from ..metrics import PROCESSING_SECONDS, record_outcome
-from ..models import db, run_on_driver
+from ..models import db, run_on_driver, unpooled_after_large_message
 from ..printable import printable
 from ..processing import (
     PermanentProcessingError,
@@ -304,10 +304,8 @@ def _read_documents(
         "up_to_size": _ANY_SIZE if up_to_size is None else up_to_size,
     }
     rows = run_on_driver(connection, _READ_DOCUMENTS_ON[dialect], parameters).fetchall()
-    if dialect == "postgresql" and is_large_document(sum(len(row[2] or b"") for row in rows)):
-        # libpq keeps its input buffer as large as the largest message it received,
-        # for the connection's life: closed after this transaction, not pooled.
-        connection.detach()
+    if dialect == "postgresql":
+        unpooled_after_large_message(connection, sum(len(row[2] or b"") for row in rows))
     session.commit()
     return {row[0]: (row[1], None if row[2] is None else LoadedDocument(*row[2:])) for row in rows}
 
