@@ -28,7 +28,8 @@ accesslog = "-"
 # prometheus-client adds up every worker's counters through files in this folder.
 # One made here is removed when the master exits (on_exit). A reload (SIGHUP) reads
 # this file again, with the variable set: the pid noted beside it says the folder is
-# still this master's own (without it the master left the folder in TMPDIR).
+# still this master's own (without it the master left the folder in TMPDIR). A binary
+# upgrade (SIGUSR2) hands the folder, and the pid, to the new master (pre_exec).
 _MADE_BY = "DOCQUEUE_METRICS_FOLDER_MADE_BY"
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="docqueue-metrics-")
@@ -70,9 +71,14 @@ def refuse_no_workers(server):
 
 def empty_metrics_folder(server):
     """Start the counters from zero, or stop here with one line (exit 2) if the folder
-    cannot be written, rather than with a traceback."""
-    # Counters from an earlier run of the server would otherwise be added in.
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    cannot be written, rather than with a traceback.
+
+    Not on a binary upgrade (SIGUSR2; gunicorn sets master_pid to the old master's):
+    the old workers still count in the folder, and their counts must not vanish.
+    """
+    if not server.master_pid:
+        # Counters from an earlier run of the server would otherwise be added in.
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
     try:
         os.makedirs(_metrics_dir, exist_ok=True)
         writable = os.access(_metrics_dir, os.W_OK | os.X_OK)
@@ -180,18 +186,40 @@ def worker_exit(server, worker):
     scheduler.shutdown()
 
 
+def pre_exec(server):
+    """Hand the metrics folder over to the master a binary upgrade (SIGUSR2) starts.
+
+    gunicorn runs this in the new master's process just before it executes gunicorn
+    again, with the environment gunicorn started with (cfg.env_orig): without the
+    folder's variables there, the new master made a folder of its own and its
+    workers counted from zero beside the old ones, so /metrics went down and up with
+    the generation that answered, and the old folder was left in TMPDIR. The new
+    master keeps this process's pid, so it finds the folder noted as its own.
+    """
+    environ = server.cfg.env_orig
+    environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    if _metrics_dir_made_here:
+        environ[_MADE_BY] = str(os.getpid())
+    else:
+        environ.pop(_MADE_BY, None)  # the operator's folder stays the operator's
+
+
 def on_exit(server):
     remove_metrics_folder(server)
 
 
 def remove_metrics_folder(server):
-    """Remove the metrics folder made at start, files and all.
+    """Remove the metrics folder made at start (or handed over), files and all.
 
     Left behind, every start of the server kept one in TMPDIR, with two files of
-    64 KiB allocated in full for each worker it ever started. A master that handed
-    over to a new one (SIGUSR2) leaves it: the new master counts in it.
+    64 KiB allocated in full for each worker it ever started. Around a binary
+    upgrade (SIGUSR2) two masters share it, and the last to exit removes it: an old
+    master that started a new one leaves it to the new one, and a new master that
+    exits while the old one still runs (the upgrade backed out) leaves it to the old.
     """
-    if _metrics_dir_made_here and not server.reexec_pid:
+    handed_over = server.reexec_pid != 0
+    old_master_runs = server.master_pid != 0 and server.master_pid == os.getppid()
+    if _metrics_dir_made_here and not handed_over and not old_master_runs:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
