@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from .config import SQLITE_BUSY_TIMEOUT_SECONDS
 from .database import database_now
-from .models import SQLITE_WRITE_OPTION, db
+from .models import SQLITE_WRITE_OPTION, db, sqlite_write_on_driver
 
 # Actions a write asked for once its transaction commits (``after_commit``).
 _AFTER_COMMIT = "docqueue_after_commit"
@@ -114,7 +114,11 @@ class TransactionalService:
         """
         session = self._fresh_session()
         with _write_turns.turn(session), session.get_bind().connect() as connection:
-            connection.execution_options(**{SQLITE_WRITE_OPTION: True, **execution_options})
+            if connection.dialect.name == "sqlite":
+                with sqlite_write_on_driver(connection):
+                    yield connection
+                return
+            connection.execution_options(**execution_options)
             with connection.begin():
                 yield connection
 

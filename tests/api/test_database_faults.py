@@ -35,6 +35,7 @@ from tests.helpers import (
     close_connections,
     drop_connections_to,
     hold_write_lock,
+    statements_at_the_driver,
     upload,
 )
 
@@ -212,16 +213,16 @@ def test_writes_of_one_process_take_turns_past_the_busy_timeout(
 
     slow = threading.Thread(target=slow_upload)
 
-    @event.listens_for(_engine(app), "commit")
-    def commit_slowly(_connection: Any) -> None:
-        if threading.current_thread() is slow:
+    def commit_slowly(_connection: Any, statement: str, *_: Any) -> None:
+        if threading.current_thread() is slow and statement == "COMMIT":
             committing.set()
             time.sleep(1.5)  # three busy timeouts, holding the write lock
 
-    slow.start()
-    assert committing.wait(10)
-    response = upload(app.test_client(), b"behind it")
-    slow.join()
+    with statements_at_the_driver(app, commit_slowly):
+        slow.start()
+        assert committing.wait(10)
+        response = upload(app.test_client(), b"behind it")
+        slow.join()
 
     assert response.status_code == 202, response.get_json()
     assert row_counts(app)["documents"] == 2
