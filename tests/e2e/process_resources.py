@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 _SOCKET = re.compile(r"socket:\[(\d+)\]")
+_INODE = re.compile(r":\[\d+\]$")
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,10 @@ def process_table() -> dict[int, list[Process]]:
     return children
 
 
-def descendants(pid: int) -> list[Process]:
-    """Every process below ``pid``: its children, theirs, and so on."""
-    table = process_table()
+def descendants(pid: int, table: dict[int, list[Process]] | None = None) -> list[Process]:
+    """Every process below ``pid``: its children, theirs, and so on (in ``table``, a
+    ``process_table``, or the machine's now)."""
+    table = process_table() if table is None else table
     found: list[Process] = []
     below = [pid]
     while below:
@@ -66,6 +68,12 @@ def open_descriptors(pid: int) -> list[str]:
         except OSError:
             continue  # closed meanwhile
     return targets
+
+
+def descriptor_kinds(pid: int) -> Counter[str]:
+    """How many of the process's descriptors point at each kind of thing: ``socket``,
+    ``pipe``, ``anon_inode:[pidfd]``..., or a file's path."""
+    return Counter(_INODE.sub("", target) for target in open_descriptors(pid))
 
 
 def thread_count(pid: int) -> int:
@@ -108,26 +116,32 @@ class Census:
     descriptors: int
     threads: int
     children: int  # every process below it (sandboxes, fork server, resource tracker)
+    grandchildren: int  # those below its children (a worker's sandboxes, the fork server's)
     zombies: int
     sessions: Counter[tuple[str, str]]  # (application name, state) -> PostgreSQL sessions
     # Its TCP connections to PostgreSQL, the pool's sockets the server dropped included.
     database_sockets: int
+    kinds: Counter[str]  # descriptor_kinds
 
     @classmethod
     def of(
         cls, pid: int, sessions: list[tuple[int, str, str]] | None = None, database_port: int = 0
     ) -> Census:
         """``sessions`` (``postgres_sessions``) are the database's, on ``database_port``."""
-        below = descendants(pid)
+        table = process_table()
+        below = descendants(pid, table)
         connections = tcp_connections(pid) if sessions is not None else []
         ports = {local for local, _ in connections}
+        kinds = descriptor_kinds(pid)
         return cls(
-            descriptors=len(open_descriptors(pid)),
+            descriptors=sum(kinds.values()),
             threads=thread_count(pid),
             children=len(below),
+            grandchildren=len(below) - len(table.get(pid, [])),
             zombies=sum(child.state == "Z" for child in below),
             sessions=Counter(
                 (name, state) for port, name, state in sessions or [] if port in ports
             ),
             database_sockets=sum(remote == database_port for _, remote in connections),
+            kinds=kinds,
         )
