@@ -273,6 +273,18 @@ def finished_before(cutoff: datetime, statuses: Iterable[ItemStatus], limit: int
     the latest and contradict it. A document whose items all go keeps its status
     and shows no queue item (SPEC §4).
     """
+    return (
+        select(QueueItem.id)
+        .where(*_purgeable(cutoff, statuses, QueueItem.status))
+        .order_by(QueueItem.id)
+        .limit(limit)
+    )
+
+
+def _purgeable(
+    cutoff: datetime, statuses: Iterable[ItemStatus], status: ColumnElement[Any]
+) -> tuple[ColumnElement[bool], ...]:
+    """What ``finished_before`` asks of an item; ``status`` is how its status is read."""
     statuses = list(statuses)
     older = aliased(QueueItem)
     an_older_item_stays = exists().where(
@@ -285,14 +297,56 @@ def finished_before(cutoff: datetime, statuses: Iterable[ItemStatus], limit: int
         ),
     )
     return (
-        select(QueueItem.id)
+        status.in_(statuses),
+        QueueItem.finished_at < cutoff,
+        or_(~is_latest_of_its_document(), ~an_older_item_stays),
+    )
+
+
+def purgeable_ids(cutoff: datetime, statuses: Iterable[ItemStatus]) -> Select:
+    """The lowest and highest id of the items a purge may take (None, None if none):
+    its batches walk the ids between, each from where the one before it stopped."""
+    return select(func.min(QueueItem.id), func.max(QueueItem.id)).where(
+        QueueItem.status.in_(list(statuses)), QueueItem.finished_at < cutoff
+    )
+
+
+# PostgreSQL, in a purge batch's transaction: no bitmap scans. Otherwise it joined the
+# batch's range of the primary key with ix_queue_items_status_finished's entries of
+# every item the purge had yet to delete (50,000 read for a batch of 250), each batch
+# again, as its statistics could not tell that old items have the low ids.
+PURGE_PLANNER_SETTINGS = text("SELECT set_config('enable_bitmapscan', 'off', true)")
+
+
+def purge_batch(
+    cutoff: datetime,
+    statuses: Iterable[ItemStatus],
+    after_id: int,
+    up_to_id: int,
+    dialect: str,
+) -> Delete:
+    """Delete the items ``finished_before`` would choose among the ids past ``after_id``
+    up to ``up_to_id``; the ids deleted. Their history goes with them (the foreign
+    key's ON DELETE CASCADE).
+
+    A batch reads the primary key's entries of its range and no other: chosen by
+    ORDER BY id LIMIT over all the ids, each batch read again every item the purge
+    keeps, or read every item left and sorted them, so the purge slowed as it went.
+    SQLite is kept off the status index (the unary +), which it preferred, sorting
+    what it found; PostgreSQL runs it after ``PURGE_PLANNER_SETTINGS``. On PostgreSQL
+    the DELETE locks each row and checks it again once the lock is granted: a retry
+    that made an item pending meanwhile wins.
+    """
+    status = literal_column("+queue_items.status") if dialect == "sqlite" else QueueItem.status
+    return (
+        delete(QueueItem)
         .where(
-            QueueItem.status.in_(statuses),
-            QueueItem.finished_at < cutoff,
-            or_(~is_latest_of_its_document(), ~an_older_item_stays),
+            QueueItem.id > after_id,
+            QueueItem.id <= up_to_id,
+            *_purgeable(cutoff, statuses, status),
         )
-        .order_by(QueueItem.id)
-        .limit(limit)
+        .returning(QueueItem.id)
+        .execution_options(synchronize_session=False)
     )
 
 
