@@ -134,6 +134,7 @@ def explain_batches(app: Any) -> None:
     from docqueue_app.queue import queries
     from docqueue_app.queue.service import MAINTENANCE_BATCH
     from docqueue_app.states import FINISHED_STATUSES
+    from docqueue_app.transactions import RANGE_DELETE_PLANNER_SETTINGS
 
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     with app.app_context():
@@ -148,7 +149,7 @@ def explain_batches(app: Any) -> None:
                 cutoff, FINISHED_STATUSES, after, after + MAINTENANCE_BATCH, "postgresql"
             )
             sql = str(batch.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-            db.session.execute(queries.PURGE_PLANNER_SETTINGS)
+            db.session.execute(RANGE_DELETE_PLANNER_SETTINGS)
             plan = db.session.connection().exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
             print(f"-- {label}")
             print("\n".join(f"   {line}" for line in plan.scalars()))
@@ -171,31 +172,43 @@ def measure(database: Database, size: int, round_: str, explain: bool) -> PurgeF
     return PurgeFigures(figures, size + uploads - left, transactions)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_rounds(
+    description: str | None, rounds: tuple[str, ...], header: str, row: Callable[..., str]
+) -> None:
+    """The command line of this bench and of ``bench.prune``: for each back end, size
+    and round, a fresh database and the line ``row(database, size, round_, explain)``."""
+    parser = argparse.ArgumentParser(description=(description or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    parser.add_argument("--rounds", nargs="+", choices=ROUNDS, default=list(ROUNDS))
+    parser.add_argument("--rounds", nargs="+", choices=rounds, default=list(rounds))
     parser.add_argument("--explain", action="store_true")
     args = parser.parse_args()
-    print(
-        f"{'back end':<11} {'items':>8}  {'round':<9} {'seconds':>8} {'deleted':>8}"
-        f" {'commits':>8}  uploads  slowest"
-    )
+    print(f"{'back end':<11} {header}")
     with templates() as made:
         for kind in args.backends:
             for size in args.sizes:
                 for round_ in args.rounds:
                     with made.fresh(kind) as database:
-                        p = measure(database, size, round_, args.explain)
-                    f = p.figures
-                    over = " (past a proxy_read_timeout of 60 s)"
-                    print(
-                        f"{kind:<11} {size:>8,}  {round_:<9} {f.seconds:8.2f} {p.deleted:>8,}"
-                        f" {p.transactions:>8,}  {f.uploads:7,} {f.slowest_upload_ms:6.0f}ms"
-                        f"  {f.answer}{over if f.seconds > PROXY_READ_TIMEOUT_SECONDS else ''}",
-                        flush=True,
-                    )
+                        line = row(database, size, round_, args.explain)
+                    print(f"{kind:<11} {line}", flush=True)
+
+
+def purge_row(database: Database, size: int, round_: str, explain: bool) -> str:
+    p = measure(database, size, round_, explain)
+    f = p.figures
+    over = " (past a proxy_read_timeout of 60 s)"
+    return (
+        f"{size:>8,}  {round_:<9} {f.seconds:8.2f} {p.deleted:>8,}"
+        f" {p.transactions:>8,}  {f.uploads:7,} {f.slowest_upload_ms:6.0f}ms"
+        f"  {f.answer}{over if f.seconds > PROXY_READ_TIMEOUT_SECONDS else ''}"
+    )
+
+
+def main() -> None:
+    header = (
+        f"{'items':>8}  {'round':<9} {'seconds':>8} {'deleted':>8} {'commits':>8}  uploads  slowest"
+    )
+    run_rounds(__doc__, ROUNDS, header, purge_row)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import Delete, Select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .config import SQLITE_BUSY_TIMEOUT_SECONDS
 from .database import database_now
 from .models import SQLITE_WRITE_OPTION, db, sqlite_write_on_driver
+
+# PostgreSQL, in a range delete's transaction: no bitmap scans. With them the purge
+# joined its batch's range of ids with the status index's entries of every item left
+# to delete (50,000 read for 250 deleted), each batch again.
+RANGE_DELETE_PLANNER_SETTINGS = text("SELECT set_config('enable_bitmapscan', 'off', true)")
 
 # Actions a write asked for once its transaction commits (``after_commit``).
 _AFTER_COMMIT = "docqueue_after_commit"
@@ -158,23 +163,32 @@ class TransactionalService:
     def _delete_older_than(
         self,
         days: float,
-        choose: Callable[[datetime], Select],
-        delete: Callable[[Session, Sequence[int]], Any],
+        bounds: Callable[[datetime], Select],
+        batch: Callable[[datetime, int, int], Delete],
         batch_size: int,
     ) -> int:
-        """Delete in batches, each its own transaction, so no lock is held long; how many.
+        """Delete the rows older than ``days`` in batches, each its own transaction
+        over the next range of ids, so no lock is held long and no batch reads again
+        what the ones before it passed or kept; how many.
 
-        ``choose(cutoff)`` selects the ids of up to ``batch_size`` rows older than
-        ``days``; ``delete(session, ids)`` deletes them.
+        ``bounds(cutoff)`` selects the first and last id of what may go (None, None
+        if none); ``batch(cutoff, after_id, up_to_id)`` deletes what goes among the
+        ids past ``after_id`` up to ``up_to_id``, RETURNING their ids. A range holds
+        about ``batch_size`` deletions: wider (up to 8 times) where few go.
         """
-        with self._read():
+        with self._read() as session:
             cutoff = self._now() - timedelta(days=days)
-        deleted = 0
-        while True:
+            first_id, last_id = session.execute(bounds(cutoff)).one()
+        if first_id is None:
+            return 0
+        after_id, width, deleted = first_id - 1, batch_size, 0
+        while after_id < last_id:
+            up_to_id = min(after_id + width, last_id)
             with self._write() as session:
-                batch = session.scalars(choose(cutoff)).all()
-                if batch:
-                    delete(session, batch)
-            deleted += len(batch)
-            if len(batch) < batch_size:
-                return deleted
+                if self._dialect() == "postgresql":
+                    session.execute(RANGE_DELETE_PLANNER_SETTINGS)
+                found = len(session.scalars(batch(cutoff, after_id, up_to_id)).all())
+            deleted += found
+            after_id = up_to_id
+            width = min(max(width * batch_size // max(found, 1), batch_size), 8 * batch_size)
+        return deleted

@@ -311,13 +311,6 @@ def purgeable_ids(cutoff: datetime, statuses: Iterable[ItemStatus]) -> Select:
     )
 
 
-# PostgreSQL, in a purge batch's transaction: no bitmap scans. Otherwise it joined the
-# batch's range of the primary key with ix_queue_items_status_finished's entries of
-# every item the purge had yet to delete (50,000 read for a batch of 250), each batch
-# again, as its statistics could not tell that old items have the low ids.
-PURGE_PLANNER_SETTINGS = text("SELECT set_config('enable_bitmapscan', 'off', true)")
-
-
 def purge_batch(
     cutoff: datetime,
     statuses: Iterable[ItemStatus],
@@ -333,8 +326,8 @@ def purge_batch(
     ORDER BY id LIMIT over all the ids, each batch read again every item the purge
     keeps, or read every item left and sorted them, so the purge slowed as it went.
     SQLite is kept off the status index (the unary +), which it preferred, sorting
-    what it found; PostgreSQL runs it after ``PURGE_PLANNER_SETTINGS``. On PostgreSQL
-    the DELETE locks each row and checks it again once the lock is granted: a retry
+    what it found; PostgreSQL runs it without bitmap scans (``_delete_older_than``).
+    On PostgreSQL the DELETE locks each row and checks it again once the lock is granted: a retry
     that made an item pending meanwhile wins.
     """
     status = literal_column("+queue_items.status") if dialect == "sqlite" else QueueItem.status

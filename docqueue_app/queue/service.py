@@ -93,8 +93,6 @@ MAINTENANCE_BATCH = 500
 # 103 s to retry 10,000 failed items on PostgreSQL (58 s on SQLite), one for all
 # of them would hold the locks that long.
 BULK_BATCH = 500
-# The widest range of ids one purge transaction reads, where few of them go.
-PURGE_RANGE_WIDEST = 8 * MAINTENANCE_BATCH
 RETRYABLE_STATUSES = (ItemStatus.FAILED, ItemStatus.CANCELLED)
 CANCELLABLE_STATUSES = (ItemStatus.PENDING, ItemStatus.IN_PROGRESS)
 
@@ -1015,35 +1013,22 @@ class DocumentQueueService(TransactionalService):
         """Delete finished items older than N days; documents are kept.
 
         A document's latest item goes only with all the document's items (see
-        ``queries.finished_before``). Deletes run in batches, each its own
-        transaction over the next range of ids (``queries.purge_batch``), so
-        uploads, retries and claims go on between them. A range holds about
-        MAINTENANCE_BATCH items to delete: as many ids where all of them go, more
-        (up to PURGE_RANGE_WIDEST) where the batch before it found fewer.
+        ``queries.finished_before``). Deletes run in batches over ranges of ids
+        (``_delete_older_than``, ``queries.purge_batch``), so uploads, retries and
+        claims go on between them.
         """
         chosen = {ItemStatus(status) for status in statuses}
         if not chosen <= set(FINISHED_STATUSES):
             raise ValueError("only completed, failed and cancelled items can be purged")
-        with self._read() as session:
-            cutoff = self._now() - timedelta(days=older_than_days)
-            first_id, last_id = session.execute(queries.purgeable_ids(cutoff, chosen)).one()
-        if first_id is None:
-            return 0
-        after_id, width, deleted = first_id - 1, MAINTENANCE_BATCH, 0
-        while after_id < last_id:
-            up_to_id = min(after_id + width, last_id)
-            with self._write() as session:
-                if self._dialect() == "postgresql":
-                    session.execute(queries.PURGE_PLANNER_SETTINGS)
-                batch = queries.purge_batch(cutoff, chosen, after_id, up_to_id, self._dialect())
-                found = len(session.scalars(batch).all())
-            deleted += found
-            after_id = up_to_id
-            width = min(
-                max(width * MAINTENANCE_BATCH // max(found, 1), MAINTENANCE_BATCH),
-                PURGE_RANGE_WIDEST,
-            )
-        return deleted
+        dialect = self._dialect()
+        return self._delete_older_than(
+            older_than_days,
+            lambda cutoff: queries.purgeable_ids(cutoff, chosen),
+            lambda cutoff, after_id, up_to_id: queries.purge_batch(
+                cutoff, chosen, after_id, up_to_id, dialect
+            ),
+            MAINTENANCE_BATCH,
+        )
 
     def _item_for_update(self, item_id: int) -> QueueItem:
         item = self.session.scalar(

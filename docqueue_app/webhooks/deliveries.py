@@ -216,17 +216,23 @@ class DeliveryService(TransactionalService):
     # -- maintenance ------------------------------------------------------------
 
     def prune_finished(self, older_than_days: float) -> int:
-        """Delete delivered and failed deliveries older than N days, in bounded batches."""
+        """Delete delivered and failed deliveries older than N days, in batches over
+        ranges of ids; one sent again while its batch waits for it stays."""
+
+        def finished(cutoff: datetime) -> tuple[ColumnElement[bool], ...]:
+            return (WebhookDelivery.status.in_(_FINISHED), WebhookDelivery.created_at < cutoff)
+
         return self._delete_older_than(
             older_than_days,
-            lambda cutoff: (
-                select(WebhookDelivery.id)
-                .where(WebhookDelivery.status.in_(_FINISHED), WebhookDelivery.created_at < cutoff)
-                .order_by(WebhookDelivery.id)
-                .limit(PRUNE_BATCH)
+            lambda cutoff: select(func.min(WebhookDelivery.id), func.max(WebhookDelivery.id)).where(
+                *finished(cutoff)
             ),
-            lambda session, batch: session.execute(
-                delete(WebhookDelivery).where(WebhookDelivery.id.in_(batch))
+            lambda cutoff, after_id, up_to_id: (
+                delete(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id > after_id, WebhookDelivery.id <= up_to_id, *finished(cutoff)
+                )
+                .returning(WebhookDelivery.id)
             ),
             PRUNE_BATCH,
         )
