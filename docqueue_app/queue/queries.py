@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -494,11 +494,14 @@ def claim_batch_postgresql(
 # claimable ids (the walk of ix_queue_items_claim) become in progress under
 # :worker unless the queue is paused, and come back as they are now; attempts and
 # documents follow in the same transaction, reading the claimed ids from the JSON
-# array :ids. Timestamps are bound as the ORM stores them (``UTCDateTime``).
+# array :ids. Timestamps are bound as the ORM stores them (``UTCDateTime``). Each
+# item comes back with whether its document has a callback_url, as PostgreSQL's
+# does: a record of successes that owes no webhook then runs on the driver.
 _SQLITE_CLAIM_BATCH = f"""
 UPDATE queue_items SET {_claiming(":now", ":expires")}
 WHERE id IN ({_SQLITE_CLAIMABLE}) AND {_NOT_PAUSED}
-RETURNING *"""
+RETURNING *, (SELECT callback_url IS NOT NULL FROM documents
+  WHERE documents.id = queue_items.document_id) AS document_has_callback"""
 _SQLITE_CLAIMED = (
     "(SELECT * FROM queue_items WHERE id IN (SELECT value FROM json_each(:ids))) AS claimed"
 )
@@ -732,7 +735,7 @@ def document_results_sqlite(results: Sequence[dict[str, Any]], now: str) -> tupl
     for result in results:
         _check_sqlite_integers(result)
     # Not ASCII-escaped: text stays as it is, and JSON's escapes stay few.
-    statement, literals = _sqlite_document_results_text()
+    statement, literals = _sqlite_driver_text(_sqlite_document_results)
     return statement, {
         **literals,
         "results": json.dumps(results, ensure_ascii=False),
@@ -971,12 +974,26 @@ def _following_latest_item(now: Any) -> dict[str, Any]:
     }
 
 
-# Built on first use: compiling it took a worker's import 8 ms longer, PostgreSQL's too.
+def sync_documents_sqlite(document_ids: Sequence[int], now: str) -> tuple[str, dict]:
+    """SQLite: ``sync_documents`` for the driver, the ids read from a JSON array and
+    ``now`` as the column stores it: its statement and parameters."""
+    statement, literals = _sqlite_driver_text(_sqlite_sync_documents)
+    ids = json.dumps(sorted(set(document_ids)))
+    return statement, {**literals, "document_ids": ids, "now": now}
+
+
+def _sqlite_sync_documents() -> Update:
+    ids = func.json_each(bindparam("document_ids")).table_valued("value")
+    return _sync_documents(select(ids.c.value), bindparam("now", type_=UTCDateTime))
+
+
+# Built on first use: compiling the results' statement took a worker's import 8 ms
+# longer, PostgreSQL's too.
 @functools.cache
-def _sqlite_document_results_text() -> tuple[str, dict[str, Any]]:
-    """The statement as SQLite text in sqlite3's named parameters, and the values of
-    the literals SQLAlchemy bound in it."""
-    compiled = _sqlite_document_results().compile(dialect=sqlite.dialect(paramstyle="named"))
+def _sqlite_driver_text(build: Callable[[], Update]) -> tuple[str, dict[str, Any]]:
+    """The statement ``build`` makes as SQLite text in sqlite3's named parameters, and
+    the values of the literals SQLAlchemy bound in it."""
+    compiled = build().compile(dialect=sqlite.dialect(paramstyle="named"))
     literals = {
         name: getattr(value, "value", value)  # enums as the text they stand for
         for name, value in compiled.params.items()
