@@ -460,25 +460,26 @@ WITH claimed AS (
 ), followed AS (
   {_showing_processing("claimed", "now()")}
 )
-SELECT claimed.*, d.size AS document_size,
+SELECT claimed.*, d.callback_url IS NOT NULL AS document_has_callback,
+  d.size AS document_size,
   CASE WHEN d.size <= %(bytes_up_to)s THEN c.data END AS document_data,
-  d.filename AS document_filename, d.content_type AS document_content_type,
-  d.callback_url IS NOT NULL AS document_has_callback
+  d.filename AS document_filename, d.content_type AS document_content_type
 FROM claimed
 LEFT JOIN documents AS d ON d.id = claimed.document_id
 LEFT JOIN document_contents AS c ON c.document_id = claimed.document_id"""
 
 
 # The columns a PostgreSQL claim adds after the claimed item's, a ``ClaimedDocument``.
-CLAIMED_DOCUMENT_COLUMNS = 5
+CLAIMED_DOCUMENT_COLUMNS = 4
 
 
 def claim_batch_postgresql(
     limit: int, worker: str, lease: timedelta, bytes_up_to: int
 ) -> tuple[str, dict[str, Any]]:
     """PostgreSQL: claim up to ``limit`` due items in one statement, which selects them,
-    each with its document's size, bytes (when no larger than ``bytes_up_to``), names
-    and whether it has a callback_url (the last ``CLAIMED_DOCUMENT_COLUMNS``).
+    each with whether its document has a callback_url (as SQLite's claim says it) and
+    the document's size, bytes (when no larger than ``bytes_up_to``) and names (the
+    last ``CLAIMED_DOCUMENT_COLUMNS``).
 
     The statement, for the driver, and its parameters.
     """

@@ -174,7 +174,6 @@ class ClaimedDocument(NamedTuple):
     content: bytes | None  # None when larger than the claim was asked to read
     filename: str | None
     content_type: str | None
-    has_callback: bool | None  # set at upload, never changed: what the outcome owes
 
 
 @dataclass(eq=False, slots=True)
